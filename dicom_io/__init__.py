@@ -1,0 +1,1 @@
+"""DICOM in and out: pixel normalization, Structured Report building, senders."""

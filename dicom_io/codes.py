@@ -1,0 +1,83 @@
+"""Every coded concept Ossa writes, in one place (DICOM PS3.16).
+
+Bone sites use SNOMED CT codes from PS3.16 CID 4031 "Common Anatomic Regions"; findings use
+SNOMED CT "Normal" / "Abnormal" and DCM "Finding" (PS3.16 TID 1501 qualitative evaluations).
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+#: MURA bone type to its anatomic region (PS3.16 CID 4031).
+BONE_SITE: dict[str, Code] = {
+    "ELBOW": codes.SCT.ElbowJoint,
+    "FINGER": codes.SCT.Finger,
+    "FOREARM": codes.SCT.Forearm,
+    "HAND": codes.SCT.Hand,
+    "HUMERUS": codes.SCT.Humerus,
+    "SHOULDER": codes.SCT.Shoulder,
+    "WRIST": codes.SCT.WristJoint,
+}
+
+#: Concept name of a qualitative evaluation (DCM 121071 "Finding").
+FINDING: Code = codes.DCM.Finding
+#: Qualitative values of :data:`FINDING`.
+ABNORMAL: Code = codes.SCT.Abnormal
+NORMAL: Code = codes.SCT.Normal
+
+# --- Structured Report (dicom_io.report) -------------------------------------------------------
+
+#: Private coding scheme for concepts no standard terminology covers (PS3.16 Section 8.2:
+#: "99" prefix). Declared in the SR's Coding Scheme Identification Sequence (PS3.3 C.12.1).
+OSSA_SCHEME: str = "99OSSA"
+#: Human-readable name of :data:`OSSA_SCHEME`, for the Coding Scheme Identification Sequence.
+OSSA_SCHEME_NAME: str = "Ossa research concepts"
+
+#: Probability in [0, 1] that an image (or, as a mean, a study) is abnormal. A private concept:
+#: DCM 111012 "Certainty of Finding" would change meaning with the reported Finding, and
+#: DCM 111047 "Probability of cancer" is too specific.
+ABNORMALITY_PROBABILITY: Code = Code("ABNPROB", OSSA_SCHEME, "Probability of abnormality")
+#: Softmax probability of the predicted bone type (stage-1 body-part classifier).
+BONE_PROBABILITY: Code = Code("BONEPROB", OSSA_SCHEME, "Probability of predicted body part")
+#: Study probability at or above which the study is called abnormal.
+ABNORMALITY_THRESHOLD: Code = Code(
+    "ABNTHRESH", OSSA_SCHEME, "Abnormality probability threshold"
+)
+#: UCUM unit of a probability in [0, 1]: unity with an annotation (UCUM Section 2.2.3).
+PROBABILITY_UNIT: Code = Code("{probability}", "UCUM", "probability")
+#: Derivation of the study probability from the images' probabilities (PS3.16 CID 7464).
+MEAN: Code = codes.SCT.Mean
+
+#: Procedure Reported of the TID 1500 report (PS3.16 CID 100).
+PROCEDURE_REPORTED: Code = codes.cid100.XRUnspecifiedBodyRegion
+#: TID 1500 row "Qualitative Evaluations" container (UMLS C0034375).
+QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluations")
+#: Concept name of free-text remarks such as the research-use disclaimer (DCM 121106).
+COMMENT: Code = codes.DCM.Comment
+#: Observer type of the device observer context (PS3.16 CID 270).
+DEVICE_OBSERVER: Code = codes.cid270.Device
+
+#: Modality (0008,0060) to its coded concept for Image Library descriptors (PS3.16 CID 29).
+MODALITY: dict[str, Code] = {
+    "CR": codes.cid29.ComputedRadiography,
+    "DX": codes.cid29.DigitalRadiography,
+    "RG": codes.cid29.RadiographicImaging,
+}
+
+# Image Library (PS3.16 TID 1600-1603): structural concepts of the library and its descriptors.
+IMAGE_LIBRARY: Code = codes.DCM.ImageLibrary
+IMAGE_LIBRARY_GROUP: Code = codes.DCM.ImageLibraryGroup
+#: Concept name of an Image Library entry, as highdicom writes it (SCT 260753009 "Source").
+IMAGE_LIBRARY_SOURCE: Code = Code("260753009", "SCT", "Source")
+MODALITY_DESCRIPTOR: Code = codes.DCM.Modality
+PIXEL_DATA_ROWS: Code = codes.DCM.PixelDataRows
+PIXEL_DATA_COLUMNS: Code = codes.DCM.PixelDataColumns
+PATIENT_ORIENTATION_ROW: Code = codes.DCM.PatientOrientationRow
+PATIENT_ORIENTATION_COLUMN: Code = codes.DCM.PatientOrientationColumn
+HORIZONTAL_PIXEL_SPACING: Code = codes.DCM.HorizontalPixelSpacing
+VERTICAL_PIXEL_SPACING: Code = codes.DCM.VerticalPixelSpacing
+PIXELS_UNIT: Code = Code("{pixels}", "UCUM", "Pixels")
+MILLIMETER: Code = codes.UCUM.Millimeter
+#: TID 1500 container of the TID 1501 groups; the Image Library goes right before it.
+IMAGING_MEASUREMENTS: Code = codes.DCM.ImagingMeasurements

@@ -1,0 +1,162 @@
+"""C-STORE SCU: send one dataset to a DICOM peer and say clearly what happened.
+
+Implements the SCU side of the Storage Service Class (PS3.4 B) over an association negotiated
+per PS3.7 and PS3.8. Every outcome, including refusal, rejection, abort and timeouts, is a
+:class:`SendResult` value; nothing raises for a network problem.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.status import code_to_category
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DimsePeer:
+    """A remote Application Entity.
+
+    Parameters
+    ----------
+    ae_title : str
+        Called AE title, 1-16 characters.
+    host : str
+        Host name or IP address.
+    port : int
+        TCP port, 1-65535.
+    timeout_s : float
+        Used for the TCP connection, ACSE, DIMSE and network timeouts.
+    """
+
+    ae_title: str
+    host: str
+    port: int
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.ae_title.strip()) <= 16:
+            raise ValueError(f"ae_title must be 1-16 characters, got {self.ae_title!r}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1-65535, got {self.port!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s!r}")
+
+
+class SendOutcome(str, Enum):
+    """What became of a C-STORE request."""
+
+    SUCCESS = "success"
+    WARNING = "warning"  # stored, with a warning status (PS3.4 B.2.3)
+    REFUSED = "refused"  # the peer answered a failure status
+    REJECTED = "rejected"  # association rejected or no presentation context accepted
+    UNREACHABLE = "unreachable"  # no association: connection refused or timed out
+    ABORTED = "aborted"  # association aborted, or no response within the DIMSE timeout
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The result of one C-STORE.
+
+    Parameters
+    ----------
+    outcome : SendOutcome
+        What happened.
+    status : int or None
+        The DIMSE status the peer returned, if any.
+    detail : str
+        A human-readable explanation (no patient data).
+    """
+
+    outcome: SendOutcome
+    status: int | None
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether the peer has the instance."""
+        return self.outcome in (SendOutcome.SUCCESS, SendOutcome.WARNING)
+
+
+def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) -> SendResult:
+    """Send ``dataset`` to ``peer`` with C-STORE.
+
+    Parameters
+    ----------
+    dataset : pydicom.Dataset
+        A dataset with SOPClassUID and SOPInstanceUID; it is offered in Explicit and
+        Implicit VR Little Endian.
+    peer : DimsePeer
+        The Storage SCP.
+    calling_ae_title : str
+        Our AE title.
+
+    Returns
+    -------
+    SendResult
+    """
+    ae = AE(ae_title=calling_ae_title)
+    ae.connection_timeout = peer.timeout_s
+    ae.acse_timeout = peer.timeout_s
+    ae.dimse_timeout = peer.timeout_s
+    ae.network_timeout = peer.timeout_s
+    ae.add_requested_context(dataset.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    sop_uid = dataset.SOPInstanceUID
+    target = f"{peer.ae_title}@{peer.host}:{peer.port}"
+
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            result = SendResult(SendOutcome.REJECTED, None, f"{target} rejected the association")
+        elif assoc.is_aborted:
+            result = SendResult(SendOutcome.ABORTED, None, f"{target} aborted the association")
+        else:
+            result = SendResult(
+                SendOutcome.UNREACHABLE, None, f"no association with {target} (refused or timed out)"
+            )
+        logger.warning("C-STORE of %s to %s: %s", sop_uid, target, result.detail)
+        return result
+
+    try:
+        if not assoc.accepted_contexts:
+            result = SendResult(
+                SendOutcome.REJECTED, None, f"{target} accepted no presentation context"
+            )
+        else:
+            response = assoc.send_c_store(dataset)
+            result = _result_from_response(response, target)
+    except (ValueError, RuntimeError) as exc:
+        result = SendResult(SendOutcome.REJECTED, None, f"{target}: {exc}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+    log = logger.info if result.ok else logger.warning
+    log("C-STORE of %s to %s: %s", sop_uid, target, result.detail)
+    return result
+
+
+def _result_from_response(response: Dataset, target: str) -> SendResult:
+    status = response.get("Status") if response is not None else None
+    if status is None:
+        return SendResult(
+            SendOutcome.ABORTED, None, f"{target}: no response (timeout or aborted association)"
+        )
+    category = code_to_category(int(status))
+    comment = str(response.get("ErrorComment", "") or "")
+    detail = f"{target} answered 0x{int(status):04X} ({category})" + (
+        f": {comment}" if comment else ""
+    )
+    if category == "Success":
+        return SendResult(SendOutcome.SUCCESS, int(status), detail)
+    if category == "Warning":
+        return SendResult(SendOutcome.WARNING, int(status), detail)
+    return SendResult(SendOutcome.REFUSED, int(status), detail)

@@ -1,0 +1,101 @@
+"""worker.config: typed config; invalid values are rejected naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+VALID = """
+[listener]
+ae_title = "OSSA"
+host = "127.0.0.1"
+port = 11112
+allowed_calling_aets = ["STORESCU", "ORTHANC"]
+[study]
+completion_timeout_s = 10.0
+[storage]
+root = "var"
+[model]
+bundle = "var/models/demo"
+[[destinations]]
+name = "pacs"
+type = "dimse"
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = 4242
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_in_repo_is_valid() -> None:
+    config = load_config(REPO / "config.toml")
+    assert config.listener.ae_title == "OSSA"
+    assert config.listener.allowed_calling_aets == ("STORESCU", "ORTHANC")
+    assert config.destinations[0].ae_title == "ORTHANC"
+    assert config.storage.root == REPO / "var"
+
+
+def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, VALID))
+    assert config.storage.root == tmp_path.resolve() / "var"
+    assert config.model.bundle == tmp_path.resolve() / "var/models/demo"
+    assert config.study.completion_timeout_s == 10.0
+    assert config.destinations[0].port == 4242
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("port = 11112", "port = 0", "listener.port"),
+        ("port = 11112", "port = 70000", "listener.port"),
+        ('ae_title = "OSSA"', 'ae_title = "THIS_TITLE_IS_TOO_LONG"', "listener.ae_title"),
+        ('ae_title = "OSSA"', 'ae_title = "BAD\\\\AE"', "listener.ae_title"),
+        ("completion_timeout_s = 10.0", "completion_timeout_s = -1", "study.completion_timeout_s"),
+        ('type = "dimse"', 'type = "ftp"', "destinations.0.type"),
+        ("port = 4242", 'port = "x"', "destinations.0.port"),
+        ('allowed_calling_aets = ["STORESCU", "ORTHANC"]', 'allowed_calling_aets = [""]',
+         "listener.allowed_calling_aets"),
+        ('root = "var"', 'root = "var"\nspeed = 3', "storage.speed"),
+    ],
+)
+def test_invalid_value_names_the_key(tmp_path: Path, old: str, new: str, key: str) -> None:
+    assert old in VALID
+    path = _write(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert key in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_required_destination_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"destinations\.0\.host"):
+        load_config(_write(tmp_path, VALID.replace('host = "127.0.0.1"\nport = 4242', "port = 4242")))
+
+
+def test_duplicate_destination_names(tmp_path: Path) -> None:
+    text = VALID + VALID[VALID.index("[[destinations]]"):]
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(_write(tmp_path, text))
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[listener\nport = 1"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(ValueError, match="frozen"):
+        config.listener.port = 1  # type: ignore[misc]

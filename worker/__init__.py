@@ -1,0 +1,1 @@
+"""Ossa service: DICOM listener, spool, study assembly, job queue, dispatch and CLI."""
