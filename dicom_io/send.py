@@ -58,8 +58,8 @@ class SendOutcome(str, Enum):
     WARNING = "warning"  # stored, with a warning status (PS3.4 B.2.3)
     REFUSED = "refused"  # the peer answered a failure status
     REJECTED = "rejected"  # association rejected or no presentation context accepted
-    UNREACHABLE = "unreachable"  # no association: connection refused or timed out
-    ABORTED = "aborted"  # association aborted, or no response within the DIMSE timeout
+    UNREACHABLE = "unreachable"  # no association: connection refused, timed out or aborted
+    ABORTED = "aborted"  # no C-STORE response: aborted, or the DIMSE timeout expired
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,13 @@ def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) ->
     if not assoc.is_established:
         if assoc.is_rejected:
             result = SendResult(SendOutcome.REJECTED, None, f"{target} rejected the association")
-        elif assoc.is_aborted:
-            result = SendResult(SendOutcome.ABORTED, None, f"{target} aborted the association")
         else:
+            # pynetdicom reports a refused connection, an ACSE timeout and an abort before
+            # association acceptance all as an abort.
             result = SendResult(
-                SendOutcome.UNREACHABLE, None, f"no association with {target} (refused or timed out)"
+                SendOutcome.UNREACHABLE,
+                None,
+                f"no association with {target}: connection refused, timed out or aborted",
             )
         logger.warning("C-STORE of %s to %s: %s", sop_uid, target, result.detail)
         return result

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def _gradient_image(rows: int = 64, columns: int = 48) -> np.ndarray:
 
 @pytest.fixture
 def make_radiograph() -> Callable[..., Dataset]:
-    """Factory for CR/DX instances: ``make_radiograph(identity=None, modality="CR", image=None)``."""
+    """Factory of CR/DX instances: ``make_radiograph(identity=None, modality="CR")``."""
     series_uid: dict[str, str] = {}
 
     def _make(
@@ -87,3 +88,105 @@ def wait_until(condition: Callable[[], object], *, timeout: float, what: str) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+class OrthancPeer:
+    """A real Orthanc (with its DICOMweb plugin) on loopback, used as the PACS."""
+
+    aet = "ORTHANC"
+
+    def __init__(self, workdir: Path, ossa_port: int) -> None:
+        import json
+
+        exe = shutil.which("Orthanc")
+        if exe is None or not ORTHANC_DICOMWEB_PLUGIN.exists():
+            pytest.fail("Orthanc and orthanc-dicomweb (Debian) are not installed; run `make test`")
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.ossa_port = ossa_port
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "OssaTestPACS",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": {"ossa": ["OSSA", "127.0.0.1", ossa_port]},
+            "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        config_path = workdir / "orthanc.json"
+        config_path.write_text(json.dumps(config), encoding="utf-8")
+        self.log = (workdir / "orthanc.log").open("wb")
+        self.proc = subprocess.Popen(
+            [exe, str(config_path)], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_until(self._ready, timeout=30, what="Orthanc to answer on its REST API")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"Orthanc exited with {self.proc.returncode}; see {self.log.name}")
+        try:
+            return self.get("/system")["DicomPort"] == self.dicom_port
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        """GET a REST resource and decode its JSON."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        """GET a REST resource as bytes."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return bytes(response.read())
+
+    def instances_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Orthanc's instance resources (with tags) in a study, [] if the study is unknown."""
+        import json
+        import urllib.request
+
+        query = json.dumps(
+            {"Level": "Instance", "Query": {"StudyInstanceUID": study_instance_uid},
+             "Expand": True}
+        ).encode()
+        request = urllib.request.Request(
+            self.url + "/tools/find", data=query, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return list(json.loads(response.read()))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def ossa_port() -> int:
+    """The port the Ossa listener under test uses (Orthanc knows it as a modality)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory, ossa_port: int) -> Iterator[OrthancPeer]:
+    """One Orthanc PACS for the session, on loopback ports."""
+    peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), ossa_port)
+    yield peer
+    peer.stop()

@@ -1,0 +1,128 @@
+"""dicom_io.send: C-STORE SCU against DCMTK storescp and misbehaving peers."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ComputedRadiographyImageStorage
+from pynetdicom import AE, evt
+
+from dicom_io.send import DimsePeer, SendOutcome, send_c_store
+from tests.conftest import free_port, wait_until
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    exe = shutil.which("storescp")
+    if exe is None:
+        pytest.fail("storescp (Debian package dcmtk) is not installed; run `make test`")
+    out = tmp_path / "received"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "-aet", "STORESCP", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _port_open(port), timeout=10, what="storescp to listen")
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_success_against_dcmtk_storescp(
+    storescp: tuple[int, Path], make_radiograph: Callable[..., Dataset]
+) -> None:
+    port, out = storescp
+    ds = make_radiograph()
+    result = send_c_store(ds, DimsePeer("STORESCP", "127.0.0.1", port), calling_ae_title="OSSA")
+    assert result.ok and result.outcome is SendOutcome.SUCCESS and result.status == 0
+    files = wait_until(lambda: list(out.iterdir()), timeout=10, what="storescp to write")
+    assert pydicom.dcmread(files[0]).SOPInstanceUID == ds.SOPInstanceUID  # type: ignore[index]
+
+
+def test_failure_status_is_refused(make_radiograph: Callable[..., Dataset]) -> None:
+    ae = AE(ae_title="PICKY")
+    ae.add_supported_context(ComputedRadiographyImageStorage)
+    port = free_port()
+
+    def refuse(event: evt.Event) -> Dataset:
+        status = Dataset()
+        status.Status = 0xA700
+        status.ErrorComment = "disk full"
+        return status
+
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)]
+    )
+    try:
+        result = send_c_store(
+            make_radiograph(), DimsePeer("PICKY", "127.0.0.1", port), calling_ae_title="OSSA"
+        )
+    finally:
+        server.shutdown()
+    assert not result.ok
+    assert result.outcome is SendOutcome.REFUSED
+    assert result.status == 0xA700
+    assert "disk full" in result.detail
+
+
+def test_association_rejected(make_radiograph: Callable[..., Dataset]) -> None:
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(ComputedRadiographyImageStorage)
+    ae.require_calling_aet = ["SOMEONE"]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        result = send_c_store(
+            make_radiograph(), DimsePeer("PACS", "127.0.0.1", port), calling_ae_title="OSSA"
+        )
+    finally:
+        server.shutdown()
+    assert result.outcome is SendOutcome.REJECTED
+    assert not result.ok
+
+
+def test_unreachable_peer(make_radiograph: Callable[..., Dataset]) -> None:
+    port = free_port()  # nothing listens there
+    result = send_c_store(
+        make_radiograph(), DimsePeer("PACS", "127.0.0.1", port, timeout_s=2), calling_ae_title="OSSA"
+    )
+    assert result.outcome is SendOutcome.UNREACHABLE
+    assert f"127.0.0.1:{port}" in result.detail
+
+
+def test_silent_peer_times_out(make_radiograph: Callable[..., Dataset]) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # accepts TCP in the kernel, never answers A-ASSOCIATE
+        port = listener.getsockname()[1]
+        result = send_c_store(
+            make_radiograph(),
+            DimsePeer("PACS", "127.0.0.1", port, timeout_s=1),
+            calling_ae_title="OSSA",
+        )
+    assert not result.ok
+    assert result.outcome is SendOutcome.UNREACHABLE
+
+
+def test_peer_validation() -> None:
+    with pytest.raises(ValueError, match="port"):
+        DimsePeer("PACS", "127.0.0.1", 0)
+    with pytest.raises(ValueError, match="ae_title"):
+        DimsePeer("A" * 17, "127.0.0.1", 104)
