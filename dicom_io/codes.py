@@ -41,9 +41,7 @@ ABNORMALITY_PROBABILITY: Code = Code("ABNPROB", OSSA_SCHEME, "Probability of abn
 #: Softmax probability of the predicted bone type (stage-1 body-part classifier).
 BONE_PROBABILITY: Code = Code("BONEPROB", OSSA_SCHEME, "Probability of predicted body part")
 #: Study probability at or above which the study is called abnormal.
-ABNORMALITY_THRESHOLD: Code = Code(
-    "ABNTHRESH", OSSA_SCHEME, "Abnormality probability threshold"
-)
+ABNORMALITY_THRESHOLD: Code = Code("ABNTHRESH", OSSA_SCHEME, "Abnormality probability threshold")
 #: UCUM unit of a probability in [0, 1]: unity with an annotation (UCUM Section 2.2.3).
 PROBABILITY_UNIT: Code = Code("{probability}", "UCUM", "probability")
 #: Derivation of the study probability from the images' probabilities (PS3.16 CID 7464).
@@ -81,3 +79,6 @@ PIXELS_UNIT: Code = Code("{pixels}", "UCUM", "Pixels")
 MILLIMETER: Code = codes.UCUM.Millimeter
 #: TID 1500 container of the TID 1501 groups; the Image Library goes right before it.
 IMAGING_MEASUREMENTS: Code = codes.DCM.ImagingMeasurements
+#: TID 1501 container and its TID 4108 human-readable identifier, used to find Ossa's groups.
+MEASUREMENT_GROUP: Code = codes.DCM.MeasurementGroup
+TRACKING_IDENTIFIER: Code = codes.DCM.TrackingIdentifier

@@ -13,9 +13,12 @@ The result has the same convention as MURA's 8-bit PNGs divided by 255.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -133,8 +136,8 @@ def _voi_output_range(values: NDArray[np.generic], ds: Dataset) -> tuple[float, 
         entries = entries or 65536
         inputs = np.arange(first, first + entries, dtype=np.int64)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center = float(_first(ds["WindowCenter"].value))
-        width = abs(float(_first(ds["WindowWidth"].value)))
+        center = _first(ds["WindowCenter"].value)
+        width = abs(_first(ds["WindowWidth"].value))
         # Far enough outside the window that LINEAR and SIGMOID functions saturate.
         inputs = np.array([center - 10 * width - 1, center + 10 * width + 1])
     else:
@@ -143,8 +146,8 @@ def _voi_output_range(values: NDArray[np.generic], ds: Dataset) -> tuple[float, 
     return float(ends.min()), float(ends.max())
 
 
-def _first(value: object) -> object:
-    """The first value of a possibly multi-valued element."""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return value[0]  # type: ignore[index]
-    return value
+def _first(value: Any) -> float:
+    """The first value of a possibly multi-valued element (VM 1-n, PS3.3 C.11.2)."""
+    if isinstance(value, MultiValue | list | tuple):
+        return float(value[0])
+    return float(value)

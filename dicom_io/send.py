@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -51,7 +51,7 @@ class DimsePeer:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s!r}")
 
 
-class SendOutcome(str, Enum):
+class SendOutcome(StrEnum):
     """What became of a C-STORE request."""
 
     SUCCESS = "success"

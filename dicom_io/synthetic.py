@@ -105,7 +105,9 @@ def radiograph_dataset(
     if modality not in ("CR", "DX"):
         raise ValueError(f"modality must be 'CR' or 'DX', got {modality!r}")
     sop_class = (
-        ComputedRadiographyImageStorage if modality == "CR" else DigitalXRayImageStorageForPresentation
+        ComputedRadiographyImageStorage
+        if modality == "CR"
+        else DigitalXRayImageStorageForPresentation
     )
     now = datetime.datetime.now()
     sop_instance_uid = generate_uid()
@@ -213,7 +215,10 @@ def write_study(
     paths = []
     for number, image in enumerate(images, start=1):
         ds = radiograph_dataset(
-            image, identity, series_instance_uid=series_uid, instance_number=number,
+            image,
+            identity,
+            series_instance_uid=series_uid,
+            instance_number=number,
             modality=modality,
         )
         path = out_dir / f"IMG{number:04d}.dcm"

@@ -63,8 +63,11 @@ def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
         ("completion_timeout_s = 10.0", "completion_timeout_s = -1", "study.completion_timeout_s"),
         ('type = "dimse"', 'type = "ftp"', "destinations.0.type"),
         ("port = 4242", 'port = "x"', "destinations.0.port"),
-        ('allowed_calling_aets = ["STORESCU", "ORTHANC"]', 'allowed_calling_aets = [""]',
-         "listener.allowed_calling_aets"),
+        (
+            'allowed_calling_aets = ["STORESCU", "ORTHANC"]',
+            'allowed_calling_aets = [""]',
+            "listener.allowed_calling_aets",
+        ),
         ('root = "var"', 'root = "var"\nspeed = 3', "storage.speed"),
     ],
 )
@@ -79,11 +82,13 @@ def test_invalid_value_names_the_key(tmp_path: Path, old: str, new: str, key: st
 
 def test_missing_required_destination_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"destinations\.0\.host"):
-        load_config(_write(tmp_path, VALID.replace('host = "127.0.0.1"\nport = 4242', "port = 4242")))
+        load_config(
+            _write(tmp_path, VALID.replace('host = "127.0.0.1"\nport = 4242', "port = 4242"))
+        )
 
 
 def test_duplicate_destination_names(tmp_path: Path) -> None:
-    text = VALID + VALID[VALID.index("[[destinations]]"):]
+    text = VALID + VALID[VALID.index("[[destinations]]") :]
     with pytest.raises(ConfigError, match="unique"):
         load_config(_write(tmp_path, text))
 

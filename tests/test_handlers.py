@@ -70,7 +70,7 @@ def test_truncated_pixel_data_gets_cannot_understand(
     make_radiograph: Callable[..., Dataset],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    port, spool, assembler = scp
+    port, spool, _ = scp
     bad = make_radiograph()
     bad.PixelData = bad.PixelData[:10]
     with caplog.at_level(logging.INFO):
@@ -99,7 +99,7 @@ def test_disk_failure_is_out_of_resources(
     make_radiograph: Callable[..., Dataset],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    port, spool, assembler = scp
+    port, _, assembler = scp
 
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")

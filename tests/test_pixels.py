@@ -17,7 +17,9 @@ def _ramp() -> np.ndarray:
     return np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
 
 
-def test_monochrome1_round_trip_recovers_8bit_image(make_radiograph: Callable[..., Dataset]) -> None:
+def test_monochrome1_round_trip_recovers_8bit_image(
+    make_radiograph: Callable[..., Dataset],
+) -> None:
     image = _ramp()
     ds = make_radiograph(image=image)
     assert ds.PhotometricInterpretation == "MONOCHROME1"
@@ -54,9 +56,7 @@ def test_rescale_slope_is_applied_before_window(make_radiograph: Callable[..., D
     scaled.RescaleIntercept = -100
     scaled.WindowCenter = 2048 * 2 - 100
     scaled.WindowWidth = 4096 * 2
-    np.testing.assert_allclose(
-        normalize_radiograph(plain), normalize_radiograph(scaled), atol=0.01
-    )
+    np.testing.assert_allclose(normalize_radiograph(plain), normalize_radiograph(scaled), atol=0.01)
 
 
 def test_voi_lut_sequence_is_preferred(make_radiograph: Callable[..., Dataset]) -> None:

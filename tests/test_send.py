@@ -101,7 +101,9 @@ def test_association_rejected(make_radiograph: Callable[..., Dataset]) -> None:
 def test_unreachable_peer(make_radiograph: Callable[..., Dataset]) -> None:
     port = free_port()  # nothing listens there
     result = send_c_store(
-        make_radiograph(), DimsePeer("PACS", "127.0.0.1", port, timeout_s=2), calling_ae_title="OSSA"
+        make_radiograph(),
+        DimsePeer("PACS", "127.0.0.1", port, timeout_s=2),
+        calling_ae_title="OSSA",
     )
     assert result.outcome is SendOutcome.UNREACHABLE
     assert f"127.0.0.1:{port}" in result.detail

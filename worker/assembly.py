@@ -27,9 +27,7 @@ class StudyAssembler:
         self, completion_timeout_s: float, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if completion_timeout_s <= 0:
-            raise ValueError(
-                f"completion_timeout_s must be > 0, got {completion_timeout_s!r}"
-            )
+            raise ValueError(f"completion_timeout_s must be > 0, got {completion_timeout_s!r}")
         self.completion_timeout_s = completion_timeout_s
         self._clock = clock
         self._last_seen: dict[str, float] = {}

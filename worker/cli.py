@@ -32,16 +32,14 @@ logger = logging.getLogger(__name__)
 def configure_logging(level: str) -> None:
     """Configure logging for the process; only the entry point does this.
 
-    pynetdicom is kept at WARNING: at lower levels it dumps DIMSE messages, and Ossa's
-    logs must not carry patient data.
+    pynetdicom and highdicom are kept at WARNING: at lower levels they dump DIMSE messages
+    and source attributes, and Ossa's logs must not carry patient data.
     """
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "formatters": {
-                "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
-            },
+            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
@@ -49,7 +47,11 @@ def configure_logging(level: str) -> None:
                     "stream": "ext://sys.stderr",
                 }
             },
-            "loggers": {"pynetdicom": {"level": "WARNING"}},
+            # Third-party loggers that dump DIMSE messages or source attributes stay quiet.
+            "loggers": {
+                "pynetdicom": {"level": "WARNING"},
+                "highdicom": {"level": "WARNING"},
+            },
             "root": {"level": level, "handlers": ["stderr"]},
         }
     )
@@ -156,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="ossa",
-        description="Ossa: research triage of upper-extremity radiographs. "
-        "Not for diagnostic use.",
+        description="Ossa: research triage of upper-extremity radiographs. Not for diagnostic use.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

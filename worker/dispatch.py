@@ -13,6 +13,7 @@ from worker.config import DimseDestination
 
 logger = logging.getLogger(__name__)
 
+
 class Dispatcher:
     """Deliver datasets to the ``[[destinations]]`` of the configuration.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
 
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
@@ -23,7 +22,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from worker.assembly import StudyAssembler
@@ -118,8 +117,7 @@ class Service:
             logger.info("Resuming assembly of study %s", study)
             self.assembler.note(study)
 
-        handlers: Sequence[tuple[evt.EventType, object, list[object]] | tuple[evt.EventType, object]]
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.spool, self.assembler]),
         ]

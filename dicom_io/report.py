@@ -1,0 +1,561 @@
+"""Turn source radiographs and a :class:`~models.results.StudyPrediction` into a DICOM SR.
+
+The report is a Comprehensive 3D SR document (PS3.3 A.35.13) whose content tree follows
+PS3.16 TID 1500 "Measurement Report", built with highdicom:
+
+- observation context (TID 1001/1002/1004): the Ossa device as observer;
+- procedure reported (CID 100) and an Image Library (TID 1600/1601/1602/1603) that lists
+  every source image;
+- "Imaging Measurements": one Measurement and Qualitative Evaluation Group (TID 1501) per
+  image (source image, finding site = predicted bone, Finding = Abnormal/Normal, probability
+  of abnormality and of the predicted bone, TID 4019 algorithm identification, TID 4108
+  tracking identifier) and one study-level group (Finding, mean probability, threshold);
+- "Qualitative Evaluations" (TID 1500 row 12): a TEXT comment saying that this is research
+  software output and not a diagnosis. The Series Description says so too.
+
+The SR joins the source study (same Study Instance UID, patient and study attributes copied
+from the sources) in a new series (Modality SR). It is COMPLETE, UNVERIFIED and PRELIMINARY
+(no person has verified it), and its Content Qualification (0018,9004, SOP Common Module,
+PS3.3 C.12.1) is RESEARCH.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom import Dataset
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
+
+from dicom_io import codes
+from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+
+logger = logging.getLogger(__name__)
+
+#: Default Series Number of the SR series; high, so that PACS list it after the images.
+DEFAULT_SERIES_NUMBER = 9001
+#: Manufacturer (0008,0070) of every SR Ossa writes.
+MANUFACTURER = "Ossa"
+#: Written as a TEXT content item into every SR (the Series Description says so, shorter).
+DISCLAIMER = (
+    "Research software output (Ossa), not a diagnosis and not for clinical use. "
+    "Produced automatically and not verified by a physician; the images must be read by a "
+    "qualified radiologist."
+)
+
+#: Tracking Identifier (TID 4108) of the study-level TID 1501 group; :func:`study_finding`
+#: finds the study result by it.
+STUDY_TRACKING_IDENTIFIER = "Ossa study result"
+
+_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+#: Patient/study attributes highdicom reads from the first source; Type 2 in the SR IOD.
+_TYPE2_HEADER = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_LO_MAX = 64
+
+
+def build_sr(
+    sources: Sequence[Dataset],
+    prediction: StudyPrediction,
+    *,
+    series_number: int = DEFAULT_SERIES_NUMBER,
+    instance_number: int = 1,
+    institution_name: str | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the Ossa Structured Report of one study.
+
+    Implements a Comprehensive 3D SR IOD (PS3.3 A.35.13) with a PS3.16 TID 1500 "Measurement
+    Report" content tree: a TID 1600 Image Library entry per source image, one TID 1501 group
+    per image and one for the study (each with TID 4019 Algorithm Identification and a TID 4108
+    tracking identifier), and a research-use disclaimer.
+
+    Parameters
+    ----------
+    sources : sequence of pydicom.Dataset
+        The study's source images (CR, DX…); ``sources[i]`` is the image that
+        ``prediction.images[i]`` was predicted from. Pixel data is neither needed nor read.
+        The datasets are not modified.
+    prediction : StudyPrediction
+        Per-image predictions and the study result.
+    series_number : int, optional
+        Series Number (0020,0011) of the new SR series, >= 1.
+    instance_number : int, optional
+        Instance Number (0020,0013) of the SR, >= 1.
+    institution_name : str or None, optional
+        Institution Name (0008,0080) of the equipment that creates the SR.
+    series_instance_uid, sop_instance_uid : str or None, optional
+        UIDs of the new series and SR instance; fresh ones when not given.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        The SR, with file meta information; see :func:`sr_to_bytes`.
+
+    Raises
+    ------
+    TypeError
+        If ``sources`` is not a sequence of datasets or ``prediction`` not a StudyPrediction.
+    ValueError
+        If ``sources`` and ``prediction.images`` differ in length, the sources are not all of
+        one study, a source lacks a required UID or is not an image, or a source repeats.
+    """
+    _validate(sources, prediction, series_number=series_number, instance_number=instance_number)
+    headers = [_header(ds) for ds in sources]
+    algorithm = prediction.algorithm
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name, version=algorithm.version, manufacturer=MANUFACTURER
+    )
+
+    groups = [
+        _image_group(
+            header,
+            image,
+            threshold=prediction.threshold,
+            number=i,
+            total=len(headers),
+            algorithm_id=algorithm_id,
+        )
+        for i, (header, image) in enumerate(zip(headers, prediction.images, strict=True), 1)
+    ]
+    groups.append(_study_group(headers, prediction))
+
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(algorithm),
+        procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+    )
+    root = report[0]
+    _insert_image_library(root, headers)
+    root.ContentSequence.append(_disclaimer_container())
+
+    original_name = _caretless_name_workaround(headers[0])
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=headers,
+        content=root,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=_truncate(algorithm.name),
+        software_versions=_truncate(algorithm.version),
+        series_description=series_description(prediction),
+        institution_name=institution_name,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        content_qualification=hd.ContentQualificationValues.RESEARCH,
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=codes.OSSA_SCHEME, name=codes.OSSA_SCHEME_NAME
+            )
+        ],
+    )
+    if original_name is not None:
+        sr.PatientName = original_name
+    logger.info(
+        "built SR: %d image(s), study %s (p=%.3f, threshold=%.3f)",
+        len(headers),
+        "ABNORMAL" if prediction.abnormal else "NORMAL",
+        prediction.abnormal_probability,
+        prediction.threshold,
+    )
+    return sr
+
+
+def series_description(prediction: StudyPrediction) -> str:
+    """Series Description (0008,103E) of the SR: the study result and a research-use notice.
+
+    Parameters
+    ----------
+    prediction : StudyPrediction
+        The study result to summarise.
+
+    Returns
+    -------
+    str
+        E.g. ``"Ossa: ABNORMAL (p=0.87) - research use, not for diagnosis"`` (at most 64
+        characters, VR LO).
+    """
+    result = "ABNORMAL" if prediction.abnormal else "NORMAL"
+    probability = prediction.abnormal_probability
+    return f"Ossa: {result} (p={probability:.2f}) - research use, not for diagnosis"
+
+
+def sr_to_bytes(sr: Dataset) -> bytes:
+    """Encode an SR as a DICOM Part 10 file (PS3.10 Section 7: preamble, "DICM", file meta).
+
+    Parameters
+    ----------
+    sr : pydicom.Dataset
+        A dataset with file meta information, such as the result of :func:`build_sr`.
+
+    Returns
+    -------
+    bytes
+        The file's bytes, in the transfer syntax of ``sr.file_meta``.
+    """
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def study_finding(sr: Dataset) -> bool:
+    """Read the study result back from an Ossa SR: ``True`` if Abnormal, ``False`` if Normal.
+
+    Looks for the TID 1501 group tracked as :data:`STUDY_TRACKING_IDENTIFIER` under the TID
+    1500 "Imaging Measurements" container and returns its Finding (DCM 121071). Works on any
+    dataset, e.g. an SR retrieved from the PACS and read with :func:`pydicom.dcmread`.
+
+    Parameters
+    ----------
+    sr : pydicom.Dataset
+        An SR written by :func:`build_sr`.
+
+    Returns
+    -------
+    bool
+        Whether the study-level Finding is Abnormal (SCT 263654008).
+
+    Raises
+    ------
+    ValueError
+        If ``sr`` holds no Ossa study-level group with a Normal or Abnormal Finding.
+    """
+    for container in _named(sr.get("ContentSequence", []), codes.IMAGING_MEASUREMENTS):
+        for group in _named(container.get("ContentSequence", []), codes.MEASUREMENT_GROUP):
+            content = group.get("ContentSequence", [])
+            tracking = [
+                item.get("TextValue") for item in _named(content, codes.TRACKING_IDENTIFIER)
+            ]
+            if tracking != [STUDY_TRACKING_IDENTIFIER]:
+                continue
+            for item in _named(content, codes.FINDING):
+                values = item.get("ConceptCodeSequence") or [Dataset()]
+                found = (values[0].get("CodeValue"), values[0].get("CodingSchemeDesignator"))
+                if found == (codes.ABNORMAL.value, codes.ABNORMAL.scheme_designator):
+                    return True
+                if found == (codes.NORMAL.value, codes.NORMAL.scheme_designator):
+                    return False
+    raise ValueError("sr holds no Ossa study-level group with a Normal or Abnormal Finding")
+
+
+def _named(items: Sequence[Dataset], concept: Code) -> list[Dataset]:
+    """The content items of ``items`` whose Concept Name is ``concept``."""
+    matches = []
+    for item in items:
+        names = item.get("ConceptNameCodeSequence") or [Dataset()]
+        name = (names[0].get("CodeValue"), names[0].get("CodingSchemeDesignator"))
+        if name == (concept.value, concept.scheme_designator):
+            matches.append(item)
+    return matches
+
+
+# --- validation and source headers ------------------------------------------------------------
+
+
+def _validate(
+    sources: Sequence[Dataset],
+    prediction: StudyPrediction,
+    *,
+    series_number: int,
+    instance_number: int,
+) -> None:
+    if isinstance(sources, Dataset) or not isinstance(sources, Sequence):
+        raise TypeError(f"sources must be a sequence of pydicom Datasets, got {type(sources)}")
+    if not isinstance(prediction, StudyPrediction):
+        raise TypeError(f"prediction must be a StudyPrediction, got {type(prediction)}")
+    if len(sources) != len(prediction.images):
+        raise ValueError(
+            f"sources must hold one dataset per entry of prediction.images: got {len(sources)} "
+            f"source(s) for {len(prediction.images)} prediction(s)"
+        )
+    if series_number < 1:
+        raise ValueError(f"series_number must be >= 1, got {series_number}")
+    if instance_number < 1:
+        raise ValueError(f"instance_number must be >= 1, got {instance_number}")
+    seen: dict[str, int] = {}
+    # Messages name positions, never UIDs or patient attributes: they may end up in logs.
+    for i, ds in enumerate(sources):
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"sources[{i}] must be a pydicom Dataset, got {type(ds)}")
+        for keyword in _REQUIRED_UIDS:
+            if not ds.get(keyword):
+                raise ValueError(f"sources[{i}] lacks {keyword}")
+        if "Rows" not in ds or "Columns" not in ds:
+            raise ValueError(f"sources[{i}] is not an image: it lacks Rows or Columns")
+        if ds.StudyInstanceUID != sources[0].StudyInstanceUID:
+            raise ValueError(
+                f"sources must all belong to one study: sources[{i}] has a different "
+                "Study Instance UID from sources[0]"
+            )
+        first = seen.setdefault(str(ds.SOPInstanceUID), i)
+        if first != i:
+            raise ValueError(f"sources[{i}] repeats the SOP Instance UID of sources[{first}]")
+
+
+def _header(source: Dataset) -> Dataset:
+    """A pixel-free deep copy of a source with the SR's Type 2 attributes made safe.
+
+    highdicom reads Patient/Study attributes from the first evidence dataset without
+    checking that they exist or are valid; real-world images lack some (or hold values such
+    as Patient's Sex "Female"). Missing or invalid ones become empty (Type 2) in the copy.
+    """
+    header = Dataset()
+    for element in source:
+        if element.tag.group != 0x7FE0:  # Pixel Data and its float variants
+            header.add(copy.deepcopy(element))
+    for keyword in _TYPE2_HEADER:
+        if keyword not in header or header[keyword].value is None:
+            setattr(header, keyword, "")
+    if header.PatientSex not in ("", "M", "F", "O"):
+        logger.warning("source Patient's Sex is not M, F or O; written empty in the SR")
+        header.PatientSex = ""
+    for keyword, vr in (("StudyDate", DA), ("PatientBirthDate", DA), ("StudyTime", TM)):
+        value = header[keyword].value
+        if value:
+            try:
+                vr(value)
+            except ValueError:
+                logger.warning("source %s is not a valid DICOM value; written empty", keyword)
+                setattr(header, keyword, "")
+    return header
+
+
+def _caretless_name_workaround(header: Dataset) -> str | None:
+    """Give highdicom a Patient's Name it will not echo into a warning; return the original.
+
+    highdicom 0.28 emits a ``UserWarning`` that quotes the whole Patient's Name when it has no
+    ``^`` (common in real data, e.g. ``"DOE JOHN"``), and warnings end up in logs. A trailing
+    ``^`` denotes the same name (PS3.5 6.2.1.1), so the header gets one and the caller puts
+    the original value back on the SR. Mutating the warnings filters instead would not be
+    thread-safe.
+    """
+    name = str(header.PatientName)
+    if name and "^" not in name:
+        header.PatientName = f"{name}^"
+        return name
+    return None
+
+
+def _truncate(value: str) -> str:
+    """Clip a value to the 64 characters of VR LO; the full value is in TID 4019."""
+    return value if len(value) <= _LO_MAX else value[:_LO_MAX]
+
+
+# --- content tree -----------------------------------------------------------------------------
+
+
+def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    """TID 1001 with the Ossa device as observer (TID 1002, TID 1004)."""
+    # A stable Device Observer UID per algorithm version.
+    device_uid = generate_uid(
+        entropy_srcs=["Ossa device observer", algorithm.name, algorithm.version]
+    )
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=device_uid,
+        name="Ossa",
+        manufacturer_name=MANUFACTURER,
+        model_name=algorithm.name,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE_OBSERVER),
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _finding(abnormal: bool) -> Code:
+    return codes.ABNORMAL if abnormal else codes.NORMAL
+
+
+def _probability(name: Code, value: float, *, derivation: Code | None = None) -> hd.sr.Measurement:
+    """TID 300 measurement of a probability in [0, 1]."""
+    return hd.sr.Measurement(
+        name=name, value=float(value), unit=codes.PROBABILITY_UNIT, derivation=derivation
+    )
+
+
+def _image_group(
+    header: Dataset,
+    image: ImagePrediction,
+    *,
+    threshold: float,
+    number: int,
+    total: int,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group of one image; its Finding applies the study threshold to the image."""
+    tracking = hd.sr.TrackingIdentifier(
+        uid=generate_uid(entropy_srcs=["Ossa image finding", str(header.SOPInstanceUID)]),
+        identifier=f"Ossa image {number} of {total}",
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=_finding(image.abnormal_probability >= threshold),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BONE_SITE[image.bone])],
+        algorithm_id=algorithm_id,
+        measurements=[
+            _probability(codes.ABNORMALITY_PROBABILITY, image.abnormal_probability),
+            _probability(codes.BONE_PROBABILITY, image.bone_probability),
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=header.SOPClassUID,
+                referenced_sop_instance_uid=header.SOPInstanceUID,
+            )
+        ],
+    )
+
+
+def _study_group(
+    headers: Sequence[Dataset], prediction: StudyPrediction
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group of the study: Finding, mean probability and threshold, all sources."""
+    tracking = hd.sr.TrackingIdentifier(
+        uid=generate_uid(entropy_srcs=["Ossa study finding", str(headers[0].StudyInstanceUID)]),
+        identifier=STUDY_TRACKING_IDENTIFIER,
+    )
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=prediction.algorithm.name,
+        version=prediction.algorithm.version,
+        manufacturer=MANUFACTURER,
+        parameters=[
+            "study probability = mean of the image probabilities",
+            f"abnormal if study probability >= {prediction.threshold:g}",
+        ],
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=_finding(prediction.abnormal),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BONE_SITE[prediction.bone])],
+        algorithm_id=algorithm_id,
+        measurements=[
+            _probability(
+                codes.ABNORMALITY_PROBABILITY,
+                prediction.abnormal_probability,
+                derivation=codes.MEAN,
+            ),
+            _probability(codes.ABNORMALITY_THRESHOLD, prediction.threshold),
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=header.SOPClassUID,
+                referenced_sop_instance_uid=header.SOPInstanceUID,
+            )
+            for header in headers
+        ],
+    )
+
+
+def _insert_image_library(root: Dataset, headers: Sequence[Dataset]) -> None:
+    """Insert a TID 1600 Image Library before the "Imaging Measurements" container.
+
+    highdicom's own ``ImageLibrary`` requires Patient Orientation and Imager Pixel Spacing of
+    every projection radiograph, which real CR images often lack (PS3.3 C.8.1 makes them
+    optional there), so the library is built here with each TID 1602/1603 descriptor written
+    only when the source has it.
+    """
+    group = hd.sr.ContainerContentItem(
+        name=codes.IMAGE_LIBRARY_GROUP, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    group.ContentSequence = hd.sr.ContentSequence([_library_entry(h) for h in headers])
+    library = hd.sr.ContainerContentItem(
+        name=codes.IMAGE_LIBRARY, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    # TID 1500 order: ..., Procedure Reported, Image Library, Imaging Measurements, ...
+    items = root.ContentSequence
+    position = next(i for i, item in enumerate(items) if item.name == codes.IMAGING_MEASUREMENTS)
+    items.insert(position, library)
+
+
+def _library_entry(header: Dataset) -> hd.sr.ImageContentItem:
+    """TID 1601 entry of one image with the TID 1602/1603 descriptors the source has."""
+    context = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+    descriptors: list[hd.sr.ContentItem] = []
+    modality = codes.MODALITY.get(str(header.get("Modality", "")))
+    if modality is not None:
+        descriptors.append(
+            hd.sr.CodeContentItem(
+                name=codes.MODALITY_DESCRIPTOR, value=modality, relationship_type=context
+            )
+        )
+    for name, keyword in ((codes.PIXEL_DATA_ROWS, "Rows"), (codes.PIXEL_DATA_COLUMNS, "Columns")):
+        descriptors.append(
+            hd.sr.NumContentItem(
+                name=name,
+                value=int(header[keyword].value),
+                unit=codes.PIXELS_UNIT,
+                relationship_type=context,
+            )
+        )
+    orientation = header.get("PatientOrientation")
+    if orientation is not None and len(orientation) == 2 and all(orientation):
+        for name, value in zip(
+            (codes.PATIENT_ORIENTATION_ROW, codes.PATIENT_ORIENTATION_COLUMN),
+            orientation,
+            strict=True,
+        ):
+            descriptors.append(
+                hd.sr.TextContentItem(name=name, value=str(value), relationship_type=context)
+            )
+    spacing = header.get("ImagerPixelSpacing")
+    if spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
+        # ImagerPixelSpacing is (row spacing, column spacing) = (vertical, horizontal).
+        for name, value in (
+            (codes.HORIZONTAL_PIXEL_SPACING, spacing[1]),
+            (codes.VERTICAL_PIXEL_SPACING, spacing[0]),
+        ):
+            descriptors.append(
+                hd.sr.NumContentItem(
+                    name=name,
+                    value=float(value),
+                    unit=codes.MILLIMETER,
+                    relationship_type=context,
+                )
+            )
+    entry = hd.sr.ImageContentItem(
+        name=codes.IMAGE_LIBRARY_SOURCE,
+        referenced_sop_class_uid=header.SOPClassUID,
+        referenced_sop_instance_uid=header.SOPInstanceUID,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    entry.ContentSequence = hd.sr.ContentSequence(descriptors)
+    return entry
+
+
+def _disclaimer_container() -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations" container holding the research-use TEXT comment."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=DISCLAIMER,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    return container
