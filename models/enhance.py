@@ -1,0 +1,209 @@
+"""Image enhancement and the one preprocessing function shared by training and inference.
+
+El-Saadawy et al. (AICV 2020) enhance each radiograph with adaptive histogram equalization
+before classification. Here the image is first resized (keeping its aspect ratio) so that its
+longest side equals the network input size, then enhanced with CLAHE
+(:func:`skimage.exposure.equalize_adapthist`), padded to a square with the dark background and
+normalized. The parameters live in :class:`Preprocessing`, which a model bundle stores in its
+manifest: inference always preprocesses exactly as the weights were trained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from numpy.typing import NDArray
+from skimage import exposure
+
+#: Tolerance on the [0, 1] range of input images (rounding in upstream conversions).
+_RANGE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Parameters of :func:`preprocess`; stored in the model bundle's manifest.
+
+    Parameters
+    ----------
+    input_size : int
+        Side of the square network input, in pixels.
+    channels : int
+        Channels of the network input (1, or 3 for an RGB-shaped first layer); the grey image
+        is repeated across channels.
+    clahe : bool
+        Whether to apply CLAHE after resizing.
+    clip_limit : float
+        CLAHE clip limit in (0, 1] (``equalize_adapthist``'s ``clip_limit``).
+    kernel_size : int
+        CLAHE tile side in pixels of the resized image.
+    nbins : int
+        CLAHE histogram bins.
+    mean, std : float
+        Normalization: ``(x - mean) / std`` after enhancement and padding. The defaults are the
+        grey-level equivalent of the ImageNet statistics.
+    """
+
+    input_size: int = 112
+    channels: int = 1
+    clahe: bool = True
+    clip_limit: float = 0.01
+    kernel_size: int = 16
+    nbins: int = 256
+    mean: float = 0.449
+    std: float = 0.226
+
+    def __post_init__(self) -> None:
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or not (
+            32 <= self.input_size <= 1024
+        ):
+            raise ValueError(
+                f"input_size must be an integer in [32, 1024], got {self.input_size!r}"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        if not isinstance(self.clahe, bool):
+            raise ValueError(f"clahe must be a bool, got {self.clahe!r}")
+        if not _is_number(self.clip_limit) or not 0.0 < self.clip_limit <= 1.0:
+            raise ValueError(f"clip_limit must be in (0, 1], got {self.clip_limit!r}")
+        if isinstance(self.kernel_size, bool) or not isinstance(self.kernel_size, int) or not (
+            2 <= self.kernel_size <= self.input_size
+        ):
+            raise ValueError(
+                f"kernel_size must be an integer in [2, input_size], got {self.kernel_size!r}"
+            )
+        if isinstance(self.nbins, bool) or not isinstance(self.nbins, int) or self.nbins < 2:
+            raise ValueError(f"nbins must be an integer >= 2, got {self.nbins!r}")
+        if not _is_number(self.mean):
+            raise ValueError(f"mean must be a finite number, got {self.mean!r}")
+        if not _is_number(self.std) or self.std <= 0:
+            raise ValueError(f"std must be a positive number, got {self.std!r}")
+
+    @property
+    def background(self) -> float:
+        """Normalized value of a black (0) pixel: the padding value of the network input."""
+        return (0.0 - self.mean) / self.std
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as stored in a bundle manifest."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"preprocessing must be a mapping, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"preprocessing has unknown keys: {sorted(unknown)}")
+        missing = names - set(data)
+        if missing:
+            raise ValueError(f"preprocessing lacks keys: {sorted(missing)}")
+        return cls(**data)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def check_image(image: object, name: str = "image") -> NDArray[np.float32]:
+    """Validate a radiograph given as a 2-D float array in [0, 1] and return it as float32.
+
+    Raises
+    ------
+    TypeError
+        When ``image`` is not a floating-point numpy array.
+    ValueError
+        When it is not 2-D, is empty, holds non-finite values or leaves [0, 1].
+    """
+    if not isinstance(image, np.ndarray) or not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"{name} must be a floating-point numpy array in [0, 1]")
+    if image.ndim != 2 or min(image.shape) < 2:
+        raise ValueError(f"{name} must be 2-D with both sides >= 2, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError(f"{name} holds non-finite values")
+    low, high = float(image.min()), float(image.max())
+    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"{name} must lie in [0, 1] (1 = bright bone), got [{low:.4g}, {high:.4g}]"
+        )
+    return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def clahe(image: NDArray[np.floating], *, clip_limit: float, kernel_size: int,
+          nbins: int = 256) -> NDArray[np.float32]:
+    """Contrast-limited adaptive histogram equalization of a [0, 1] image.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image in [0, 1].
+    clip_limit : float
+        Clip limit in (0, 1].
+    kernel_size : int
+        Tile side in pixels (clamped to the image size).
+    nbins : int
+        Histogram bins.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 enhanced image in [0, 1].
+    """
+    kernel = (min(kernel_size, image.shape[0]), min(kernel_size, image.shape[1]))
+    out = exposure.equalize_adapthist(
+        np.clip(image, 0.0, 1.0), kernel_size=kernel, clip_limit=clip_limit, nbins=nbins
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def resize_longest(image: NDArray[np.float32], size: int) -> NDArray[np.float32]:
+    """Resize so that the longest side is ``size``, keeping the aspect ratio (antialiased)."""
+    h, w = image.shape
+    scale = size / max(h, w)
+    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if new == (h, w):
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    out = F.interpolate(tensor, size=new, mode="bilinear", antialias=True, align_corners=False)
+    return np.clip(out[0, 0].numpy(), 0.0, 1.0)
+
+
+def preprocess(image: NDArray[np.floating], params: Preprocessing) -> torch.Tensor:
+    """Turn a radiograph into a network input tensor.
+
+    Steps: resize keeping the aspect ratio (longest side = ``params.input_size``), CLAHE
+    (when ``params.clahe``), pad to a centred square with black, normalize with
+    ``params.mean``/``params.std``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D float image in [0, 1], 1 = bright (bone), as PNG/255 or the DICOM pipeline gives.
+    params : Preprocessing
+        Parameters, normally read from a bundle manifest.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 tensor of shape ``(params.channels, input_size, input_size)``.
+    """
+    array = resize_longest(check_image(image), params.input_size)
+    if params.clahe:
+        array = clahe(array, clip_limit=params.clip_limit, kernel_size=params.kernel_size,
+                      nbins=params.nbins)
+    size = params.input_size
+    h, w = array.shape
+    top, left = (size - h) // 2, (size - w) // 2
+    square = np.zeros((size, size), dtype=np.float32)
+    square[top : top + h, left : left + w] = array
+    tensor = (torch.from_numpy(square) - params.mean) / params.std
+    return tensor.unsqueeze(0).expand(params.channels, size, size).contiguous()

@@ -1,0 +1,123 @@
+"""Tests of enhancement and preprocessing (models.enhance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.enhance import Preprocessing, check_image, clahe, preprocess, resize_longest
+
+
+def _ramp(h: int, w: int) -> np.ndarray:
+    return np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (h, 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"input_size": 16}, "input_size"),
+        ({"input_size": 96.0}, "input_size"),
+        ({"channels": 2}, "channels"),
+        ({"clip_limit": 0.0}, "clip_limit"),
+        ({"kernel_size": 200}, "kernel_size"),
+        ({"nbins": 1}, "nbins"),
+        ({"std": 0.0}, "std"),
+        ({"mean": float("nan")}, "mean"),
+        ({"clahe": "yes"}, "clahe"),
+    ],
+)
+def test_preprocessing_names_the_invalid_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Preprocessing(**kwargs)  # type: ignore[arg-type]
+
+
+def test_preprocessing_round_trips_through_a_dict() -> None:
+    params = Preprocessing(input_size=64, kernel_size=32, clip_limit=0.02, mean=0.5, std=0.25)
+    data = params.to_dict()
+    assert data["input_size"] == 64 and data["mean"] == 0.5
+    assert Preprocessing.from_dict(data) == params
+    with pytest.raises(ValueError, match="unknown keys"):
+        Preprocessing.from_dict({**data, "gamma": 2.0})
+    missing = dict(data)
+    del missing["std"]
+    with pytest.raises(ValueError, match="lacks keys"):
+        Preprocessing.from_dict(missing)
+    with pytest.raises(AttributeError):
+        params.input_size = 32  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("shape", [(300, 150), (150, 300), (64, 64), (97, 211)])
+def test_preprocess_shape_aspect_and_padding(shape: tuple[int, int]) -> None:
+    params = Preprocessing(input_size=64, kernel_size=16)
+    image = (0.3 + 0.6 * np.random.default_rng(0).random(shape)).astype(np.float32)
+    tensor = preprocess(image, params)
+    assert tensor.shape == (1, 64, 64) and tensor.dtype == torch.float32
+    # the content keeps the aspect ratio; the rest is the normalized black padding
+    content = (tensor[0] != params.background).numpy()
+    rows, cols = np.nonzero(content.any(axis=1))[0], np.nonzero(content.any(axis=0))[0]
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert max(h, w) == 64
+    assert min(h, w) == pytest.approx(64 * min(shape) / max(shape), abs=1)
+    # centred
+    assert abs((rows.min() + rows.max()) / 2 - 31.5) <= 1
+    assert abs((cols.min() + cols.max()) / 2 - 31.5) <= 1
+
+
+def test_preprocess_normalizes_and_repeats_channels() -> None:
+    image = _ramp(50, 80)
+    plain = Preprocessing(input_size=80, kernel_size=16, clahe=False, mean=0.25, std=0.5)
+    out = preprocess(image, plain)
+    row = out[0, 40].numpy()
+    assert row[0] == pytest.approx((0.0 - 0.25) / 0.5, abs=0.02)
+    assert row[-1] == pytest.approx((1.0 - 0.25) / 0.5, abs=0.02)
+    three = preprocess(image, Preprocessing(input_size=80, kernel_size=16, channels=3))
+    assert three.shape == (3, 80, 80)
+    assert torch.equal(three[0], three[1]) and torch.equal(three[1], three[2])
+
+
+def test_clahe_enhances_local_contrast_and_is_used() -> None:
+    rng = np.random.default_rng(0)
+    image = (0.45 + 0.05 * rng.random((96, 96))).astype(np.float32)  # flat, low contrast
+    enhanced = clahe(image, clip_limit=0.03, kernel_size=16)
+    assert enhanced.dtype == np.float32 and enhanced.min() >= 0.0 and enhanced.max() <= 1.0
+    assert enhanced.std() > 3 * image.std()
+    with_clahe = preprocess(image, Preprocessing(input_size=96, kernel_size=16, clip_limit=0.03))
+    without = preprocess(image, Preprocessing(input_size=96, kernel_size=16, clahe=False))
+    assert with_clahe.std() > 3 * without.std()
+
+
+def test_preprocess_is_deterministic() -> None:
+    image = np.random.default_rng(1).random((120, 90)).astype(np.float32)
+    params = Preprocessing(input_size=48, kernel_size=16)
+    assert torch.equal(preprocess(image, params), preprocess(image.copy(), params))
+
+
+def test_resize_longest() -> None:
+    assert resize_longest(_ramp(200, 100), 50).shape == (50, 25)
+    assert resize_longest(_ramp(10, 40), 80).shape == (20, 80)
+    same = _ramp(30, 60)
+    assert resize_longest(same, 60) is same
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "message"),
+    [
+        (np.zeros((10, 10), dtype=np.uint8), TypeError, "floating-point"),
+        ([[0.0, 1.0]], TypeError, "floating-point"),
+        (np.zeros((4, 4, 3), dtype=np.float32), ValueError, "2-D"),
+        (np.zeros((1, 10), dtype=np.float32), ValueError, "2-D"),
+        (np.full((4, 4), np.nan, dtype=np.float32), ValueError, "non-finite"),
+        (np.full((4, 4), 2.0, dtype=np.float32), ValueError, r"\[0, 1\]"),
+        (np.full((4, 4), -0.5, dtype=np.float64), ValueError, r"\[0, 1\]"),
+    ],
+)
+def test_check_image_rejects_bad_input(image: object, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        check_image(image)
+
+
+def test_check_image_accepts_rounding_and_converts() -> None:
+    image = np.full((4, 4), 1.0005, dtype=np.float64)
+    checked = check_image(image)
+    assert checked.dtype == np.float32 and checked.max() == 1.0
