@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,11 +70,16 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_until(condition: Callable[[], object], *, timeout: float, what: str) -> object:
@@ -88,6 +94,28 @@ def wait_until(condition: Callable[[], object], *, timeout: float, what: str) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """DCMTK ``storescp`` (AE title STORESCP) on loopback: its port and the folder it writes."""
+    exe = shutil.which("storescp")
+    if exe is None:
+        pytest.fail("storescp (Debian package dcmtk) is not installed; run `make test`")
+    out = tmp_path / "storescp"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "-aet", "STORESCP", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: port_open(port), timeout=10, what="storescp to listen")
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -190,3 +218,37 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, ossa_port: int) -> Iterato
     peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), ossa_port)
     yield peer
     peer.stop()
+
+
+# --- models: a phantom in the MURA-v1.1 layout and a bundle trained on it (session-scoped) ---
+
+#: Studies per bone type of the tests' phantom; the `test` training preset is tuned for it.
+TEST_PHANTOM_STUDIES = 80
+TEST_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory containing ``MURA-v1.1/``: 80 phantom studies per bone type, seed 0."""
+    import os
+
+    from models.phantom import PhantomConfig, write_phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    write_phantom(out, TEST_PHANTOM_STUDIES, TEST_SEED,
+                  config=PhantomConfig(min_size=160, max_size=320), workers=os.cpu_count() or 1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bundle trained on ``phantom_root`` with ``--preset test --seed 0`` (a few minutes)."""
+    from models import train
+
+    out = tmp_path_factory.mktemp("bundles") / "test-bundle"
+    args = train.get_args_parser().parse_args(
+        ["--data", str(phantom_root), "--out", str(out), "--preset", "test",
+         "--seed", str(TEST_SEED)]
+    )
+    assert train.main(args) == 0
+    return out

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -16,33 +14,6 @@ from pynetdicom import AE, evt
 
 from dicom_io.send import DimsePeer, SendOutcome, send_c_store
 from tests.conftest import free_port, wait_until
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    exe = shutil.which("storescp")
-    if exe is None:
-        pytest.fail("storescp (Debian package dcmtk) is not installed; run `make test`")
-    out = tmp_path / "received"
-    out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "-aet", "STORESCP", "-od", str(out), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: _port_open(port), timeout=10, what="storescp to listen")
-        yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_success_against_dcmtk_storescp(
