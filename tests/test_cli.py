@@ -1,0 +1,264 @@
+"""The real ``ossa`` CLI in a subprocess, with real peers: storescu in, Orthanc as the PACS."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_io.report import study_finding
+from dicom_io.synthetic import StudyIdentity, write_study
+from models.phantom import render_study
+from tests.conftest import OrthancPeer, dciodvfy_errors, free_port, wait_until
+
+OSSA = str(Path(sys.executable).with_name("ossa"))
+
+
+def _dcmtk(tool: str) -> str:
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.fail(f"{tool} (Debian package dcmtk) is not installed; run `make test`")
+    return exe
+
+
+def _config(tmp_path: Path, port: int, bundle: Path, orthanc: OrthancPeer | None) -> Path:
+    destination = (
+        f"""
+[[destinations]]
+name = "orthanc"
+type = "dimse"
+ae_title = "{orthanc.aet}"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+timeout_s = 10
+"""
+        if orthanc
+        else ""
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[listener]
+ae_title = "OSSA"
+host = "127.0.0.1"
+port = {port}
+allowed_calling_aets = ["STORESCU", "ORTHANC"]
+[study]
+completion_timeout_s = 1.0
+[storage]
+root = "var"
+[model]
+bundle = "{bundle}"
+[logging]
+level = "DEBUG"
+{destination}""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _echo(port: int, calling: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_dcmtk("echoscu"), "-to", "5", "-aet", calling, "-aec", "OSSA", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+class Served:
+    """``ossa serve`` running in a subprocess; its log collected from stderr."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.log_path = config.parent / "ossa.log"
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [OSSA, "serve", "--config", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_until(
+            lambda: self._alive() and _echo(port, "STORESCU").returncode == 0,
+            timeout=120,
+            what="ossa serve to answer C-ECHO",
+        )
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"ossa serve exited {self.proc.returncode}:\n{self.text()}")
+        return True
+
+    def text(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, ossa_port: int, trained_bundle: Path, orthanc: OrthancPeer
+) -> Iterator[Served]:
+    running = Served(_config(tmp_path, ossa_port, trained_bundle, orthanc), ossa_port)
+    yield running
+    running.stop()
+
+
+def _sr_instances(orthanc: OrthancPeer, study_uid: str) -> list[str]:
+    return [
+        item["ID"]
+        for item in orthanc.instances_of_study(study_uid)
+        if orthanc.get(f"/instances/{item['ID']}/simplified-tags").get("Modality") == "SR"
+    ]
+
+
+@pytest.mark.integration
+def test_storescu_to_orthanc_end_to_end(
+    served: Served, ossa_port: int, orthanc: OrthancPeer, tmp_path: Path
+) -> None:
+    study = render_study("WRIST", True, 2024, n_images=3)
+    identity = StudyIdentity(
+        patient_id="SECRET-ID-42",
+        patient_name="Secret^Patient",
+        accession_number="ACC42",
+        body_part="WRIST",
+    )
+    images = [np.round(image * 255).astype(np.uint8) for image in study.images]
+    files = write_study(images, identity, tmp_path / "study")
+    sources = [pydicom.dcmread(f) for f in files]
+
+    sent = subprocess.run(
+        [
+            _dcmtk("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "OSSA",
+            "127.0.0.1",
+            str(ossa_port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    done = tmp_path / "var" / "done"
+    wait_until(
+        lambda: done.is_dir() and list(done.iterdir()), timeout=180, what="Ossa to finish the study"
+    )
+    assert list((tmp_path / "var" / "failed").iterdir()) == []
+    sr_ids = wait_until(
+        lambda: _sr_instances(orthanc, identity.study_instance_uid),
+        timeout=30,
+        what="the SR in Orthanc",
+    )
+    assert len(sr_ids) == 1  # type: ignore[arg-type]
+    data = orthanc.get_bytes(f"/instances/{sr_ids[0]}/file")  # type: ignore[index]
+    sr = pydicom.dcmread(io.BytesIO(data))
+
+    assert sr.StudyInstanceUID == identity.study_instance_uid
+    assert sr.SeriesInstanceUID != sources[0].SeriesInstanceUID
+    assert sr.PatientID == identity.patient_id
+    referenced = {
+        ref.ReferencedSOPInstanceUID
+        for st in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in st.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert referenced == {ds.SOPInstanceUID for ds in sources}
+    assert study_finding(sr) is study.abnormal
+    assert "not for diagnos" in sr.SeriesDescription.lower()
+
+    sr_path = tmp_path / "from-orthanc.dcm"
+    sr_path.write_bytes(data)
+    assert dciodvfy_errors(sr_path) == []
+
+    log = served.text()
+    assert sources[0].SOPInstanceUID in log
+    assert "Secret" not in log and "SECRET-ID-42" not in log and "ACC42" not in log
+
+
+@pytest.mark.integration
+def test_calling_ae_not_allowed_is_rejected(served: Served, ossa_port: int) -> None:
+    wrong = _echo(ossa_port, "WRONG")
+    assert wrong.returncode != 0
+    assert "reject" in (wrong.stdout + wrong.stderr).lower()
+    assert _echo(ossa_port, "STORESCU").returncode == 0  # still serving
+
+
+def test_sigterm_stops_with_exit_code_zero(tmp_path: Path, trained_bundle: Path) -> None:
+    port = free_port()
+    running = Served(_config(tmp_path, port, trained_bundle, None), port)
+    assert running.stop() == 0
+    assert "Listening as OSSA" in running.text()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("port = ", "port = 99999 #", "listener.port"),
+        ('ae_title = "OSSA"', 'ae_title = ""', "listener.ae_title"),
+    ],
+)
+def test_invalid_config_exits_non_zero_naming_the_key(
+    tmp_path: Path, trained_bundle: Path, old: str, new: str, key: str
+) -> None:
+    config = _config(tmp_path, free_port(), trained_bundle, None)
+    config.write_text(config.read_text().replace(old, new, 1))
+    proc = subprocess.run(
+        [OSSA, "serve", "--config", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert key in proc.stderr
+
+
+def test_missing_bundle_exits_non_zero(tmp_path: Path) -> None:
+    config = _config(tmp_path, free_port(), tmp_path / "no-bundle", None)
+    proc = subprocess.run(
+        [OSSA, "serve", "--config", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "model.bundle" in proc.stderr
+
+
+def test_export_dicom_writes_studies_storescu_can_send(tmp_path: Path, phantom_root: Path) -> None:
+    out = tmp_path / "dicom"
+    proc = subprocess.run(
+        [OSSA, "export-dicom", "--data", str(phantom_root), "--out", str(out), "--studies", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert len(lines) == 2 and {label for _, label in lines} <= {"normal", "abnormal"}
+    for folder, _ in lines:
+        files = sorted(Path(folder).glob("*.dcm"))
+        assert files
+        for f in files:
+            ds = pydicom.dcmread(f)
+            assert ds.Modality == "CR" and ds.PhotometricInterpretation == "MONOCHROME1"
+            assert dciodvfy_errors(f) == []
