@@ -24,9 +24,9 @@ install: $(STAMP)
 
 # Built once, atomically: an interrupted build leaves no half bundle behind.
 $(DEMO_BUNDLE)/manifest.json: | $(STAMP)
-	$(BIN)/ossa phantom --out $(PHANTOM) --studies 80 --seed 0
+	$(BIN)/ossa phantom --out $(PHANTOM) --studies 80 --seed 0 --overwrite
 	rm -rf $(DEMO_BUNDLE).partial
-	$(BIN)/ossa train --data $(PHANTOM) --out $(DEMO_BUNDLE).partial --preset demo --seed 0
+	$(BIN)/ossa train --data $(PHANTOM) --out $(DEMO_BUNDLE).partial --preset demo --seed 0 --name demo
 	rm -rf $(DEMO_BUNDLE) && mv $(DEMO_BUNDLE).partial $(DEMO_BUNDLE)
 
 demo-bundle: $(DEMO_BUNDLE)/manifest.json
