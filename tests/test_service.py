@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pynetdicom import AE
 from dicom_io.synthetic import StudyIdentity
 from models.phantom import render_study
 from models.predict import TwoStageClassifier
-from tests.conftest import free_port, wait_until
+from tests.conftest import dciodvfy_errors, free_port, wait_until
 from worker.assembly import StudyAssembler
 from worker.config import DimseDestination, ListenerConfig
 from worker.dispatch import Dispatcher
@@ -122,6 +123,7 @@ def test_two_studies_each_get_one_sr(
     make_radiograph: Callable[..., Dataset],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     pacs_port, pacs_dir = storescp
     running = start_service(pacs_port)
     wrist = _phantom_study("WRIST", True, 11, make_radiograph)
@@ -141,6 +143,7 @@ def test_two_studies_each_get_one_sr(
         sr = by_study[sources[0].StudyInstanceUID]
         assert _referenced(sr) == {ds.SOPInstanceUID for ds in sources}
     assert list(running.spool.failed.iterdir()) == []
+    assert wrist[0].StudyInstanceUID in caplog.text and hand[0].SOPInstanceUID in caplog.text
     assert "Secret" not in caplog.text and "SECRET-ID" not in caplog.text
 
 
@@ -202,3 +205,28 @@ def test_calling_ae_not_allowed_is_rejected(
     ae.add_requested_context(ComputedRadiographyImageStorage)
     assoc = ae.associate("127.0.0.1", running.service.port, ae_title="OSSA")
     assert assoc.is_rejected
+
+
+def test_real_nema_wg04_cr_gets_a_valid_sr(
+    start_service: Callable[..., Running],
+    storescp: tuple[int, Path],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """A real 15-bit MONOCHROME1 CR from pydicom-data goes through the whole service."""
+    from pydicom.data import get_testdata_file
+
+    caplog.set_level(logging.INFO)
+    source = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    pacs_port, pacs_dir = storescp
+    running = start_service(pacs_port)
+    assert _store(running.service.port, [source]) == [0]
+    sr_files = wait_until(lambda: list(pacs_dir.iterdir()), timeout=120, what="the SR")
+    sr_path = sr_files[0]  # type: ignore[index]
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert _referenced(sr) == {source.SOPInstanceUID}
+    assert dciodvfy_errors(sr_path) == []
+    assert source.SOPInstanceUID in caplog.text
+    assert str(source.PatientName) not in caplog.text
+    assert source.PatientID not in caplog.text
