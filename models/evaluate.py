@@ -22,7 +22,7 @@ from typing import Any
 
 from models.data import MuraStudy, load_studies, read_image
 from models.networks import TwoStageOutput
-from models.predict import TwoStageClassifier
+from models.predict import TwoStageClassifier, image_predictions
 from models.results import BONE_TYPES, ImagePrediction
 
 logger = logging.getLogger(__name__)
@@ -222,13 +222,8 @@ def group_predictions(output: TwoStageOutput, study_index: Sequence[int], n_stud
                       bone_types: Sequence[str]) -> list[list[ImagePrediction]]:
     """Turn a batched network output over flattened images back into per-study predictions."""
     grouped: list[list[ImagePrediction]] = [[] for _ in range(n_studies)]
-    for probs, idx, abnormal, study in zip(output.bone_probabilities, output.bone_index,
-                                           output.abnormal_probability, study_index, strict=True):
-        grouped[int(study)].append(ImagePrediction(
-            bone=bone_types[int(idx)],
-            bone_probability=min(max(float(probs[int(idx)]), 0.0), 1.0),
-            abnormal_probability=min(max(float(abnormal), 0.0), 1.0),
-        ))
+    for prediction, study in zip(image_predictions(output, bone_types), study_index, strict=True):
+        grouped[int(study)].append(prediction)
     return grouped
 
 

@@ -21,7 +21,7 @@ from torchvision.models import MobileNetV2
 from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from models.results import BONE_TYPES
+from models.results import BONE_TYPES, check_bone_order
 
 logger = logging.getLogger(__name__)
 
@@ -185,13 +185,12 @@ class TwoStageNetwork(nn.Module):
     def __init__(self, bone_type: nn.Module, abnormal: Mapping[str, nn.Module],
                  bone_types: Sequence[str] = BONE_TYPES, *, flip_tta: bool = False) -> None:
         super().__init__()
-        if sorted(bone_types) != sorted(BONE_TYPES) or len(set(bone_types)) != len(bone_types):
-            raise ValueError(f"bone_types must be a permutation of {BONE_TYPES}, got {bone_types}")
-        if set(abnormal) != set(bone_types):
+        bones = check_bone_order(bone_types)
+        if set(abnormal) != set(bones):
             raise ValueError(
                 f"abnormal must hold one network per bone type, got {sorted(abnormal)}"
             )
-        self.bone_types = tuple(bone_types)
+        self.bone_types = bones
         self.flip_tta = flip_tta
         self.bone_type = bone_type
         self.abnormal = nn.ModuleDict({name: abnormal[name] for name in self.bone_types})
@@ -226,6 +225,32 @@ class TwoStageNetwork(nn.Module):
         bone_index = bone_probabilities.argmax(dim=1)
         return TwoStageOutput(bone_probabilities, bone_index,
                               self.abnormal_probability(x, bone_index))
+
+    def predict(self, images: torch.Tensor, *, batch_size: int,
+                device: torch.device) -> TwoStageOutput:
+        """Run both stages in eval and inference mode, ``batch_size`` images at a time.
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            Preprocessed inputs (N x C x S x S, any float dtype), on any device.
+        batch_size : int
+            Images per forward pass.
+        device : torch.device
+            Device the network is on; each batch is moved there as float32.
+
+        Returns
+        -------
+        TwoStageOutput
+            On the CPU, in input order.
+        """
+        self.eval()
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, images.shape[0], batch_size):
+                chunk = images[start : start + batch_size].to(device, torch.float32)
+                outputs.append(self(chunk))
+        return TwoStageOutput(*(torch.cat([o[i] for o in outputs]).cpu() for i in range(3)))
 
 
 def two_stage_mobilenet_v2(*, width_mult: float = 1.0, in_channels: int = 1,

@@ -29,6 +29,29 @@ def _probability(value: float) -> float:
     return min(max(float(value), 0.0), 1.0)
 
 
+def image_predictions(output: TwoStageOutput, bone_types: Sequence[str]) -> list[ImagePrediction]:
+    """One :class:`ImagePrediction` per image of a batched network output, in order.
+
+    Parameters
+    ----------
+    output : TwoStageOutput
+        Output of :meth:`models.networks.TwoStageNetwork.predict`.
+    bone_types : sequence of str
+        Class order of the bone-type network (the bundle's ``bone_types``).
+    """
+    return [
+        ImagePrediction(
+            bone=bone_types[int(idx)],
+            bone_probability=_probability(probs[int(idx)]),
+            abnormal_probability=_probability(abnormal),
+        )
+        for probs, idx, abnormal in zip(
+            output.bone_probabilities, output.bone_index, output.abnormal_probability,
+            strict=True,
+        )
+    ]
+
+
 class TwoStageClassifier:
     """Bone type (stage 1) then per-bone abnormality (stage 2), from a verified bundle.
 
@@ -80,13 +103,7 @@ class TwoStageClassifier:
 
     def predict_tensors(self, batch: torch.Tensor) -> TwoStageOutput:
         """Run both stages on already preprocessed inputs (N x C x S x S)."""
-        self._network.eval()
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, batch.shape[0], self._batch_size):
-                chunk = batch[start : start + self._batch_size].to(self._device, torch.float32)
-                outputs.append(self._network(chunk))
-        return TwoStageOutput(*(torch.cat([o[i] for o in outputs]).cpu() for i in range(3)))
+        return self._network.predict(batch, batch_size=self._batch_size, device=self._device)
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]:
         """Predict each image's bone type and abnormality probability.
@@ -115,17 +132,7 @@ class TwoStageClassifier:
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"images[{i}]: {exc}") from exc
         out = self.predict_tensors(torch.stack(tensors))
-        bone_types = self._bundle.manifest.bone_types
-        return [
-            ImagePrediction(
-                bone=bone_types[int(idx)],
-                bone_probability=_probability(probs[int(idx)]),
-                abnormal_probability=_probability(abnormal),
-            )
-            for probs, idx, abnormal in zip(
-                out.bone_probabilities, out.bone_index, out.abnormal_probability, strict=True
-            )
-        ]
+        return image_predictions(out, self._bundle.manifest.bone_types)
 
     def predict_study(self, images: Sequence[np.ndarray]) -> StudyPrediction:
         """Predict every image of one study; the study probability is their mean.

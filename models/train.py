@@ -47,12 +47,11 @@ import torchvision
 from torch import nn
 
 from models.bundle import MANIFEST_NAME, save_bundle
-from models.data import ImageBank, MuraImageDataset, load_studies
+from models.data import MuraImageDataset, load_studies
 from models.enhance import Preprocessing
 from models.evaluate import evaluate_predictions, group_predictions
 from models.networks import (
     TwoStageNetwork,
-    TwoStageOutput,
     abnormality_classifier,
     bone_type_classifier,
 )
@@ -240,17 +239,6 @@ def train_network(
     return history
 
 
-def predict_bank(network: TwoStageNetwork, bank: ImageBank, *, device: torch.device,
-                 batch_size: int = 64) -> TwoStageOutput:
-    """Run both stages over a preprocessed bank under ``eval`` and ``inference_mode``."""
-    network.to(device).eval()
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, bank.images.shape[0], batch_size):
-            outputs.append(network(bank.images[start : start + batch_size].to(device).float()))
-    return TwoStageOutput(*(torch.cat([o[i] for o in outputs]).cpu() for i in range(3)))
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Command-line options of ``ossa train``."""
     parser = argparse.ArgumentParser(
@@ -415,7 +403,7 @@ def _run(args: argparse.Namespace) -> None:
         abnormal[bone] = model
     network = TwoStageNetwork(bone_net, abnormal, BONE_TYPES, flip_tta=args.flip_tta)
 
-    output = predict_bank(network, valid, device=device)
+    output = network.to(device).predict(valid.images, batch_size=64, device=device)
     predictions = group_predictions(output, valid.studies.tolist(), len(valid_studies),
                                     network.bone_types)
     evaluation = evaluate_predictions(valid_studies, predictions, threshold=args.threshold)
