@@ -21,7 +21,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 
 from models.enhance import Preprocessing
 from models.networks import ARCHITECTURE, TwoStageNetwork, two_stage_mobilenet_v2
-from models.results import BONE_TYPES
+from models.results import check_bone_order
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class BundleError(ValueError):
 def abnormal_weights_name(bone: str) -> str:
     """File name of the stage-2 weights of ``bone``."""
     return f"abnormal_{bone}.pt"
+
+
+def _weights_modules(network: TwoStageNetwork) -> dict[str, torch.nn.Module]:
+    """Each weights file of a bundle and the module of ``network`` it holds."""
+    modules: dict[str, torch.nn.Module] = {BONE_TYPE_WEIGHTS: network.bone_type}
+    for bone in network.bone_types:
+        modules[abnormal_weights_name(bone)] = network.abnormal[bone]
+    return modules
 
 
 @dataclass(frozen=True)
@@ -104,9 +112,7 @@ class BundleManifest:
             raise ValueError(f"width_mult must be in (0, 4], got {self.width_mult!r}")
         if not isinstance(self.preprocessing, Preprocessing):
             raise ValueError("preprocessing must be a Preprocessing")
-        bones = tuple(self.bone_types)
-        if sorted(bones) != sorted(BONE_TYPES) or len(set(bones)) != len(bones):
-            raise ValueError(f"bone_types must be a permutation of {BONE_TYPES}, got {bones}")
+        bones = check_bone_order(self.bone_types)
         object.__setattr__(self, "bone_types", bones)
         if (not isinstance(self.threshold, int | float) or isinstance(self.threshold, bool)
                 or math.isnan(self.threshold) or not 0.0 <= self.threshold <= 1.0):
@@ -265,31 +271,25 @@ def save_bundle(
     path = Path(path)
     if (path / MANIFEST_NAME).exists() and not overwrite:
         raise FileExistsError(f"a bundle already exists in {path} (use overwrite)")
-    files: dict[str, Mapping[str, torch.Tensor]] = {
-        BONE_TYPE_WEIGHTS: network.bone_type.state_dict()
-    }
-    for bone in network.bone_types:
-        files[abnormal_weights_name(bone)] = network.abnormal[bone].state_dict()
+    modules = _weights_modules(network)
     manifest = BundleManifest(
         name=name if name is not None else path.name,
         width_mult=width_mult,
         preprocessing=preprocessing,
         bone_types=network.bone_types,
         threshold=threshold,
-        weights=dict.fromkeys(files, "0" * 64),  # placeholders, validated before any write
+        weights=dict.fromkeys(modules, "0" * 64),  # placeholders, validated before any write
         training=dict(training or {}),
         metrics=dict(metrics or {}),
+        flip_tta=network.flip_tta,
     )
     path.mkdir(parents=True, exist_ok=True)
     digests = {}
-    for file, state in files.items():
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, path / file)
+    for file, module in modules.items():
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        torch.save(state, path / file)
         digests[file] = sha256_file(path / file)
-    manifest = BundleManifest(
-        name=manifest.name, width_mult=width_mult, preprocessing=preprocessing,
-        bone_types=manifest.bone_types, threshold=threshold, weights=digests,
-        training=manifest.training, metrics=manifest.metrics, flip_tta=network.flip_tta,
-    )
+    manifest = replace(manifest, weights=digests)
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n"
     tmp = path / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(text, encoding="utf-8")
@@ -355,10 +355,7 @@ def load_bundle(path: Path, *, device: str | torch.device = "cpu") -> LoadedBund
                                      in_channels=manifest.preprocessing.channels,
                                      bone_types=manifest.bone_types,
                                      flip_tta=manifest.flip_tta)
-    modules: dict[str, torch.nn.Module] = {BONE_TYPE_WEIGHTS: network.bone_type}
-    for bone in manifest.bone_types:
-        modules[abnormal_weights_name(bone)] = network.abnormal[bone]
-    for file, module in modules.items():
+    for file, module in _weights_modules(network).items():
         try:
             module.load_state_dict(_load_state(path / file))
         except RuntimeError as exc:

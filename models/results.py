@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: MURA-v1.1 body-part categories in the canonical (alphabetical) class order.
@@ -20,6 +21,20 @@ BONE_TYPES: tuple[str, ...] = (
     "SHOULDER",
     "WRIST",
 )
+
+
+def check_bone_order(bone_types: Sequence[str]) -> tuple[str, ...]:
+    """Return ``bone_types`` as a tuple if it is a permutation of :data:`BONE_TYPES`.
+
+    Raises
+    ------
+    ValueError
+        When a bone type is missing, repeated or unknown.
+    """
+    bones = tuple(bone_types)
+    if sorted(bones) != sorted(BONE_TYPES) or len(set(bones)) != len(bones):
+        raise ValueError(f"bone_types must be a permutation of {BONE_TYPES}, got {bones}")
+    return bones
 
 
 def _check_probability(name: str, value: float) -> None:
