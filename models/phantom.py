@@ -187,6 +187,13 @@ class _Capsule:
         return math.hypot(self.b[0] - self.a[0], self.b[1] - self.a[1])
 
 
+def _to_local(u: FloatArray, v: FloatArray, c: Point,
+              angle: float) -> tuple[FloatArray, FloatArray]:
+    """Body coordinates in the frame centred on ``c`` and rotated by ``angle``."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    return (u - c[0]) * cos + (v - c[1]) * sin, -(u - c[0]) * sin + (v - c[1]) * cos
+
+
 @dataclass(frozen=True)
 class _Ellipse:
     c: Point
@@ -195,9 +202,7 @@ class _Ellipse:
     angle: float = 0.0
 
     def sdf(self, u: FloatArray, v: FloatArray) -> FloatArray:
-        cos, sin = math.cos(self.angle), math.sin(self.angle)
-        x = (u - self.c[0]) * cos + (v - self.c[1]) * sin
-        y = -(u - self.c[0]) * sin + (v - self.c[1]) * cos
+        x, y = _to_local(u, v, self.c, self.angle)
         k: FloatArray = np.hypot(x / self.ru, y / self.rv)
         return (k - 1.0) * min(self.ru, self.rv)
 
@@ -214,9 +219,9 @@ class _Box:
     angle: float = 0.0
 
     def sdf(self, u: FloatArray, v: FloatArray) -> FloatArray:
-        cos, sin = math.cos(self.angle), math.sin(self.angle)
-        x = np.abs((u - self.c[0]) * cos + (v - self.c[1]) * sin) - self.half_u
-        y = np.abs(-(u - self.c[0]) * sin + (v - self.c[1]) * cos) - self.half_v
+        x, y = _to_local(u, v, self.c, self.angle)
+        x = np.abs(x) - self.half_u
+        y = np.abs(y) - self.half_v
         outside = np.hypot(np.maximum(x, 0.0), np.maximum(y, 0.0))
         result: FloatArray = outside + np.minimum(np.maximum(x, y), 0.0)
         return result
@@ -704,11 +709,9 @@ class _View:
     mirror: bool
 
     def to_body(self, x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
-        dx, dy = x - self.center[0], y - self.center[1]
-        cos, sin = math.cos(self.angle), math.sin(self.angle)
-        u = (dx * cos + dy * sin) / (self.scale * self.squash)
-        v = (-dx * sin + dy * cos) / self.scale
-        return (-u if self.mirror else u), v
+        u, v = _to_local(x, y, self.center, self.angle)
+        u = u / (self.scale * self.squash)
+        return (-u if self.mirror else u), v / self.scale
 
     def shows(self, point: Point, margin: float = 0.08) -> bool:
         """Whether a body-frame point lands inside the image, ``margin`` (fraction) from edges."""
