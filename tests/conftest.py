@@ -7,13 +7,16 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from pydicom import Dataset
 
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
+
+if TYPE_CHECKING:
+    from models.predict import TwoStageClassifier
 
 
 def _gradient_image(rows: int = 64, columns: int = 48) -> np.ndarray:
@@ -73,6 +76,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def evidence_sop_uids(sr: Dataset) -> set[str]:
+    """SOP Instance UIDs in an SR's Current Requested Procedure Evidence Sequence."""
+    return {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
 
 
 def port_open(port: int) -> bool:
@@ -252,3 +265,11 @@ def trained_bundle(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory)
     )
     assert train.main(args) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def classifier(trained_bundle: Path) -> TwoStageClassifier:
+    """The two-stage classifier of ``trained_bundle``, loaded once per session."""
+    from models.predict import TwoStageClassifier
+
+    return TwoStageClassifier.from_bundle(trained_bundle)

@@ -18,7 +18,7 @@ import pytest
 from dicom_io.report import study_finding
 from dicom_io.synthetic import StudyIdentity, write_study
 from models.phantom import render_study
-from tests.conftest import OrthancPeer, dciodvfy_errors, free_port, wait_until
+from tests.conftest import OrthancPeer, dciodvfy_errors, evidence_sop_uids, free_port, wait_until
 
 OSSA = str(Path(sys.executable).with_name("ossa"))
 
@@ -182,13 +182,7 @@ def test_storescu_to_orthanc_end_to_end(
     assert sr.StudyInstanceUID == identity.study_instance_uid
     assert sr.SeriesInstanceUID != sources[0].SeriesInstanceUID
     assert sr.PatientID == identity.patient_id
-    referenced = {
-        ref.ReferencedSOPInstanceUID
-        for st in sr.CurrentRequestedProcedureEvidenceSequence
-        for series in st.ReferencedSeriesSequence
-        for ref in series.ReferencedSOPSequence
-    }
-    assert referenced == {ds.SOPInstanceUID for ds in sources}
+    assert evidence_sop_uids(sr) == {ds.SOPInstanceUID for ds in sources}
     assert study_finding(sr) is study.abnormal
     assert "not for diagnos" in sr.SeriesDescription.lower()
 

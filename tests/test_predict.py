@@ -17,11 +17,6 @@ from models.results import BONE_TYPES, ImagePrediction, StudyPrediction
 
 
 @pytest.fixture(scope="module")
-def classifier(trained_bundle: Path) -> TwoStageClassifier:
-    return TwoStageClassifier.from_bundle(trained_bundle)
-
-
-@pytest.fixture(scope="module")
 def valid_studies(phantom_root: Path) -> tuple[MuraStudy, ...]:
     return load_studies(phantom_root, "valid")
 

@@ -18,18 +18,13 @@ from pynetdicom import AE
 from dicom_io.synthetic import StudyIdentity
 from models.phantom import render_study
 from models.predict import TwoStageClassifier
-from tests.conftest import dciodvfy_errors, free_port, wait_until
+from tests.conftest import dciodvfy_errors, evidence_sop_uids, free_port, wait_until
 from worker.assembly import StudyAssembler
 from worker.config import DimseDestination, ListenerConfig
 from worker.dispatch import Dispatcher
 from worker.jobs import StudyProcessor
 from worker.service import Service
 from worker.spool import Spool
-
-
-@pytest.fixture(scope="session")
-def classifier(trained_bundle: Path) -> TwoStageClassifier:
-    return TwoStageClassifier.from_bundle(trained_bundle)
 
 
 @dataclass
@@ -107,16 +102,6 @@ def _store(port: int, datasets: list[Dataset], calling: str = "STORESCU") -> lis
         assoc.release()
 
 
-def _referenced(sr: Dataset) -> set[str]:
-    """SOP Instance UIDs in the SR's Current Requested Procedure Evidence Sequence."""
-    return {
-        ref.ReferencedSOPInstanceUID
-        for study in sr.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for ref in series.ReferencedSOPSequence
-    }
-
-
 def test_two_studies_each_get_one_sr(
     start_service: Callable[..., Running],
     storescp: tuple[int, Path],
@@ -141,7 +126,7 @@ def test_two_studies_each_get_one_sr(
     assert set(by_study) == {wrist[0].StudyInstanceUID, hand[0].StudyInstanceUID}
     for sources in (wrist, hand):
         sr = by_study[sources[0].StudyInstanceUID]
-        assert _referenced(sr) == {ds.SOPInstanceUID for ds in sources}
+        assert evidence_sop_uids(sr) == {ds.SOPInstanceUID for ds in sources}
     assert list(running.spool.failed.iterdir()) == []
     assert wrist[0].StudyInstanceUID in caplog.text and hand[0].SOPInstanceUID in caplog.text
     assert "Secret" not in caplog.text and "SECRET-ID" not in caplog.text
@@ -194,7 +179,7 @@ def test_unreadable_file_in_spool_is_skipped(
     assert _store(running.service.port, study) == [0]
     sr_file = wait_until(lambda: list(pacs_dir.iterdir()), timeout=120, what="the SR")
     sr = pydicom.dcmread(sr_file[0])  # type: ignore[index]
-    assert _referenced(sr) == {study[0].SOPInstanceUID}
+    assert evidence_sop_uids(sr) == {study[0].SOPInstanceUID}
 
 
 def test_calling_ae_not_allowed_is_rejected(
@@ -225,7 +210,7 @@ def test_real_nema_wg04_cr_gets_a_valid_sr(
     sr_path = sr_files[0]  # type: ignore[index]
     sr = pydicom.dcmread(sr_path)
     assert sr.StudyInstanceUID == source.StudyInstanceUID
-    assert _referenced(sr) == {source.SOPInstanceUID}
+    assert evidence_sop_uids(sr) == {source.SOPInstanceUID}
     assert dciodvfy_errors(sr_path) == []
     assert source.SOPInstanceUID in caplog.text
     assert str(source.PatientName) not in caplog.text
