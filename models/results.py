@@ -1,45 +1,35 @@
 """Immutable prediction results passed from the classifier to the report and dispatch.
 
 The study-level rule follows MURA (Rajpurkar et al. 2017) and El-Saadawy et al. (AICV 2020):
-a study's abnormality probability is the arithmetic mean of its images' probabilities.
+a study's abnormality probability is the arithmetic mean of its images' probabilities, here
+of its *assessed* images. An image is not assessed when stage 1 names a class that is not
+assessed (out of scope), when stage 1 is not confident enough, when its features lie far from
+the training data, or when its pixels could not be read; it then has no abnormality
+probability and does not count in the study mean. A study without an assessed image is
+reported "not assessed", never normal.
+
+This module imports neither torch nor pydicom.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-#: MURA-v1.1 body-part categories in the canonical (alphabetical) class order.
-BONE_TYPES: tuple[str, ...] = (
-    "ELBOW",
-    "FINGER",
-    "FOREARM",
-    "HAND",
-    "HUMERUS",
-    "SHOULDER",
-    "WRIST",
-)
 
-
-def check_bone_order(bone_types: Sequence[str]) -> tuple[str, ...]:
-    """Return ``bone_types`` as a tuple if it is a permutation of :data:`BONE_TYPES`.
-
-    Raises
-    ------
-    ValueError
-        When a bone type is missing, repeated or unknown.
-    """
-    bones = tuple(bone_types)
-    if sorted(bones) != sorted(BONE_TYPES) or len(set(bones)) != len(bones):
-        raise ValueError(f"bone_types must be a permutation of {BONE_TYPES}, got {bones}")
-    return bones
-
-
-def _check_probability(name: str, value: float) -> None:
-    if not isinstance(value, int | float) or math.isnan(value) or not 0.0 <= value <= 1.0:
+def check_probability(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a probability in [0, 1], else ``ValueError``."""
+    if (not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value)
+            or not 0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def clamp_probability(value: float) -> float:
+    """Clamp float32 rounding (e.g. 1.0000001) back into [0, 1]."""
+    return min(max(float(value), 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -48,23 +38,58 @@ class ImagePrediction:
 
     Parameters
     ----------
-    bone : str
-        Predicted bone type, one of :data:`BONE_TYPES` (stage 1).
-    bone_probability : float
-        Softmax probability of the predicted bone type.
-    abnormal_probability : float
-        Probability of abnormality from the per-bone classifier chosen by ``bone`` (stage 2).
+    body_part : str
+        Class named by stage 1 (a class of the bundle's taxonomy).
+    body_part_probability : float
+        Stage-1 softmax probability of ``body_part``.
+    assessed : bool
+        Whether stage 2 gave a verdict for this image.
+    abnormal_probability : float or None
+        Probability of abnormality from the stage-2 network of ``body_part``; ``None``
+        exactly when the image is not assessed.
+    reason : str
+        Why the image was not assessed, in words a radiologist reads in the report
+        (e.g. ``"body part OTHER is outside the assessed scope"``); empty when assessed.
+    ood_score : float or None
+        Feature-space out-of-distribution score of the image (higher = further from the
+        training data), when the bundle has one.
     """
 
-    bone: str
-    bone_probability: float
-    abnormal_probability: float
+    body_part: str
+    body_part_probability: float
+    assessed: bool
+    abnormal_probability: float | None
+    reason: str = ""
+    ood_score: float | None = None
 
     def __post_init__(self) -> None:
-        if self.bone not in BONE_TYPES:
-            raise ValueError(f"bone must be one of {BONE_TYPES}, got {self.bone!r}")
-        _check_probability("bone_probability", self.bone_probability)
-        _check_probability("abnormal_probability", self.abnormal_probability)
+        if not isinstance(self.body_part, str) or not self.body_part:
+            raise ValueError(f"body_part must be a non-empty string, got {self.body_part!r}")
+        check_probability("body_part_probability", self.body_part_probability)
+        if not isinstance(self.assessed, bool):
+            raise ValueError(f"assessed must be a bool, got {self.assessed!r}")
+        if self.assessed:
+            check_probability("abnormal_probability", self.abnormal_probability)
+            if self.reason:
+                raise ValueError("reason must be empty for an assessed image")
+        else:
+            if self.abnormal_probability is not None:
+                raise ValueError("abnormal_probability must be None for an image not assessed")
+            if not isinstance(self.reason, str) or not self.reason.strip():
+                raise ValueError("reason must say why an image was not assessed")
+        if self.ood_score is not None and (
+            not isinstance(self.ood_score, int | float) or math.isnan(self.ood_score)
+        ):
+            raise ValueError(f"ood_score must be a number or None, got {self.ood_score!r}")
+
+    @classmethod
+    def not_assessed(cls, reason: str, *, body_part: str = "UNKNOWN",
+                     body_part_probability: float = 0.0,
+                     ood_score: float | None = None) -> ImagePrediction:
+        """An image without a verdict, e.g. one whose pixels could not be decoded."""
+        return cls(body_part=body_part, body_part_probability=body_part_probability,
+                   assessed=False, abnormal_probability=None, reason=reason,
+                   ood_score=ood_score)
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,15 @@ class AlgorithmInfo:
             raise ValueError("version must not be empty")
 
 
+def _most_frequent(predictions: Sequence[ImagePrediction]) -> str:
+    """Most frequent body part; ties go to the higher summed confidence."""
+    counts = Counter(p.body_part for p in predictions)
+    confidence: dict[str, float] = {}
+    for p in predictions:
+        confidence[p.body_part] = confidence.get(p.body_part, 0.0) + p.body_part_probability
+    return max(counts, key=lambda b: (counts[b], confidence[b]))
+
+
 @dataclass(frozen=True)
 class StudyPrediction:
     """Per-image predictions of one study and the study-level result.
@@ -96,39 +130,78 @@ class StudyPrediction:
     Parameters
     ----------
     images : tuple of ImagePrediction
-        One prediction per image, in the order the images were given.
-    threshold : float
-        Study probability at or above which the study is called abnormal.
+        One prediction per image, in the order the images were given (not-assessed images
+        included).
+    thresholds : tuple of (str, float)
+        Per-class operating thresholds from the bundle: an assessed study is abnormal when
+        its probability reaches the threshold of its body part.
     algorithm : AlgorithmInfo
         The model that made the predictions.
     """
 
     images: tuple[ImagePrediction, ...]
-    threshold: float
+    thresholds: tuple[tuple[str, float], ...]
     algorithm: AlgorithmInfo
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "images", tuple(self.images))
         if not self.images:
             raise ValueError("images must hold at least one ImagePrediction")
         if not all(isinstance(p, ImagePrediction) for p in self.images):
             raise TypeError("images must be a tuple of ImagePrediction")
-        _check_probability("threshold", self.threshold)
+        thresholds = (tuple(self.thresholds.items()) if isinstance(self.thresholds, Mapping)
+                      else tuple((str(k), v) for k, v in self.thresholds))
+        object.__setattr__(self, "thresholds", thresholds)
+        for name, value in thresholds:
+            check_probability(f"thresholds[{name!r}]", value)
+        missing = {p.body_part for p in self.assessed_images} - {k for k, _ in thresholds}
+        if missing:
+            raise ValueError(f"thresholds lack assessed classes {sorted(missing)}")
 
     @property
-    def abnormal_probability(self) -> float:
-        """Mean of the images' abnormality probabilities."""
-        return sum(p.abnormal_probability for p in self.images) / len(self.images)
+    def assessed_images(self) -> tuple[ImagePrediction, ...]:
+        """The images that got a stage-2 verdict."""
+        return tuple(p for p in self.images if p.assessed)
 
     @property
-    def abnormal(self) -> bool:
-        """Whether the study is called abnormal (probability >= threshold)."""
-        return self.abnormal_probability >= self.threshold
+    def assessed(self) -> bool:
+        """Whether at least one image was assessed (else the study is "not assessed")."""
+        return any(p.assessed for p in self.images)
 
     @property
-    def bone(self) -> str:
-        """Most frequent predicted bone type; ties go to the higher summed confidence."""
-        counts = Counter(p.bone for p in self.images)
-        confidence: dict[str, float] = {}
-        for p in self.images:
-            confidence[p.bone] = confidence.get(p.bone, 0.0) + p.bone_probability
-        return max(counts, key=lambda b: (counts[b], confidence[b]))
+    def body_part(self) -> str:
+        """Most frequent body part of the assessed images (of all images when none is)."""
+        return _most_frequent(self.assessed_images or self.images)
+
+    @property
+    def threshold(self) -> float | None:
+        """Operating threshold of the study's body part; ``None`` when not assessed."""
+        return dict(self.thresholds)[self.body_part] if self.assessed else None
+
+    @property
+    def abnormal_probability(self) -> float | None:
+        """Mean abnormality probability of the assessed images; ``None`` when none is."""
+        values = [p.abnormal_probability for p in self.assessed_images]
+        return sum(v for v in values if v is not None) / len(values) if values else None
+
+    @property
+    def abnormal(self) -> bool | None:
+        """Whether the study is called abnormal; ``None`` when it is not assessed."""
+        probability, threshold = self.abnormal_probability, self.threshold
+        if probability is None or threshold is None:
+            return None
+        return probability >= threshold
+
+    @property
+    def verdict(self) -> str:
+        """``"ABNORMAL"``, ``"NORMAL"`` or ``"NOT ASSESSED"``."""
+        abnormal = self.abnormal
+        return "NOT ASSESSED" if abnormal is None else ("ABNORMAL" if abnormal else "NORMAL")
+
+    @property
+    def reason(self) -> str:
+        """Why the study was not assessed (the images' distinct reasons); empty if assessed."""
+        if self.assessed:
+            return ""
+        reasons = list(dict.fromkeys(p.reason for p in self.images))
+        return "no image was assessed: " + "; ".join(reasons)

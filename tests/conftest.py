@@ -235,14 +235,15 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, ossa_port: int) -> Iterato
 
 # --- models: a phantom in the MURA-v1.1 layout and a bundle trained on it (session-scoped) ---
 
-#: Studies per bone type of the tests' phantom; the `test` training preset is tuned for it.
+#: Studies per class (7 bone types + OTHER) of the tests' phantom; the `test` training preset
+#: is tuned for it.
 TEST_PHANTOM_STUDIES = 80
 TEST_SEED = 0
 
 
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory containing ``MURA-v1.1/``: 80 phantom studies per bone type, seed 0."""
+    """Directory containing ``MURA-v1.1/``: 80 phantom studies per class (OTHER too), seed 0."""
     import os
 
     from models.phantom import PhantomConfig, write_phantom

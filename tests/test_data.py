@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from models.data import (
-    MuraImageDataset,
     MuraStudy,
     find_dataset_dir,
     load_studies,
     read_image,
 )
-from models.enhance import Preprocessing
-from models.results import BONE_TYPES
+from models.taxonomy import MURA_BONE_TYPES, MURA_TAXONOMY
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
@@ -61,7 +59,7 @@ def test_load_studies_matches_the_csvs(phantom_root: Path) -> None:
             assert study.split == split
             assert study.label == int(label)
             assert path == f"MURA-v1.1/{study.key}/"
-            assert study.bone in BONE_TYPES and f"XR_{study.bone}" in path
+            assert study.body_part in MURA_TAXONOMY.names and f"XR_{study.body_part}/" in path
             assert study.patient.startswith("patient") and len(study.patient) == 12
             assert [p.name for p in study.images] == [
                 f"image{n}.png" for n in range(1, len(study.images) + 1)
@@ -69,12 +67,16 @@ def test_load_studies_matches_the_csvs(phantom_root: Path) -> None:
             assert all(p.is_file() for p in study.images)
     # the MURA-v1.1 directory itself works as well as its parent
     assert load_studies(dataset, "valid") == load_studies(phantom_root, "valid")
+    # the phantom has the out-of-scope class; a loader limited to MURA's seven refuses it
+    assert {s.body_part for s in load_studies(phantom_root, "train")} == set(MURA_TAXONOMY.names)
+    with pytest.raises(ValueError, match="XR_OTHER"):
+        load_studies(phantom_root, "train", classes=MURA_BONE_TYPES)
 
 
 def test_real_mura_style_csvs_and_renamed_directory(tmp_path: Path) -> None:
     root = _mini_mura(tmp_path, name="MURA-copy")
     studies = load_studies(root, "valid")
-    assert [(s.bone, s.patient, s.study, s.label, len(s.images)) for s in studies] == [
+    assert [(s.body_part, s.patient, s.study, s.label, len(s.images)) for s in studies] == [
         ("WRIST", "patient11185", "study1_positive", 1, 2),
         ("FINGER", "patient11186", "study2_negative", 0, 1),
     ]
@@ -101,7 +103,8 @@ def test_real_mura_style_csvs_and_renamed_directory(tmp_path: Path) -> None:
             "MURA-v1.1/../etc/passwd/x/y.png\n"), "malformed"),
     ],
 )
-def test_load_studies_rejects_inconsistent_data(tmp_path: Path, mutate, message: str) -> None:
+def test_load_studies_rejects_inconsistent_data(tmp_path: Path, mutate: Callable[[Path], object],
+                                                message: str) -> None:
     root = _mini_mura(tmp_path)
     mutate(root)
     with pytest.raises(ValueError, match=message):
@@ -122,8 +125,8 @@ def test_study_record_is_frozen_and_validated(tmp_path: Path) -> None:
     study = MuraStudy("train", "HAND", "patient00001", "study1_negative", 0, (tmp_path / "a",))
     with pytest.raises(AttributeError):
         study.label = 1  # type: ignore[misc]
-    with pytest.raises(ValueError, match="bone"):
-        MuraStudy("train", "KNEE", "p", "s", 0, (tmp_path,))
+    with pytest.raises(ValueError, match="body_part"):
+        MuraStudy("train", "wrist", "p", "s", 0, (tmp_path,))
     with pytest.raises(ValueError, match="label"):
         MuraStudy("train", "HAND", "p", "s", 2, (tmp_path,))
     with pytest.raises(ValueError, match="images"):
@@ -131,43 +134,79 @@ def test_study_record_is_frozen_and_validated(tmp_path: Path) -> None:
 
 
 def test_read_image_modes(tmp_path: Path) -> None:
-    _png(tmp_path / "l.png", value=255)
-    _png(tmp_path / "rgb.png", value=51, mode="RGB")
+    _png(tmp_path / "l.png", value=255, size=(20, 10))
+    _png(tmp_path / "rgb.png", value=51, mode="RGB", size=(20, 10))
     wide = np.full((10, 20), 65535, dtype=np.uint16)
     Image.fromarray(wide).save(tmp_path / "16.png")
-    for name, expected in (("l.png", 1.0), ("rgb.png", 0.2), ("16.png", 1.0)):
+    Image.new("LA", (20, 10), (102, 7)).save(tmp_path / "la.png")
+    palette = Image.new("P", (20, 10), 1)
+    palette.putpalette([0, 0, 0, 153, 153, 153] + [0] * 762)
+    palette.save(tmp_path / "p.png")
+    Image.new("RGB", (20, 10), (204, 204, 204)).save(tmp_path / "rgb.jpg", quality=95)
+    Image.new("L", (20, 10), 51).save(tmp_path / "l.jpg", quality=95)
+    cases = (("l.png", 1.0), ("rgb.png", 0.2), ("16.png", 1.0), ("la.png", 0.4), ("p.png", 0.6),
+             ("rgb.jpg", 0.8), ("l.jpg", 0.2))
+    for name, expected in cases:
         image = read_image(tmp_path / name)
-        assert image.dtype == np.float32 and image.ndim == 2
-        assert image.min() == pytest.approx(expected, abs=1e-3)
+        assert image.dtype == np.float32 and image.shape == (10, 20), name
+        assert image.min() >= 0.0 and image.max() <= 1.0, name
+        assert float(image.mean()) == pytest.approx(expected, abs=0.01), name
 
 
-def test_image_dataset_preprocesses_and_caches(tmp_path: Path) -> None:
-    root = _mini_mura(tmp_path)
-    studies = load_studies(root, "valid")
-    params = Preprocessing(input_size=32, kernel_size=8)
-    dataset = MuraImageDataset(studies, params)
-    assert len(dataset) == 3
-    image, bone, label = dataset[0]
-    assert image.shape == (1, 32, 32) and image.dtype == torch.float32
-    assert (bone, label) == (BONE_TYPES.index("WRIST"), 1)
-    assert dataset[2][1:] == (BONE_TYPES.index("FINGER"), 0)
-    # cached: the file is not read again
-    studies[0].images[0].unlink()
-    assert torch.equal(dataset[0][0], image)
-    bank = dataset.bank()
-    assert bank.images.shape == (3, 1, 32, 32) and bank.images.dtype == torch.float16
-    assert bank.bones.tolist() == [6, 6, 1] and bank.labels.tolist() == [1, 1, 0]
-    assert bank.studies.tolist() == [0, 0, 1]
-
-
-def test_uncached_dataset_reads_every_time(tmp_path: Path) -> None:
-    root = _mini_mura(tmp_path)
-    studies = load_studies(root, "valid")
-    dataset = MuraImageDataset(studies, Preprocessing(input_size=32, kernel_size=8), cache=False)
-    first = dataset[1][0]
-    assert first.dtype == torch.float32
-    studies[0].images[1].unlink()
+def test_read_image_rejects_unreadable_files_naming_them(tmp_path: Path) -> None:
+    _png(tmp_path / "good.png", size=(200, 200))
+    data = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name in ("truncated.png", "text.png", "empty.png"):
+        with pytest.raises(ValueError, match=name):
+            read_image(tmp_path / name)
     with pytest.raises(FileNotFoundError):
-        dataset[1]
-    threaded = MuraImageDataset(studies[1:], Preprocessing(input_size=32, kernel_size=8))
-    assert threaded.bank(workers=2).images.shape == (1, 1, 32, 32)
+        read_image(tmp_path / "missing.png")
+
+
+@pytest.fixture
+def real_mura_replica(tmp_path: Path) -> Path:
+    """A tiny copy of the real MURA-v1.1 release's conventions, written with Pillow.
+
+    As in the release: CSVs without a header, RGB and grayscale PNGs side by side, and the same
+    patient number under two bone types (different studies, different patients' folders).
+    """
+    root = tmp_path / "MURA-v1.1"
+    studies = [  # (study dir, label, [(mode, grey value)])
+        ("train/XR_WRIST/patient00001/study1_positive", 1, [("RGB", 200), ("L", 100)]),
+        ("train/XR_HAND/patient00001/study1_positive", 1, [("L", 50)]),
+        ("train/XR_HAND/patient00002/study1_negative", 0, [("RGB", 30), ("RGB", 60),
+                                                          ("L", 90)]),
+        ("train/XR_SHOULDER/patient00003/study2_negative", 0, [("L", 10)]),
+    ]
+    lines, labels = [], []
+    for study, label, images in studies:
+        for n, (mode, value) in enumerate(images, start=1):
+            _png(root / study / f"image{n}.png", value=value, mode=mode, size=(24, 16))
+            lines.append(f"MURA-v1.1/{study}/image{n}.png")
+        labels.append(f"MURA-v1.1/{study}/,{label}")
+    (root / "train_image_paths.csv").write_text("\n".join(lines) + "\n")
+    (root / "train_labeled_studies.csv").write_text("\n".join(labels) + "\n")
+    return root
+
+
+def test_real_mura_layout_loads(real_mura_replica: Path) -> None:
+    studies = load_studies(real_mura_replica, "train", classes=MURA_BONE_TYPES)
+    assert [(s.body_part, s.patient, s.label, len(s.images)) for s in studies] == [
+        ("WRIST", "patient00001", 1, 2),
+        ("HAND", "patient00001", 1, 1),
+        ("HAND", "patient00002", 0, 3),
+        ("SHOULDER", "patient00003", 0, 1),
+    ]
+    keys = [s.key for s in studies]
+    assert len(set(keys)) == len(keys)
+    assert keys[:2] == ["train/XR_WRIST/patient00001/study1_positive",
+                        "train/XR_HAND/patient00001/study1_positive"]
+    # the default classes (with OTHER) read real MURA just as well
+    assert load_studies(real_mura_replica.parent, "train") == studies
+    # RGB and L images both come out as one grey channel
+    means = [round(float(read_image(p).mean()) * 255) for p in studies[2].images]
+    assert means == [30, 60, 90]
+    assert all(read_image(p).shape == (16, 24) for s in studies for p in s.images)

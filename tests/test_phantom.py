@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import re
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +16,17 @@ from PIL import Image
 from models import phantom
 from models.phantom import (
     FINDINGS,
+    OTHER_KINDS,
+    PHANTOM_CLASSES,
     PhantomConfig,
+    PhantomStudy,
     render_study,
     split_sizes,
     write_phantom,
 )
-from models.results import BONE_TYPES
+from models.taxonomy import MURA_BONE_TYPES, MURA_TAXONOMY
+
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGE_PATH = re.compile(
     r"^MURA-v1\.1/(train|valid)/XR_([A-Z]+)/patient(\d{5})/study(\d+)_(positive|negative)/"
@@ -26,11 +34,19 @@ IMAGE_PATH = re.compile(
 )
 
 
-@pytest.mark.parametrize("bone", BONE_TYPES)
-def test_render_study_gives_radiograph_like_images(bone: str) -> None:
-    # without collimation borders (bright, like unexposed film) the frame edge is dark
-    study = render_study(bone, False, seed=3, config=PhantomConfig(artifact_probability=0.0))
-    assert study.bone == bone and not study.abnormal and study.finding == "none"
+def test_phantom_and_loader_never_import_torch() -> None:
+    code = "import models.phantom, models.data, sys; assert 'torch' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_phantom_classes_follow_the_taxonomy() -> None:
+    assert PHANTOM_CLASSES == MURA_TAXONOMY.names
+    assert set(PHANTOM_CLASSES) - set(MURA_BONE_TYPES) == {"OTHER"}
+
+
+def _check_radiograph_like(study: PhantomStudy) -> None:
     assert 1 <= len(study.images) <= 4
     for image in study.images:
         assert image.dtype == np.float32 and image.ndim == 2
@@ -41,19 +57,46 @@ def test_render_study_gives_radiograph_like_images(bone: str) -> None:
         assert np.percentile(image, 99) > np.median(border) + 0.3
 
 
-def test_render_study_is_deterministic() -> None:
-    a = render_study("WRIST", True, seed=(7, 1))
-    b = render_study("WRIST", True, seed=(7, 1))
-    c = render_study("WRIST", True, seed=(7, 2))
-    assert a.finding == b.finding
-    assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
-    assert not all(
-        x.shape == y.shape and np.array_equal(x, y)
-        for x, y in zip(a.images, c.images, strict=False)
-    )
+@pytest.mark.parametrize("bone", MURA_BONE_TYPES)
+def test_render_study_gives_radiograph_like_images(bone: str) -> None:
+    # without collimation borders (bright, like unexposed film) the frame edge is dark
+    study = render_study(bone, False, seed=3, config=PhantomConfig(artifact_probability=0.0))
+    assert study.body_part == bone and study.anatomy == bone
+    assert not study.abnormal and study.finding == "none"
+    _check_radiograph_like(study)
 
 
-@pytest.mark.parametrize("bone", BONE_TYPES)
+@pytest.mark.parametrize("kind", OTHER_KINDS)
+def test_other_kinds_are_radiograph_like_and_differ(kind: str) -> None:
+    config = PhantomConfig(artifact_probability=0.0)
+    study = render_study("OTHER", False, seed=3, config=config, anatomy=kind)
+    assert study.body_part == "OTHER" and study.anatomy == kind
+    assert not study.abnormal and study.finding == "none"
+    _check_radiograph_like(study)
+    # same seed, same view draws: another kind changes the picture, not just its noise
+    thumb = _thumbnail(study.images[0])
+    for other in OTHER_KINDS:
+        if other != kind:
+            alt = render_study("OTHER", False, seed=3, config=config, anatomy=other)
+            assert (np.abs(thumb - _thumbnail(alt.images[0])) > 0.1).mean() > 0.05, other
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    pixels = Image.fromarray(np.round(image * 255).astype(np.uint8)).resize((64, 64))
+    return np.asarray(pixels, dtype=np.float32) / 255.0
+
+
+def test_other_kind_is_drawn_from_the_seed() -> None:
+    config = PhantomConfig(min_size=64, max_size=64)
+    kinds = [render_study("OTHER", False, seed=s, n_images=1, config=config).anatomy
+             for s in range(60)]
+    assert set(kinds) == set(OTHER_KINDS)
+    again = [render_study("OTHER", False, seed=s, n_images=1, config=config).anatomy
+             for s in range(10)]
+    assert again == kinds[:10]
+
+
+@pytest.mark.parametrize("bone", MURA_BONE_TYPES)
 @pytest.mark.parametrize("finding", FINDINGS)
 def test_finding_is_visible_in_every_image(bone: str, finding: str) -> None:
     """A seed's normal and abnormal renderings share anatomy and views; only the finding differs."""
@@ -78,10 +121,19 @@ def test_hardware_is_brighter_than_bone() -> None:
 
 
 def test_render_study_validates_arguments() -> None:
-    with pytest.raises(ValueError, match="bone"):
+    with pytest.raises(ValueError, match="body_part"):
         render_study("KNEE", False, seed=0)
     with pytest.raises(ValueError, match="n_images"):
         render_study("HAND", False, seed=0, n_images=0)
+    with pytest.raises(ValueError, match="abnormal"):
+        render_study("OTHER", True, seed=0)
+    with pytest.raises(ValueError, match="anatomy"):
+        render_study("OTHER", False, seed=0, anatomy="WRIST")
+    with pytest.raises(ValueError, match="anatomy"):
+        render_study("HAND", False, seed=0, anatomy="CHEST")
+    image = np.zeros((8, 8), np.float32)
+    with pytest.raises(ValueError, match="anatomy"):
+        PhantomStudy("OTHER", False, "none", (image,), anatomy="OTHER")
 
 
 @pytest.mark.parametrize(
@@ -120,10 +172,13 @@ def test_write_phantom_mura_layout(tmp_path: Path) -> None:
     names = sorted(p.name for p in root.iterdir())
     assert names == ["train", "train_image_paths.csv", "train_labeled_studies.csv", "valid",
                      "valid_image_paths.csv", "valid_labeled_studies.csv"]
+    for split in ("train", "valid"):
+        assert sorted(p.name for p in (root / split).iterdir()) == sorted(
+            f"XR_{name}" for name in PHANTOM_CLASSES)
     patients: dict[str, set[str]] = {"train": set(), "valid": set()}
     for split, expected in (("train", split_sizes(6, 0.25)[0]), ("valid", split_sizes(6, 0.25)[1])):
         labels = _rows(root / f"{split}_labeled_studies.csv")
-        assert len(labels) == expected * len(BONE_TYPES)
+        assert len(labels) == expected * len(PHANTOM_CLASSES)
         labelled = {}
         for study_dir, label in labels:
             assert study_dir.endswith("/") and label in ("0", "1")
@@ -134,23 +189,39 @@ def test_write_phantom_mura_layout(tmp_path: Path) -> None:
         for (line,) in _rows(root / f"{split}_image_paths.csv"):
             match = IMAGE_PATH.match(line)
             assert match, line
-            assert match.group(1) == split and match.group(2) in BONE_TYPES
+            assert match.group(1) == split and match.group(2) in PHANTOM_CLASSES
             patients[split].add(match.group(3))
             assert (tmp_path / line).is_file()
             by_study.setdefault(line.rsplit("/", 1)[0] + "/", []).append(int(match.group(6)))
         assert set(by_study) == set(labelled)
         for numbers in by_study.values():
             assert numbers == list(range(1, len(numbers) + 1)) and 1 <= len(numbers) <= 4
-        # balanced labels per bone type
-        for bone in BONE_TYPES:
+        # balanced labels per bone type; out-of-scope studies are all normal
+        for bone in MURA_BONE_TYPES:
             bone_labels = [v for k, v in labelled.items() if f"/XR_{bone}/" in k]
             assert abs(bone_labels.count("1") - bone_labels.count("0")) <= 1
+        other = [v for k, v in labelled.items() if "/XR_OTHER/" in k]
+        assert len(other) == expected and set(other) == {"0"}
     assert not patients["train"] & patients["valid"]
     with Image.open(next(root.glob("train/XR_HAND/*/*/image1.png"))) as im:
         assert im.mode == "L"
     findings = _rows(tmp_path / phantom.FINDINGS_CSV)
-    assert len(findings) == 6 * len(BONE_TYPES)
-    assert all((kind == "none") == path.endswith("_negative/") for path, kind in findings)
+    assert len(findings) == 6 * len(PHANTOM_CLASSES)
+    for path, finding, anatomy in findings:
+        assert (finding == "none") == path.endswith("_negative/")
+        body_part = path.split("/")[2].removeprefix("XR_")
+        if body_part == "OTHER":
+            assert finding == "none" and anatomy in OTHER_KINDS
+        else:
+            assert anatomy == body_part and finding in ("none", *FINDINGS)
+
+
+def test_write_phantom_draws_every_other_kind(tmp_path: Path) -> None:
+    write_phantom(tmp_path, studies=24, seed=0,
+                  config=PhantomConfig(min_size=48, max_size=64, images_per_study=(1.0,)))
+    kinds = Counter(anatomy for path, _, anatomy in _rows(tmp_path / phantom.FINDINGS_CSV)
+                    if "/XR_OTHER/" in path)
+    assert set(kinds) == set(OTHER_KINDS) and sum(kinds.values()) == 24
 
 
 def test_write_phantom_is_deterministic_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -158,12 +229,15 @@ def test_write_phantom_is_deterministic_and_refuses_to_overwrite(tmp_path: Path)
     b = write_phantom(tmp_path / "b", studies=2, seed=4, workers=2)
     for name in ("train_image_paths.csv", "valid_labeled_studies.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+    findings = (tmp_path / "a" / phantom.FINDINGS_CSV).read_bytes()
+    assert findings == (tmp_path / "b" / phantom.FINDINGS_CSV).read_bytes()
+    assert b"/XR_OTHER/" in findings
     for line in (a / "valid_image_paths.csv").read_text().splitlines():
         assert (tmp_path / "a" / line).read_bytes() == (tmp_path / "b" / line).read_bytes()
     with pytest.raises(ValueError, match="overwrite"):
         write_phantom(tmp_path / "a", studies=2, seed=4)
     again = write_phantom(tmp_path / "a", studies=3, seed=4, overwrite=True)
-    assert len(_rows(again / "train_labeled_studies.csv")) == 2 * len(BONE_TYPES)
+    assert len(_rows(again / "train_labeled_studies.csv")) == 2 * len(PHANTOM_CLASSES)
 
 
 def test_cli_main(tmp_path: Path) -> None:
@@ -172,7 +246,8 @@ def test_cli_main(tmp_path: Path) -> None:
                               "--findings", "lesion", "--min-size", "120", "--max-size", "160"])
     assert phantom.main(args) == 0
     rows = _rows(tmp_path / phantom.FINDINGS_CSV)
-    assert {kind for _, kind in rows} <= {"none", "lesion"}
+    assert {finding for _, finding, _ in rows} <= {"none", "lesion"}
+    assert any("/XR_OTHER/" in path for path, _, _ in rows)
     for (line,) in _rows(tmp_path / "MURA-v1.1" / "train_image_paths.csv"):
         with Image.open(tmp_path / line) as im:
             assert max(im.size) <= 160 and min(im.size) >= 60
