@@ -1,7 +1,8 @@
 """Every coded concept Ossa writes, in one place (DICOM PS3.16).
 
-Bone sites use SNOMED CT codes from PS3.16 CID 4031 "Common Anatomic Regions"; findings use
-SNOMED CT "Normal" / "Abnormal" and DCM "Finding" (PS3.16 TID 1501 qualitative evaluations).
+Findings use SNOMED CT "Normal" / "Abnormal" and DCM "Finding" (PS3.16 TID 1501 qualitative
+evaluations). Body-part (finding site) codes are not listed here: each model bundle carries its
+own in its taxonomy (:mod:`models.taxonomy`), and :func:`to_code` turns them into pydicom codes.
 """
 
 from __future__ import annotations
@@ -9,19 +10,20 @@ from __future__ import annotations
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-#: MURA bone type to its anatomic region (PS3.16 CID 4031).
-BONE_SITE: dict[str, Code] = {
-    "ELBOW": codes.SCT.ElbowJoint,
-    "FINGER": codes.SCT.Finger,
-    "FOREARM": codes.SCT.Forearm,
-    "HAND": codes.SCT.Hand,
-    "HUMERUS": codes.SCT.Humerus,
-    "SHOULDER": codes.SCT.Shoulder,
-    "WRIST": codes.SCT.WristJoint,
-}
+from models.taxonomy import CodedConcept
+
+
+def to_code(concept: CodedConcept) -> Code:
+    """The pydicom :class:`~pydicom.sr.coding.Code` of a taxonomy's :class:`CodedConcept`."""
+    if not isinstance(concept, CodedConcept):
+        raise TypeError(f"concept must be a models.taxonomy.CodedConcept, got {type(concept)}")
+    return Code(value=concept.value, scheme_designator=concept.scheme, meaning=concept.meaning)
+
 
 #: Concept name of a qualitative evaluation (DCM 121071 "Finding").
 FINDING: Code = codes.DCM.Finding
+#: Concept name of the anatomic location of a TID 1501 group (SCT 363698007).
+FINDING_SITE: Code = codes.SCT.FindingSite
 #: Qualitative values of :data:`FINDING`.
 ABNORMAL: Code = codes.SCT.Abnormal
 NORMAL: Code = codes.SCT.Normal
@@ -38,8 +40,9 @@ OSSA_SCHEME_NAME: str = "Ossa research concepts"
 #: DCM 111012 "Certainty of Finding" would change meaning with the reported Finding, and
 #: DCM 111047 "Probability of cancer" is too specific.
 ABNORMALITY_PROBABILITY: Code = Code("ABNPROB", OSSA_SCHEME, "Probability of abnormality")
-#: Softmax probability of the predicted bone type (stage-1 body-part classifier).
-BONE_PROBABILITY: Code = Code("BONEPROB", OSSA_SCHEME, "Probability of predicted body part")
+#: Softmax probability of the predicted body part (stage-1 classifier). The code value keeps
+#: its first name so that SRs written before body parts replaced bone types still match.
+BODY_PART_PROBABILITY: Code = Code("BONEPROB", OSSA_SCHEME, "Probability of predicted body part")
 #: Study probability at or above which the study is called abnormal.
 ABNORMALITY_THRESHOLD: Code = Code("ABNTHRESH", OSSA_SCHEME, "Abnormality probability threshold")
 #: UCUM unit of a probability in [0, 1]: unity with an annotation (UCUM Section 2.2.3).
@@ -51,7 +54,9 @@ MEAN: Code = codes.SCT.Mean
 PROCEDURE_REPORTED: Code = codes.cid100.XRUnspecifiedBodyRegion
 #: TID 1500 row "Qualitative Evaluations" container (UMLS C0034375).
 QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluations")
-#: Concept name of free-text remarks such as the research-use disclaimer (DCM 121106).
+#: Concept name of free-text remarks (DCM 121106): the research-use disclaimer, and in a TID
+#: 1501 group (row 12, a qualitative evaluation with a text answer) why an image or a study
+#: was not assessed.
 COMMENT: Code = codes.DCM.Comment
 #: Observer type of the device observer context (PS3.16 CID 270).
 DEVICE_OBSERVER: Code = codes.cid270.Device

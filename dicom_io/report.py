@@ -7,9 +7,16 @@ PS3.16 TID 1500 "Measurement Report", built with highdicom:
 - procedure reported (CID 100) and an Image Library (TID 1600/1601/1602/1603) that lists
   every source image;
 - "Imaging Measurements": one Measurement and Qualitative Evaluation Group (TID 1501) per
-  image (source image, finding site = predicted bone, Finding = Abnormal/Normal, probability
-  of abnormality and of the predicted bone, TID 4019 algorithm identification, TID 4108
-  tracking identifier) and one study-level group (Finding, mean probability, threshold);
+  image (source image, finding site = predicted body part, coded by the model's taxonomy,
+  Finding = Abnormal/Normal, probability of abnormality and of the predicted body part, TID
+  4019 algorithm identification, TID 4108 tracking identifier) and one study-level group
+  (Finding, mean probability of the assessed images, threshold);
+- an image the model did not assess (out-of-scope body part, low confidence, unreadable...)
+  keeps its group, with its source image and, when known, its finding site, but has no
+  Finding and no probability of abnormality: a TEXT "Comment" (DCM 121106, TID 1501 row 12)
+  says "Not assessed: <reason>". A study with no assessed image has a study group without
+  Finding or probabilities whose Comment says "NOT ASSESSED: <reason>", and its Series
+  Description says NOT ASSESSED;
 - "Qualitative Evaluations" (TID 1500 row 12): a TEXT comment saying that this is research
   software output and not a diagnosis. The Series Description says so too.
 
@@ -35,6 +42,7 @@ from pydicom.valuerep import DA, TM
 
 from dicom_io import codes
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,11 @@ DISCLAIMER = (
 #: Tracking Identifier (TID 4108) of the study-level TID 1501 group; :func:`study_finding`
 #: finds the study result by it.
 STUDY_TRACKING_IDENTIFIER = "Ossa study result"
+#: Start of the Comment of an image group that has no Finding, followed by the reason.
+IMAGE_NOT_ASSESSED = "Not assessed"
+#: Start of the Comment of a study group that has no Finding (and of the Series Description's
+#: result), followed by the reason; also :attr:`StudyPrediction.verdict` of such a study.
+STUDY_NOT_ASSESSED = "NOT ASSESSED"
 
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 #: Patient/study attributes highdicom reads from the first source; Type 2 in the SR IOD.
@@ -73,6 +86,7 @@ def build_sr(
     sources: Sequence[Dataset],
     prediction: StudyPrediction,
     *,
+    taxonomy: Taxonomy,
     series_number: int = DEFAULT_SERIES_NUMBER,
     instance_number: int = 1,
     institution_name: str | None = None,
@@ -84,7 +98,8 @@ def build_sr(
     Implements a Comprehensive 3D SR IOD (PS3.3 A.35.13) with a PS3.16 TID 1500 "Measurement
     Report" content tree: a TID 1600 Image Library entry per source image, one TID 1501 group
     per image and one for the study (each with TID 4019 Algorithm Identification and a TID 4108
-    tracking identifier), and a research-use disclaimer.
+    tracking identifier), and a research-use disclaimer. Images and studies that were not
+    assessed are reported without a Finding, with a Comment that says why.
 
     Parameters
     ----------
@@ -94,6 +109,11 @@ def build_sr(
         The datasets are not modified.
     prediction : StudyPrediction
         Per-image predictions and the study result.
+    taxonomy : Taxonomy
+        The classes of the model that made ``prediction``; each image group's Finding Site is
+        the code of its body part's class. Every assessed image's body part must be a class;
+        a not-assessed image whose body part is not one (e.g. ``"UNKNOWN"``) gets no Finding
+        Site.
     series_number : int, optional
         Series Number (0020,0011) of the new SR series, >= 1.
     instance_number : int, optional
@@ -111,30 +131,40 @@ def build_sr(
     Raises
     ------
     TypeError
-        If ``sources`` is not a sequence of datasets or ``prediction`` not a StudyPrediction.
+        If ``sources`` is not a sequence of datasets, ``prediction`` not a StudyPrediction or
+        ``taxonomy`` not a Taxonomy.
     ValueError
         If ``sources`` and ``prediction.images`` differ in length, the sources are not all of
-        one study, a source lacks a required UID or is not an image, or a source repeats.
+        one study, a source lacks a required UID or is not an image, a source repeats, or an
+        assessed image's body part is not a class of ``taxonomy``.
     """
-    _validate(sources, prediction, series_number=series_number, instance_number=instance_number)
+    _validate(
+        sources,
+        prediction,
+        taxonomy,
+        series_number=series_number,
+        instance_number=instance_number,
+    )
     headers = [_header(ds) for ds in sources]
     algorithm = prediction.algorithm
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, manufacturer=MANUFACTURER
     )
+    thresholds = dict(prediction.thresholds)
 
     groups = [
         _image_group(
             header,
             image,
-            threshold=prediction.threshold,
+            taxonomy=taxonomy,
+            threshold=thresholds.get(image.body_part),
             number=i,
             total=len(headers),
             algorithm_id=algorithm_id,
         )
         for i, (header, image) in enumerate(zip(headers, prediction.images, strict=True), 1)
     ]
-    groups.append(_study_group(headers, prediction))
+    groups.append(_study_group(headers, prediction, taxonomy=taxonomy))
 
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
@@ -171,13 +201,21 @@ def build_sr(
     if original_name is not None:
         sr.PatientName = original_name
     logger.info(
-        "built SR: %d image(s), study %s (p=%.3f, threshold=%.3f)",
+        "built SR: %d image(s), %d assessed, study %s%s",
         len(headers),
-        "ABNORMAL" if prediction.abnormal else "NORMAL",
-        prediction.abnormal_probability,
-        prediction.threshold,
+        len(prediction.assessed_images),
+        prediction.verdict,
+        _probability_note(prediction),
     )
     return sr
+
+
+def _probability_note(prediction: StudyPrediction) -> str:
+    """`` (p=0.870, threshold=0.500)`` for an assessed study, empty otherwise."""
+    probability, threshold = prediction.abnormal_probability, prediction.threshold
+    if probability is None or threshold is None:
+        return ""
+    return f" (p={probability:.3f}, threshold={threshold:.3f})"
 
 
 def series_description(prediction: StudyPrediction) -> str:
@@ -191,12 +229,14 @@ def series_description(prediction: StudyPrediction) -> str:
     Returns
     -------
     str
-        E.g. ``"Ossa: ABNORMAL (p=0.87) - research use, not for diagnosis"`` (at most 64
-        characters, VR LO).
+        E.g. ``"Ossa: ABNORMAL (p=0.87) - research use, not for diagnosis"``, or
+        ``"Ossa: NOT ASSESSED - research use, not for diagnosis"`` when no image was assessed
+        (at most 64 characters, VR LO).
     """
-    result = "ABNORMAL" if prediction.abnormal else "NORMAL"
-    probability = prediction.abnormal_probability
-    return f"Ossa: {result} (p={probability:.2f}) - research use, not for diagnosis"
+    result = prediction.verdict
+    if prediction.abnormal_probability is not None:
+        result += f" (p={prediction.abnormal_probability:.2f})"
+    return f"Ossa: {result} - research use, not for diagnosis"
 
 
 def sr_to_bytes(sr: Dataset) -> bytes:
@@ -217,12 +257,14 @@ def sr_to_bytes(sr: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def study_finding(sr: Dataset) -> bool:
-    """Read the study result back from an Ossa SR: ``True`` if Abnormal, ``False`` if Normal.
+def study_finding(sr: Dataset) -> bool | None:
+    """Read the study result back from an Ossa SR: ``True`` if Abnormal, ``False`` if Normal,
+    ``None`` if the study was not assessed.
 
     Looks for the TID 1501 group tracked as :data:`STUDY_TRACKING_IDENTIFIER` under the TID
-    1500 "Imaging Measurements" container and returns its Finding (DCM 121071). Works on any
-    dataset, e.g. an SR retrieved from the PACS and read with :func:`pydicom.dcmread`.
+    1500 "Imaging Measurements" container and returns its Finding (DCM 121071), or ``None``
+    when it has no Finding and a Comment that starts with :data:`STUDY_NOT_ASSESSED`. Works on
+    any dataset, e.g. an SR retrieved from the PACS and read with :func:`pydicom.dcmread`.
 
     Parameters
     ----------
@@ -231,13 +273,15 @@ def study_finding(sr: Dataset) -> bool:
 
     Returns
     -------
-    bool
-        Whether the study-level Finding is Abnormal (SCT 263654008).
+    bool or None
+        Whether the study-level Finding is Abnormal (SCT 263654008); ``None`` for a study
+        that was not assessed.
 
     Raises
     ------
     ValueError
-        If ``sr`` holds no Ossa study-level group with a Normal or Abnormal Finding.
+        If ``sr`` holds no Ossa study-level group with a Normal or Abnormal Finding or a
+        not-assessed Comment.
     """
     for container in _named(sr.get("ContentSequence", []), codes.IMAGING_MEASUREMENTS):
         for group in _named(container.get("ContentSequence", []), codes.MEASUREMENT_GROUP):
@@ -254,7 +298,15 @@ def study_finding(sr: Dataset) -> bool:
                     return True
                 if found == (codes.NORMAL.value, codes.NORMAL.scheme_designator):
                     return False
-    raise ValueError("sr holds no Ossa study-level group with a Normal or Abnormal Finding")
+            comments = [str(item.get("TextValue", "")) for item in _named(content, codes.COMMENT)]
+            if not _named(content, codes.FINDING) and any(
+                c.startswith(STUDY_NOT_ASSESSED) for c in comments
+            ):
+                return None
+    raise ValueError(
+        "sr holds no Ossa study-level group with a Normal or Abnormal Finding "
+        "or a not-assessed Comment"
+    )
 
 
 def _named(items: Sequence[Dataset], concept: Code) -> list[Dataset]:
@@ -274,6 +326,7 @@ def _named(items: Sequence[Dataset], concept: Code) -> list[Dataset]:
 def _validate(
     sources: Sequence[Dataset],
     prediction: StudyPrediction,
+    taxonomy: Taxonomy,
     *,
     series_number: int,
     instance_number: int,
@@ -282,6 +335,14 @@ def _validate(
         raise TypeError(f"sources must be a sequence of pydicom Datasets, got {type(sources)}")
     if not isinstance(prediction, StudyPrediction):
         raise TypeError(f"prediction must be a StudyPrediction, got {type(prediction)}")
+    if not isinstance(taxonomy, Taxonomy):
+        raise TypeError(f"taxonomy must be a models.taxonomy.Taxonomy, got {type(taxonomy)}")
+    unknown = sorted({p.body_part for p in prediction.assessed_images} - set(taxonomy.names))
+    if unknown:
+        raise ValueError(
+            f"prediction has assessed images of body parts {unknown} that are not classes of "
+            f"taxonomy {list(taxonomy.names)}"
+        )
     if len(sources) != len(prediction.images):
         raise ValueError(
             f"sources must hold one dataset per entry of prediction.images: got {len(sources)} "
@@ -394,76 +455,142 @@ def _probability(name: Code, value: float, *, derivation: Code | None = None) ->
     )
 
 
+def _finding_sites(body_part: str, taxonomy: Taxonomy) -> list[hd.sr.FindingSite] | None:
+    """The Finding Site of a body part that is a class of ``taxonomy``; ``None`` otherwise."""
+    if body_part not in taxonomy:
+        return None
+    return [hd.sr.FindingSite(anatomic_location=codes.to_code(taxonomy.get(body_part).code))]
+
+
+def _source_images(
+    headers: Sequence[Dataset],
+) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    return [
+        hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=header.SOPClassUID,
+            referenced_sop_instance_uid=header.SOPInstanceUID,
+        )
+        for header in headers
+    ]
+
+
+def _add_comment(group: hd.sr.MeasurementsAndQualitativeEvaluations, text: str) -> None:
+    """Append a TEXT qualitative evaluation (TID 1501 row 12) "Comment" to a TID 1501 group.
+
+    highdicom's constructor takes coded qualitative evaluations only; the template also allows
+    a text answer, which is how the reason an image or study was not assessed is written.
+    """
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.COMMENT,
+            value=text,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+
+
 def _image_group(
     header: Dataset,
     image: ImagePrediction,
     *,
-    threshold: float,
+    taxonomy: Taxonomy,
+    threshold: float | None,
     number: int,
     total: int,
     algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group of one image; its Finding applies the study threshold to the image."""
+    """TID 1501 group of one image.
+
+    An assessed image gets a Finding (its probability against ``threshold``, that of its body
+    part) and its probability of abnormality; one not assessed gets neither, but a Comment
+    ``"Not assessed: <reason>"``.
+    """
     tracking = hd.sr.TrackingIdentifier(
         uid=generate_uid(entropy_srcs=["Ossa image finding", str(header.SOPInstanceUID)]),
         identifier=f"Ossa image {number} of {total}",
     )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    measurements = []
+    finding: Code | None = None
+    # An assessed image has a probability (ImagePrediction) and its body part a threshold
+    # (StudyPrediction); one not assessed has neither probability nor Finding.
+    if image.abnormal_probability is not None and threshold is not None:
+        finding = _finding(image.abnormal_probability >= threshold)
+        measurements.append(_probability(codes.ABNORMALITY_PROBABILITY, image.abnormal_probability))
+    sites = _finding_sites(image.body_part, taxonomy)
+    if sites is not None:
+        measurements.append(_probability(codes.BODY_PART_PROBABILITY, image.body_part_probability))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        finding_type=_finding(image.abnormal_probability >= threshold),
-        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BONE_SITE[image.bone])],
+        finding_type=finding,
+        finding_sites=sites,
         algorithm_id=algorithm_id,
-        measurements=[
-            _probability(codes.ABNORMALITY_PROBABILITY, image.abnormal_probability),
-            _probability(codes.BONE_PROBABILITY, image.bone_probability),
-        ],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=header.SOPClassUID,
-                referenced_sop_instance_uid=header.SOPInstanceUID,
-            )
-        ],
+        measurements=measurements or None,
+        source_images=_source_images([header]),
     )
+    if not image.assessed:
+        _add_comment(group, f"{IMAGE_NOT_ASSESSED}: {image.reason}")
+    return group
 
 
 def _study_group(
-    headers: Sequence[Dataset], prediction: StudyPrediction
+    headers: Sequence[Dataset], prediction: StudyPrediction, *, taxonomy: Taxonomy
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group of the study: Finding, mean probability and threshold, all sources."""
+    """TID 1501 group of the study.
+
+    An assessed study: Finding, mean probability of the assessed images and threshold, with
+    the assessed images as sources (and a Comment naming the images left out, if any). A
+    study not assessed: no Finding and no probabilities, all images as sources, and a
+    Comment ``"NOT ASSESSED: <reason>"``.
+    """
     tracking = hd.sr.TrackingIdentifier(
         uid=generate_uid(entropy_srcs=["Ossa study finding", str(headers[0].StudyInstanceUID)]),
         identifier=STUDY_TRACKING_IDENTIFIER,
     )
+    probability, threshold = prediction.abnormal_probability, prediction.threshold
+    parameters = ["study probability = mean of the assessed images' probabilities"]
+    if threshold is not None:
+        parameters.append(f"abnormal if study probability >= {threshold:g}")
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=prediction.algorithm.name,
         version=prediction.algorithm.version,
         manufacturer=MANUFACTURER,
-        parameters=[
-            "study probability = mean of the image probabilities",
-            f"abnormal if study probability >= {prediction.threshold:g}",
-        ],
+        parameters=parameters,
     )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    sites = _finding_sites(prediction.body_part, taxonomy)
+    if probability is None or threshold is None:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            finding_sites=sites,
+            algorithm_id=algorithm_id,
+            source_images=_source_images(headers),
+        )
+        _add_comment(group, f"{STUDY_NOT_ASSESSED}: {prediction.reason}")
+        return group
+
+    assessed = [h for h, p in zip(headers, prediction.images, strict=True) if p.assessed]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        finding_type=_finding(prediction.abnormal),
-        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BONE_SITE[prediction.bone])],
+        finding_type=_finding(probability >= threshold),
+        finding_sites=sites,
         algorithm_id=algorithm_id,
         measurements=[
-            _probability(
-                codes.ABNORMALITY_PROBABILITY,
-                prediction.abnormal_probability,
-                derivation=codes.MEAN,
-            ),
-            _probability(codes.ABNORMALITY_THRESHOLD, prediction.threshold),
+            _probability(codes.ABNORMALITY_PROBABILITY, probability, derivation=codes.MEAN),
+            _probability(codes.ABNORMALITY_THRESHOLD, threshold),
         ],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=header.SOPClassUID,
-                referenced_sop_instance_uid=header.SOPInstanceUID,
-            )
-            for header in headers
-        ],
+        source_images=_source_images(assessed),
     )
+    left_out = [
+        f"image {i} of {len(headers)} ({p.reason})"
+        for i, p in enumerate(prediction.images, 1)
+        if not p.assessed
+    ]
+    if left_out:
+        _add_comment(
+            group,
+            f"Study result from {len(assessed)} of {len(headers)} images; "
+            f"{IMAGE_NOT_ASSESSED.lower()}: " + "; ".join(left_out),
+        )
+    return group
 
 
 def _insert_image_library(root: Dataset, headers: Sequence[Dataset]) -> None:

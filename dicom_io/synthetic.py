@@ -25,7 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_io.codes import BONE_SITE
+from dicom_io.codes import to_code
+from models.taxonomy import MURA_TAXONOMY
 
 #: Bone type (MURA category) to DICOM Body Part Examined (PS3.16 Annex L defined terms).
 BODY_PART_EXAMINED: dict[str, str] = {
@@ -36,6 +37,7 @@ BODY_PART_EXAMINED: dict[str, str] = {
     "HUMERUS": "ARM",
     "SHOULDER": "SHOULDER",
     "WRIST": "WRIST",
+    "OTHER": "",  # out-of-scope anatomy of the phantom: Body Part Examined left empty
 }
 
 
@@ -54,7 +56,8 @@ class StudyIdentity:
     study_instance_uid : str
         Study Instance UID (0020,000D); a fresh one when not given.
     body_part : str
-        A MURA bone type, written as Body Part Examined (0018,0015).
+        A class of :data:`models.taxonomy.MURA_TAXONOMY`, written as Body Part Examined
+        (0018,0015) and, for DX, Anatomic Region Sequence.
     """
 
     patient_id: str
@@ -156,7 +159,7 @@ def radiograph_dataset(
         ds.RescaleSlope = 1
         ds.RescaleType = "US"
         ds.ImageLaterality = "R"
-        region = BONE_SITE[identity.body_part]
+        region = to_code(MURA_TAXONOMY.get(identity.body_part).code)
         item = Dataset()
         item.CodeValue = region.value
         item.CodingSchemeDesignator = region.scheme_designator

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
+import subprocess
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,9 +28,21 @@ from dicom_io.report import (
 )
 from dicom_io.synthetic import StudyIdentity
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.taxonomy import MURA_TAXONOMY, BodyPartClass, CodedConcept, Taxonomy
 from tests.conftest import dciodvfy_errors
 
 ALGORITHM = AlgorithmInfo(name="Ossa two-stage MobileNetV2", version="mura-v1 3f2a9c1")
+OUT_OF_SCOPE = "body part OTHER is outside the assessed scope"
+LOW_CONFIDENCE = "body-part confidence 0.41 is below the bundle's minimum 0.62"
+UNREADABLE = "pixel data could not be read"
+#: A bundle's own taxonomy: a class MURA does not have, with its own code.
+ANKLE = CodedConcept("70258002", "SCT", "Ankle joint")
+CUSTOM_TAXONOMY = Taxonomy(
+    (
+        BodyPartClass("ANKLE", ANKLE, True),
+        BodyPartClass("OTHER", CodedConcept("38266002", "SCT", "Entire body as a whole"), False),
+    )
+)
 
 MakeRadiograph = Callable[..., Dataset]
 
@@ -44,17 +58,82 @@ def _identity(**overrides: str) -> StudyIdentity:
     return StudyIdentity(**fields)
 
 
+def _assessed(body_part: str, body_part_probability: float, probability: float) -> ImagePrediction:
+    return ImagePrediction(body_part, body_part_probability, True, probability)
+
+
+def _skipped(body_part: str, body_part_probability: float, reason: str) -> ImagePrediction:
+    return ImagePrediction(body_part, body_part_probability, False, None, reason)
+
+
+def _thresholds(
+    threshold: float, taxonomy: Taxonomy = MURA_TAXONOMY, **per_class: float
+) -> tuple[tuple[str, float], ...]:
+    """``threshold`` for every assessed class of ``taxonomy``, except those in ``per_class``."""
+    return tuple((name, per_class.get(name, threshold)) for name in taxonomy.assessed)
+
+
 def _prediction(threshold: float = 0.5) -> StudyPrediction:
-    """Three images, mixed bones and results; mean abnormality probability = 0.64."""
+    """Three images, mixed body parts and results; mean abnormality probability = 0.64."""
     return StudyPrediction(
         images=(
-            ImagePrediction(bone="WRIST", bone_probability=0.93, abnormal_probability=0.87),
-            ImagePrediction(bone="HAND", bone_probability=0.61, abnormal_probability=0.12),
-            ImagePrediction(bone="WRIST", bone_probability=0.88, abnormal_probability=0.93),
+            _assessed("WRIST", 0.93, 0.87),
+            _assessed("HAND", 0.61, 0.12),
+            _assessed("WRIST", 0.88, 0.93),
         ),
-        threshold=threshold,
+        thresholds=_thresholds(threshold),
         algorithm=ALGORITHM,
     )
+
+
+def _mixed() -> StudyPrediction:
+    """The second image (OTHER) is not assessed; the study mean is (0.87 + 0.93) / 2 = 0.9."""
+    return StudyPrediction(
+        images=(
+            _assessed("WRIST", 0.93, 0.87),
+            _skipped("OTHER", 0.8, OUT_OF_SCOPE),
+            _assessed("WRIST", 0.88, 0.93),
+        ),
+        thresholds=_thresholds(0.5),
+        algorithm=ALGORITHM,
+    )
+
+
+def _not_assessed() -> StudyPrediction:
+    """No image assessed: out of scope, too unsure, unreadable (body part UNKNOWN)."""
+    return StudyPrediction(
+        images=(
+            _skipped("OTHER", 0.8, OUT_OF_SCOPE),
+            _skipped("WRIST", 0.41, LOW_CONFIDENCE),
+            ImagePrediction.not_assessed(UNREADABLE),
+        ),
+        thresholds=_thresholds(0.5),
+        algorithm=ALGORITHM,
+    )
+
+
+def _custom() -> StudyPrediction:
+    """Three ankle images of a bundle with :data:`CUSTOM_TAXONOMY`; mean 0.7 >= 0.6."""
+    return StudyPrediction(
+        images=(
+            _assessed("ANKLE", 0.9, 0.6),
+            _assessed("ANKLE", 0.8, 0.7),
+            _assessed("ANKLE", 0.95, 0.8),
+        ),
+        thresholds=_thresholds(0.6, CUSTOM_TAXONOMY),
+        algorithm=ALGORITHM,
+    )
+
+
+def _build(
+    sources: list[Dataset], prediction: StudyPrediction, taxonomy: Taxonomy = MURA_TAXONOMY
+) -> hd.sr.Comprehensive3DSR:
+    return build_sr(sources, prediction, taxonomy=taxonomy)
+
+
+def _read(sr: Dataset) -> Dataset:
+    """The SR as a PACS would hand it back: encoded and decoded again."""
+    return pydicom.dcmread(io.BytesIO(sr_to_bytes(sr)))
 
 
 @pytest.fixture
@@ -126,6 +205,19 @@ def _images(group: Dataset) -> list[str]:
     ]
 
 
+def _texts(group: Dataset, name: Code) -> list[str]:
+    """The values of the TEXT children of ``group`` with concept ``name``."""
+    return [
+        str(item.TextValue)
+        for item in group.ContentSequence
+        if item.ValueType == "TEXT" and _concept(item) == _key(name)
+    ]
+
+
+def _has_child(group: Dataset, name: Code) -> bool:
+    return any(_concept(item) == _key(name) for item in group.ContentSequence)
+
+
 def _tracking_identifier(group: Dataset) -> str:
     (value,) = [
         item.TextValue for item in group.ContentSequence if _concept(item) == ("112039", "DCM")
@@ -137,12 +229,12 @@ def _tracking_identifier(group: Dataset) -> str:
 
 
 def test_sr_passes_dciodvfy(sources: list[Dataset], tmp_path: Path) -> None:
-    path = _write(build_sr(sources, _prediction()), tmp_path / "sr.dcm")
+    path = _write(_build(sources, _prediction()), tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
 
 
 def test_part10_bytes_round_trip(sources: list[Dataset]) -> None:
-    sr = build_sr(sources, _prediction())
+    sr = _build(sources, _prediction())
     data = sr_to_bytes(sr)
     assert data[128:132] == b"DICM"
     read = pydicom.dcmread(io.BytesIO(data))
@@ -158,7 +250,7 @@ def test_part10_bytes_round_trip(sources: list[Dataset]) -> None:
 
 
 def test_identity_study_and_series(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
     source = sources[0]
     assert sr.SOPClassUID == Comprehensive3DSRStorage
     assert sr.Modality == "SR"
@@ -182,6 +274,7 @@ def test_uids_and_numbers_can_be_given(sources: list[Dataset]) -> None:
     sr = build_sr(
         sources,
         _prediction(),
+        taxonomy=MURA_TAXONOMY,
         series_number=77,
         instance_number=3,
         institution_name="Research Hospital",
@@ -194,7 +287,7 @@ def test_uids_and_numbers_can_be_given(sources: list[Dataset]) -> None:
 
 
 def test_every_source_is_evidence_and_in_content(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
     expected = {ds.SOPInstanceUID for ds in sources}
     (study,) = sr.CurrentRequestedProcedureEvidenceSequence
     assert study.StudyInstanceUID == sources[0].StudyInstanceUID
@@ -213,7 +306,7 @@ def test_every_source_is_evidence_and_in_content(sources: list[Dataset]) -> None
 
 
 def test_image_library_lists_every_source(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
     (library,) = [i for i in sr.ContentSequence if _concept(i) == _key(codes.IMAGE_LIBRARY)]
     entries = [i for i in _walk(library.ContentSequence) if i.ValueType == "IMAGE"]
     assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [
@@ -232,26 +325,28 @@ def test_image_library_lists_every_source(sources: list[Dataset]) -> None:
 
 def test_one_group_per_image(sources: list[Dataset]) -> None:
     prediction = _prediction()
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, prediction))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, prediction))))
     groups = _groups(sr)
     assert len(groups) == len(sources) + 1
     expected_findings = [codes.ABNORMAL, codes.NORMAL, codes.ABNORMAL]
     for group, source, image, finding in zip(
         groups, sources, prediction.images, expected_findings, strict=False
     ):
+        site = MURA_TAXONOMY.get(image.body_part).code
         assert _images(group) == [source.SOPInstanceUID]
         assert _code(group, codes.FINDING) == _key(finding)
-        assert _code(group, Code("363698007", "SCT", "Finding Site")) == _key(
-            codes.BONE_SITE[image.bone]
-        )
+        assert _code(group, codes.FINDING_SITE) == (site.value, site.scheme)
         assert _num(group, codes.ABNORMALITY_PROBABILITY) == pytest.approx(
             image.abnormal_probability
         )
-        assert _num(group, codes.BONE_PROBABILITY) == pytest.approx(image.bone_probability)
+        assert _num(group, codes.BODY_PART_PROBABILITY) == pytest.approx(
+            image.body_part_probability
+        )
+        assert not _texts(group, codes.COMMENT)
 
 
 def test_groups_carry_tracking_and_algorithm(sources: list[Dataset]) -> None:
-    data = sr_to_bytes(build_sr(sources, _prediction()))
+    data = sr_to_bytes(_build(sources, _prediction()))
     report = hd.sr.srread(io.BytesIO(data)).content
     assert isinstance(report, hd.sr.MeasurementReport)
     groups = report.get_image_measurement_groups()
@@ -274,7 +369,7 @@ def test_study_group_matches_prediction(
 ) -> None:
     prediction = _prediction(threshold)
     assert prediction.abnormal == (finding == codes.ABNORMAL)
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, prediction))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, prediction))))
     study = _groups(sr)[-1]
     assert _tracking_identifier(study) == STUDY_TRACKING_IDENTIFIER
     assert _code(study, codes.FINDING) == _key(finding)
@@ -290,7 +385,7 @@ def test_study_group_matches_prediction(
 def test_study_finding_rejects_other_documents(sources: list[Dataset]) -> None:
     with pytest.raises(ValueError, match="no Ossa study-level group"):
         study_finding(sources[0])
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
     study = _groups(sr)[-1]
     (tracking,) = [i for i in study.ContentSequence if _concept(i) == ("112039", "DCM")]
     tracking.TextValue = "someone else's group"
@@ -300,13 +395,27 @@ def test_study_finding_rejects_other_documents(sources: list[Dataset]) -> None:
 
 def test_image_finding_uses_the_threshold(sources: list[Dataset]) -> None:
     """At threshold 0.9 the image with p=0.87 is Normal and the one with p=0.93 Abnormal."""
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, _prediction(0.9)))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction(0.9)))))
     findings = [_code(group, codes.FINDING) for group in _groups(sr)[:3]]
     assert findings == [_key(codes.NORMAL), _key(codes.NORMAL), _key(codes.ABNORMAL)]
 
 
+def test_each_image_uses_the_threshold_of_its_body_part(sources: list[Dataset]) -> None:
+    """WRIST at 0.9, HAND at 0.1: the hand image with p=0.12 is Abnormal, the study (WRIST,
+    mean 0.64) Normal."""
+    thresholds = _thresholds(0.5, WRIST=0.9, HAND=0.1)
+    prediction = StudyPrediction(_prediction().images, thresholds, ALGORITHM)
+    sr = _read(_build(sources, prediction))
+    *images, study = _groups(sr)
+    findings = [_code(group, codes.FINDING) for group in images]
+    assert findings == [_key(codes.NORMAL), _key(codes.ABNORMAL), _key(codes.ABNORMAL)]
+    assert _num(study, codes.ABNORMALITY_THRESHOLD) == pytest.approx(0.9)
+    assert _code(study, codes.FINDING) == _key(codes.NORMAL)
+    assert study_finding(sr) is False
+
+
 def test_series_description_states_result_and_research_use(sources: list[Dataset]) -> None:
-    sr = build_sr(sources, _prediction())
+    sr = _build(sources, _prediction())
     assert sr.SeriesDescription == "Ossa: ABNORMAL (p=0.64) - research use, not for diagnosis"
     normal = series_description(_prediction(0.99))
     assert normal.startswith("Ossa: NORMAL (p=0.64)")
@@ -315,14 +424,14 @@ def test_series_description_states_result_and_research_use(sources: list[Dataset
 
 
 def test_content_says_research_not_diagnosis(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(build_sr(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
     texts = [item.TextValue for item in _walk(sr.ContentSequence) if item.ValueType == "TEXT"]
     assert DISCLAIMER in texts
     assert "not a diagnosis" in DISCLAIMER
 
 
 def test_private_coding_scheme_is_declared(sources: list[Dataset]) -> None:
-    sr = build_sr(sources, _prediction())
+    sr = _build(sources, _prediction())
     designators = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
     assert codes.OSSA_SCHEME in designators
 
@@ -339,10 +448,144 @@ def test_sources_are_not_modified(make_radiograph: MakeRadiograph) -> None:
     del source.StudyID
     _set_invalid_sex(source)
     before = pydicom.dcmread(io.BytesIO(_part10(source)))
-    sr = build_sr([source], _single())
+    sr = _build([source], _single())
     sr.PatientID = "CHANGED"
     assert "StudyID" not in source
     assert source == before
+
+
+# --- images and studies not assessed ---------------------------------------------------------
+
+
+def test_mixed_study_reports_the_assessed_images_and_says_why_not_the_others(
+    sources: list[Dataset],
+) -> None:
+    prediction = _mixed()
+    sr = _read(_build(sources, prediction))
+    first, skipped, third, study = _groups(sr)
+    for group, source in zip((first, skipped, third), sources, strict=True):
+        assert _images(group) == [source.SOPInstanceUID]
+    for group in (first, third):
+        assert _code(group, codes.FINDING) == _key(codes.ABNORMAL)
+        assert not _texts(group, codes.COMMENT)
+    # The image not assessed: its image and finding site, no Finding and no probability of
+    # abnormality, the reason in words.
+    assert not _has_child(skipped, codes.FINDING)
+    assert not _has_child(skipped, codes.ABNORMALITY_PROBABILITY)
+    assert _code(skipped, codes.FINDING_SITE) == ("38266002", "SCT")
+    assert _num(skipped, codes.BODY_PART_PROBABILITY) == pytest.approx(0.8)
+    assert _texts(skipped, codes.COMMENT) == [f"Not assessed: {OUT_OF_SCOPE}"]
+    # The study: the verdict and mean of the assessed images, which are its sources.
+    assert _code(study, codes.FINDING) == _key(codes.ABNORMAL)
+    assert _num(study, codes.ABNORMALITY_PROBABILITY) == pytest.approx(0.9)
+    assert sorted(_images(study)) == sorted([sources[0].SOPInstanceUID, sources[2].SOPInstanceUID])
+    (comment,) = _texts(study, codes.COMMENT)
+    assert comment == (
+        f"Study result from 2 of 3 images; not assessed: image 2 of 3 ({OUT_OF_SCOPE})"
+    )
+    assert study_finding(sr) is True
+    assert sr.SeriesDescription == "Ossa: ABNORMAL (p=0.90) - research use, not for diagnosis"
+
+
+def test_study_not_assessed_has_no_finding_and_says_why(sources: list[Dataset]) -> None:
+    prediction = _not_assessed()
+    assert prediction.verdict == "NOT ASSESSED"
+    sr = _read(_build(sources, prediction))
+    # No Normal/Abnormal anywhere in the document, and no probability of abnormality.
+    names = {_concept(item) for item in _walk(sr.ContentSequence)}
+    assert _key(codes.FINDING) not in names
+    assert _key(codes.ABNORMALITY_PROBABILITY) not in names
+    assert _key(codes.ABNORMALITY_THRESHOLD) not in names
+    *images, study = _groups(sr)
+    for group, source, reason in zip(
+        images, sources, (OUT_OF_SCOPE, LOW_CONFIDENCE, UNREADABLE), strict=True
+    ):
+        assert _images(group) == [source.SOPInstanceUID]
+        assert _texts(group, codes.COMMENT) == [f"Not assessed: {reason}"]
+    # Finding site and body-part probability where stage 1 named a class, not for UNKNOWN.
+    assert _code(images[0], codes.FINDING_SITE) == ("38266002", "SCT")
+    assert _code(images[1], codes.FINDING_SITE) == ("74670003", "SCT")
+    assert _num(images[1], codes.BODY_PART_PROBABILITY) == pytest.approx(0.41)
+    assert not _has_child(images[2], codes.FINDING_SITE)
+    assert not _has_child(images[2], codes.BODY_PART_PROBABILITY)
+    assert _tracking_identifier(study) == STUDY_TRACKING_IDENTIFIER
+    assert sorted(_images(study)) == sorted(ds.SOPInstanceUID for ds in sources)
+    assert _texts(study, codes.COMMENT) == [f"NOT ASSESSED: {prediction.reason}"]
+    for reason in (OUT_OF_SCOPE, LOW_CONFIDENCE, UNREADABLE):
+        assert reason in prediction.reason
+    assert study_finding(sr) is None
+    assert sr.SeriesDescription == "Ossa: NOT ASSESSED - research use, not for diagnosis"
+    assert len(sr.SeriesDescription) <= 64
+    texts = [item.TextValue for item in _walk(sr.ContentSequence) if item.ValueType == "TEXT"]
+    assert DISCLAIMER in texts
+
+
+def test_study_finding_needs_a_finding_or_a_not_assessed_comment(sources: list[Dataset]) -> None:
+    sr = _read(_build(sources, _not_assessed()))
+    study = _groups(sr)[-1]
+    (comment,) = [i for i in study.ContentSequence if _concept(i) == _key(codes.COMMENT)]
+    comment.TextValue = "something else"
+    with pytest.raises(ValueError, match="no Ossa study-level group"):
+        study_finding(sr)
+
+
+def test_taxonomy_of_the_bundle_gives_the_finding_site(sources: list[Dataset]) -> None:
+    sr = _read(_build(sources, _custom(), CUSTOM_TAXONOMY))
+    for group in _groups(sr):
+        assert _code(group, codes.FINDING_SITE) == (ANKLE.value, ANKLE.scheme)
+    sites = [
+        item.ConceptCodeSequence[0]
+        for item in _walk(sr.ContentSequence)
+        if _concept(item) == _key(codes.FINDING_SITE)
+    ]
+    assert {site.CodeMeaning for site in sites} == {ANKLE.meaning}
+    assert study_finding(sr) is True
+
+
+def _dsrdump(path: Path) -> str:
+    """DCMTK ``dsrdump`` of a file (long values in full); fails the test unless it exits 0."""
+    exe = shutil.which("dsrdump")
+    if exe is None:
+        pytest.fail("dsrdump (Debian package dcmtk) is not installed; run `make test`")
+    proc = subprocess.run(
+        [exe, "+Pl", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+VARIANTS: dict[str, tuple[Callable[[], StudyPrediction], Taxonomy]] = {
+    "assessed": (_prediction, MURA_TAXONOMY),
+    "mixed": (_mixed, MURA_TAXONOMY),
+    "not-assessed": (_not_assessed, MURA_TAXONOMY),
+    "custom-taxonomy": (_custom, CUSTOM_TAXONOMY),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_is_valid_and_readable_by_dcmtk(
+    sources: list[Dataset], tmp_path: Path, variant: str
+) -> None:
+    make, taxonomy = VARIANTS[variant]
+    prediction = make()
+    path = _write(_build(sources, prediction, taxonomy), tmp_path / f"{variant}.dcm")
+    assert dciodvfy_errors(path) == []
+    dump = _dsrdump(path)
+    assert DISCLAIMER in dump
+    assert "research use, not for diagnosis" in dump
+    skipped = [p for p in prediction.images if not p.assessed]
+    assert dump.count('"Not assessed: ') == len(skipped)
+    for image in skipped:
+        assert f'"Not assessed: {image.reason}"' in dump
+    assert ("NOT ASSESSED" in dump) is (not prediction.assessed)
+    if prediction.assessed:
+        assert f'"{prediction.verdict.title()}"' in dump  # Finding (SCT): "Abnormal"/"Normal"
+    else:
+        assert f'"NOT ASSESSED: {prediction.reason}"' in dump
+        assert '"Abnormal"' not in dump and '"Normal"' not in dump
+    parsed = hd.sr.srread(path)
+    assert isinstance(parsed.content, hd.sr.MeasurementReport)
+    assert len(parsed.content.get_image_measurement_groups()) == len(sources) + 1
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -350,7 +593,7 @@ def test_sources_are_not_modified(make_radiograph: MakeRadiograph) -> None:
 
 def test_rejects_mismatched_lengths(sources: list[Dataset]) -> None:
     with pytest.raises(ValueError, match=r"sources.*2 source\(s\) for 3 prediction"):
-        build_sr(sources[:2], _prediction())
+        _build(sources[:2], _prediction())
 
 
 def test_rejects_mixed_studies(make_radiograph: MakeRadiograph) -> None:
@@ -358,40 +601,48 @@ def test_rejects_mixed_studies(make_radiograph: MakeRadiograph) -> None:
     other = make_radiograph(_identity(patient_id="PID-OTHER"), instance_number=2)
     third = make_radiograph(_identity(), instance_number=3)
     with pytest.raises(ValueError, match=r"one study: sources\[1\]"):
-        build_sr([first, other, third], _prediction())
+        _build([first, other, third], _prediction())
 
 
 def test_rejects_repeated_source(sources: list[Dataset]) -> None:
     with pytest.raises(ValueError, match=r"sources\[2\] repeats .* sources\[0\]"):
-        build_sr([sources[0], sources[1], sources[0]], _prediction())
+        _build([sources[0], sources[1], sources[0]], _prediction())
 
 
 def test_rejects_source_without_uid(sources: list[Dataset]) -> None:
     del sources[1].SOPInstanceUID
     with pytest.raises(ValueError, match=r"sources\[1\] lacks SOPInstanceUID"):
-        build_sr(sources, _prediction())
+        _build(sources, _prediction())
 
 
 def test_rejects_non_image(sources: list[Dataset]) -> None:
     del sources[2].Rows
     with pytest.raises(ValueError, match=r"sources\[2\] is not an image"):
-        build_sr(sources, _prediction())
+        _build(sources, _prediction())
 
 
 def test_rejects_wrong_types(sources: list[Dataset]) -> None:
     with pytest.raises(TypeError, match="prediction"):
-        build_sr(sources, _prediction().images)  # type: ignore[arg-type]
+        _build(sources, _prediction().images)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="sources"):
-        build_sr(sources[0], _single())  # type: ignore[arg-type]
+        build_sr(sources[0], _single(), taxonomy=MURA_TAXONOMY)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="taxonomy"):
+        build_sr(sources, _prediction(), taxonomy=MURA_TAXONOMY.to_dict())  # type: ignore[arg-type]
+
+
+def test_rejects_assessed_body_part_outside_the_taxonomy(sources: list[Dataset]) -> None:
+    """A WRIST prediction reported with a taxonomy that has no WRIST class is a mismatch."""
+    with pytest.raises(ValueError, match=r"body parts \['HAND', 'WRIST'\].*not classes"):
+        _build(sources, _prediction(), CUSTOM_TAXONOMY)
 
 
 # --- real-world sources and privacy -----------------------------------------------------------
 
 
-def _single(bone: str = "HUMERUS") -> StudyPrediction:
+def _single(body_part: str = "HUMERUS") -> StudyPrediction:
     return StudyPrediction(
-        images=(ImagePrediction(bone=bone, bone_probability=0.7, abnormal_probability=0.2),),
-        threshold=0.5,
+        images=(_assessed(body_part, 0.7, 0.2),),
+        thresholds=_thresholds(0.5),
         algorithm=ALGORITHM,
     )
 
@@ -410,7 +661,7 @@ def test_real_cr_from_pydicom_data(tmp_path: Path) -> None:
     assert isinstance(path, str), "pydicom-data's RG1_UNCR.dcm is not available"
     source = pydicom.dcmread(path)
     assert "ImagerPixelSpacing" not in source
-    out = _write(build_sr([source], _single()), tmp_path / "sr.dcm")
+    out = _write(_build([source], _single()), tmp_path / "sr.dcm")
     assert dciodvfy_errors(out) == []
     sr = pydicom.dcmread(out)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID"):
@@ -429,7 +680,7 @@ def test_missing_and_invalid_patient_attributes(
     for keyword in ("PatientBirthDate", "StudyID", "ReferringPhysicianName", "AccessionNumber"):
         del source[keyword]
     _set_invalid_sex(source)
-    path = _write(build_sr([source], _single("WRIST")), tmp_path / "sr.dcm")
+    path = _write(_build([source], _single("WRIST")), tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
     sr = pydicom.dcmread(path)
     assert sr.PatientSex == ""
@@ -446,11 +697,31 @@ def test_no_patient_identifiers_in_logs_or_warnings(
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sr = build_sr([source], _single("WRIST"))
+        sr = _build([source], _single("WRIST"))
     assert sr.PatientName == "SECRETNAME"
     messages = [record.getMessage() for record in caplog.records] + [str(w.message) for w in caught]
     assert any("built SR" in message for message in messages)
     assert not [m for m in messages if "SECRETNAME" in m or "SECRETID" in m]
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_prediction, "study ABNORMAL (p=0.640, threshold=0.500)"),
+        (_not_assessed, "0 assessed, study NOT ASSESSED"),
+    ],
+)
+def test_log_states_the_verdict(
+    sources: list[Dataset],
+    caplog: pytest.LogCaptureFixture,
+    make: Callable[[], StudyPrediction],
+    expected: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dicom_io.report")
+    _build(sources, make())
+    (message,) = [r.getMessage() for r in caplog.records if "built SR" in r.getMessage()]
+    assert expected in message
+    assert message.endswith(expected)
 
 
 def test_long_algorithm_identity_is_clipped_in_header_only(
@@ -458,8 +729,10 @@ def test_long_algorithm_identity_is_clipped_in_header_only(
 ) -> None:
     """Manufacturer's Model Name and Software Versions are LO (64); TID 4019 keeps it all."""
     algorithm = AlgorithmInfo(name="N" * 80, version="bundle-" + "0123456789" * 7)
-    prediction = StudyPrediction(images=_single().images, threshold=0.5, algorithm=algorithm)
-    path = _write(build_sr([make_radiograph()], prediction), tmp_path / "sr.dcm")
+    prediction = StudyPrediction(
+        images=_single().images, thresholds=_thresholds(0.5), algorithm=algorithm
+    )
+    path = _write(_build([make_radiograph()], prediction), tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
     sr = pydicom.dcmread(path)
     assert sr.ManufacturerModelName == algorithm.name[:64]
