@@ -1,6 +1,9 @@
-"""MURA-v1.1 loader: study records from the release's CSVs, and image reading (no torch).
+"""Dataset loader: study records from MURA-v1.1 or a generic labelled dataset, and image reading.
 
-The same code reads a real MURA-v1.1 copy and the phantom of :mod:`models.phantom`. Lines of
+No torch. :func:`load_studies` detects the layout from the folder it is given.
+
+**MURA-v1.1.** The same code reads a real MURA-v1.1 copy and the phantom of
+:mod:`models.phantom`. Lines of
 ``MURA-v1.1/train_image_paths.csv`` and ``MURA-v1.1/train_labeled_studies.csv`` (and valid_*)::
 
     MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/image1.png
@@ -12,22 +15,37 @@ study directory, in CSV order; its label comes from ``*_labeled_studies.csv`` (1
 The CSVs have no header. A study's body part is its ``XR_<NAME>`` directory: real MURA has the
 seven bone types, the phantom adds ``OTHER``. Patient numbers repeat across body parts in real
 MURA (``XR_WRIST/patient00001`` and ``XR_HAND/patient00001`` are different studies), so a
-study is identified by its :attr:`MuraStudy.key`, never by its patient alone.
+study is identified by its :attr:`MuraStudy.key`, never by its patient alone. Its taxonomy is
+:data:`~models.taxonomy.MURA_TAXONOMY` (restricted to the classes present).
+
+**Generic labelled dataset** (written by importers such as :mod:`models.fracatlas`): a folder
+holding ``labels.csv`` and ``taxonomy.json``::
+
+    labels.csv      header path,type,label,split,group; one row per image
+    taxonomy.json   Taxonomy.to_dict() of the dataset's classes (models.taxonomy)
+
+``path`` is relative to the folder (POSIX separators), ``type`` a class of ``taxonomy.json``,
+``label`` 1 = abnormal, ``split`` ``train`` or ``valid``, and ``group`` a key that keeps
+related images together (a patient, a study; FracAtlas has one image per group). The images
+of one group form one study: they must share type, label and split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import logging
 import re
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageFile
 
 from models.layout import (
     CLASS_DIR_PREFIX,
@@ -37,11 +55,17 @@ from models.layout import (
     image_paths_csv,
     labeled_studies_csv,
 )
-from models.taxonomy import MURA_TAXONOMY
+from models.taxonomy import MURA_TAXONOMY, Taxonomy
 
 logger = logging.getLogger(__name__)
 
 _BODY_PART = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+#: File that marks a generic labelled dataset, and its columns (in this order).
+LABELS_CSV = "labels.csv"
+LABELS_COLUMNS: tuple[str, ...] = ("path", "type", "label", "split", "group")
+#: The classes of a generic labelled dataset (:meth:`Taxonomy.to_dict` as JSON).
+TAXONOMY_JSON = "taxonomy.json"
 
 
 @dataclass(frozen=True)
@@ -54,11 +78,13 @@ class MuraStudy:
         ``"train"`` or ``"valid"``.
     body_part : str
         Class from the ``XR_<NAME>`` directory, e.g. ``"WRIST"`` or ``"OTHER"`` (an upper-case
-        name, as in :data:`~models.taxonomy.MURA_TAXONOMY`).
+        name, as in :data:`~models.taxonomy.MURA_TAXONOMY`), or a generic dataset's ``type``.
     patient : str
-        Patient directory name (``patientNNNNN``); MURA's ids are already anonymous.
+        Patient directory name (``patientNNNNN``); MURA's ids are already anonymous. A generic
+        dataset's ``group``.
     study : str
-        Study directory name (``studyK_positive`` / ``studyK_negative``).
+        Study directory name (``studyK_positive`` / ``studyK_negative``); a generic dataset's
+        ``group`` again (one study per group).
     label : int
         1 = abnormal, 0 = normal.
     images : tuple of Path
@@ -110,8 +136,48 @@ def find_dataset_dir(path: Path) -> Path:
         if any((candidate / image_paths_csv(split)).is_file() for split in SPLITS):
             return candidate
     raise ValueError(
-        f"data must be a {DATASET_DIRNAME} directory or the directory containing it, got {path}"
+        f"data must be a {DATASET_DIRNAME} directory or the directory containing it, or a "
+        f"labelled dataset directory holding {LABELS_CSV}, got {path}"
     )
+
+
+def is_labelled_dataset(path: Path) -> bool:
+    """Whether ``path`` is a generic labelled dataset (it holds ``labels.csv``)."""
+    return (Path(path) / LABELS_CSV).is_file()
+
+
+def load_taxonomy(data: Path) -> Taxonomy | None:
+    """The classes of a generic labelled dataset, from its ``taxonomy.json``.
+
+    Parameters
+    ----------
+    data : Path
+        A generic labelled dataset, or a MURA-v1.1 directory or its parent.
+
+    Returns
+    -------
+    Taxonomy or None
+        ``None`` for MURA-v1.1, whose classes are those of
+        :data:`~models.taxonomy.MURA_TAXONOMY` (restricted to the ones present).
+
+    Raises
+    ------
+    ValueError
+        When ``data`` is neither layout, or naming ``taxonomy.json`` when it is missing or
+        malformed.
+    """
+    data = Path(data)
+    if not is_labelled_dataset(data):
+        find_dataset_dir(data)  # a MURA-v1.1 copy, or ValueError
+        return None
+    path = data / TAXONOMY_JSON
+    if not path.is_file():
+        raise ValueError(f"missing {TAXONOMY_JSON} in {data} (a {LABELS_CSV} dataset needs it)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return Taxonomy.from_dict(json.load(f))
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _resolve(dataset_dir: Path, csv_path: str, csv_name: str) -> tuple[Path, PurePosixPath]:
@@ -138,32 +204,43 @@ def _study_fields(inner: PurePosixPath, split: str, csv_name: str,
 
 
 def load_studies(data: Path, split: str, *,
-                 classes: Sequence[str] = MURA_TAXONOMY.names) -> tuple[MuraStudy, ...]:
-    """Read one split's labelled studies and their images through the MURA CSVs.
+                 classes: Sequence[str] | None = None) -> tuple[MuraStudy, ...]:
+    """Read one split's labelled studies and their images, MURA-v1.1 or generic layout.
+
+    The layout is detected from ``data``: a folder holding ``labels.csv`` is a generic labelled
+    dataset (see the module docstring), anything else must be MURA-v1.1.
 
     Parameters
     ----------
     data : Path
-        The MURA-v1.1 directory or its parent.
+        A generic labelled dataset, or the MURA-v1.1 directory or its parent.
     split : str
         ``"train"`` or ``"valid"``.
-    classes : sequence of str
-        Accepted ``XR_<NAME>`` directories (default: the names of
+    classes : sequence of str, optional
+        Accepted classes. MURA: the ``XR_<NAME>`` directories (default: the names of
         :data:`~models.taxonomy.MURA_TAXONOMY`, MURA's seven bone types and ``OTHER``).
+        Generic: the ``type`` values (default: every class of ``taxonomy.json``).
 
     Returns
     -------
     tuple of MuraStudy
-        In ``*_labeled_studies.csv`` order.
+        MURA: in ``*_labeled_studies.csv`` order. Generic: one study per group, in the order
+        of the group's first row, its images in row order (empty when no row has ``split``).
 
     Raises
     ------
     ValueError
         On a missing CSV, a malformed line, a class not in ``classes``, an unlabelled image, a
-        study without images, or a listed image that does not exist.
+        study without images, or a listed image that does not exist; for the generic layout
+        also a group whose rows disagree on type, label or split (naming the group), or a type
+        outside ``taxonomy.json`` (naming the type).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if is_labelled_dataset(data):
+        return _load_labelled(Path(data), split, classes)
+    if classes is None:
+        classes = MURA_TAXONOMY.names
     dataset_dir = find_dataset_dir(data)
     labels_csv = dataset_dir / labeled_studies_csv(split)
     images_csv = dataset_dir / image_paths_csv(split)
@@ -204,27 +281,139 @@ def load_studies(data: Path, split: str, *,
     return tuple(studies)
 
 
-def read_image(path: Path) -> NDArray[np.float32]:
+def _labelled_path(data: Path, value: str, where: str) -> Path:
+    """A ``labels.csv`` path (relative, POSIX, inside the dataset) as a file path."""
+    inner = PurePosixPath(value.strip())
+    if (not value.strip() or inner.is_absolute() or ".." in inner.parts or "\\" in value
+            or inner == PurePosixPath(".")):
+        raise ValueError(f"{where}: malformed path {value!r} (relative to the dataset folder, "
+                         f"'/' separators, no '..')")
+    return data.joinpath(*inner.parts)
+
+
+def _load_labelled(data: Path, split: str,
+                   classes: Sequence[str] | None) -> tuple[MuraStudy, ...]:
+    """:func:`load_studies` for a generic labelled dataset (``labels.csv``)."""
+    taxonomy = load_taxonomy(data)
+    assert taxonomy is not None  # data holds labels.csv
+    accepted = tuple(taxonomy.names if classes is None else classes)
+    labels_csv = data / LABELS_CSV
+    # group -> (type, label, split, first line) and its images, over every split: a group
+    # split across train and valid is an error even when only one split is asked for
+    groups: dict[str, tuple[str, str, str, int]] = {}
+    images: dict[str, list[Path]] = {}
+    with open(labels_csv, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != LABELS_COLUMNS:
+            raise ValueError(f"{labels_csv}: header must be {','.join(LABELS_COLUMNS)}, "
+                             f"got {header}")
+        for line_no, row in enumerate(reader, start=2):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            where = f"{LABELS_CSV} line {line_no}"
+            if len(row) != len(LABELS_COLUMNS):
+                raise ValueError(f"{where}: expected {len(LABELS_COLUMNS)} fields, "
+                                 f"got {len(row)}")
+            path, kind, label, row_split, group = (cell.strip() for cell in row)
+            if label not in ("0", "1"):
+                raise ValueError(f"{where}: label must be 0 or 1, got {label!r}")
+            if row_split not in SPLITS:
+                raise ValueError(f"{where}: split must be one of {SPLITS}, got {row_split!r}")
+            if not group:
+                raise ValueError(f"{where}: empty group")
+            if kind not in taxonomy:
+                raise ValueError(f"{where}: type {kind!r} is not a class of {TAXONOMY_JSON} "
+                                 f"{taxonomy.names}")
+            if kind not in accepted:
+                raise ValueError(f"{where}: type {kind!r} is not one of the accepted classes "
+                                 f"{accepted}")
+            file = _labelled_path(data, path, where)
+            first = groups.setdefault(group, (kind, label, row_split, line_no))
+            if first[:3] != (kind, label, row_split):
+                raise ValueError(
+                    f"{where}: group {group!r} has type={kind}, label={label}, "
+                    f"split={row_split}, but line {first[3]} has type={first[0]}, "
+                    f"label={first[1]}, split={first[2]}: a group's images must agree")
+            images.setdefault(group, []).append(file)
+    studies = [MuraStudy(split, kind, group, group, int(label), tuple(images[group]))
+               for group, (kind, label, row_split, _) in groups.items() if row_split == split]
+    missing = [p for s in studies for p in s.images if not p.is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} listed images do not exist, e.g. {missing[0]}")
+    logger.info("%s: %d studies, %d images (%s)", split, len(studies),
+                sum(len(s.images) for s in studies), data)
+    return tuple(studies)
+
+
+_TRUNCATED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def tolerate_truncated_images() -> Iterator[None]:
+    """Let Pillow decode truncated image files within the block, then restore its setting.
+
+    Pillow's switch, ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``, is process-wide: the block holds
+    a lock so that concurrent tolerant reads do not restore it under each other, and it is
+    restored on exit. A strict read in another thread *during* the block may be tolerant too;
+    Ossa's readers that need strictness (the DICOM path) never go through Pillow.
+
+    References
+    ----------
+    Pillow documentation, ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
+    (https://pillow.readthedocs.io/en/stable/reference/ImageFile.html).
+    """
+    with _TRUNCATED_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _decode(path: Path) -> NDArray[np.float32]:
+    with Image.open(path) as im:
+        im.load()
+        if im.mode.startswith("I"):  # 16-bit grey (I;16, I;16B) or 32-bit int
+            grey = np.asarray(im, dtype=np.float32) / 65535.0
+            return np.clip(grey, 0.0, 1.0)
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
+def read_image(path: Path, *, tolerate_truncated: bool = False) -> NDArray[np.float32]:
     """Read a PNG/JPEG radiograph as one float32 grey channel in [0, 1] (1 = bright).
 
     8-bit grey, RGB(A), grey + alpha (``LA``) and palette (``P``) images are converted to grey
     (alpha dropped); 16-bit grey PNGs (``I;16`` or ``I``) are scaled by 65535.
+
+    Parameters
+    ----------
+    path : Path
+        The image file.
+    tolerate_truncated : bool
+        When the file is cut short (a strict decode fails), decode it again with Pillow's
+        ``LOAD_TRUNCATED_IMAGES`` (:func:`tolerate_truncated_images`): the missing end is
+        filled in by the decoder (grey for JPEG). For datasets with known, checked damage,
+        such as FracAtlas's 49 truncated JPEGs (:mod:`models.fracatlas`); default ``False``.
 
     Raises
     ------
     FileNotFoundError
         When ``path`` does not exist.
     ValueError
-        Naming the file, when it is not a readable image (unknown format, truncated or
-        corrupt data).
+        Naming the file, when it is not a readable image (unknown format, corrupt data, or
+        truncated data unless ``tolerate_truncated``).
     """
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode.startswith("I"):  # 16-bit grey (I;16, I;16B) or 32-bit int
-                grey = np.asarray(im, dtype=np.float32) / 65535.0
-                return np.clip(grey, 0.0, 1.0)
-            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        try:
+            return _decode(path)
+        except OSError as exc:
+            if not tolerate_truncated or isinstance(exc, FileNotFoundError):
+                raise
+            logger.debug("%s: strict decode failed (%s); decoding tolerantly", path, exc)
+        with tolerate_truncated_images():
+            return _decode(path)
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, zlib.error) as exc:

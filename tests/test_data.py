@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from models.data import (
     MuraStudy,
     find_dataset_dir,
     load_studies,
+    load_taxonomy,
     read_image,
+    tolerate_truncated_images,
 )
-from models.taxonomy import MURA_BONE_TYPES, MURA_TAXONOMY
+from models.taxonomy import (
+    MURA_BONE_TYPES,
+    MURA_TAXONOMY,
+    BodyPartClass,
+    CodedConcept,
+    Taxonomy,
+)
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
@@ -210,3 +219,125 @@ def test_real_mura_layout_loads(real_mura_replica: Path) -> None:
     means = [round(float(read_image(p).mean()) * 255) for p in studies[2].images]
     assert means == [30, 60, 90]
     assert all(read_image(p).shape == (16, 24) for s in studies for p in s.images)
+
+
+# --- generic labelled datasets (labels.csv + taxonomy.json) ---------------------------------
+
+_GENERIC_TAXONOMY = Taxonomy((
+    BodyPartClass("ARM", CodedConcept("53120007", "SCT", "Upper limb"), True),
+    BodyPartClass("LEG", CodedConcept("61685007", "SCT", "Lower limb"), False),
+))
+
+
+def _write_labels(root: Path, rows: list[str]) -> None:
+    (root / "labels.csv").write_text("path,type,label,split,group\n" + "\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def generic_dataset(tmp_path: Path) -> Path:
+    """A labelled dataset: JPEG and PNG, gray and RGB, several sizes, groups of 1-2 images."""
+    root = tmp_path / "labelled"
+    files = {  # path: (mode, value, size, format)
+        "img/a1.png": ("L", 40, (30, 20)), "img/a2.jpg": ("RGB", 200, (64, 48)),
+        "img/b.jpg": ("L", 120, (17, 33)), "img/sub/c.png": ("RGB", 90, (25, 25)),
+        "img/d.jpg": ("RGB", 10, (40, 40)),
+    }
+    for name, (mode, value, size) in files.items():
+        _png(root / name, value=value, mode=mode, size=size)  # Pillow picks the format
+    (root / "taxonomy.json").write_text(json.dumps(_GENERIC_TAXONOMY.to_dict()))
+    _write_labels(root, [
+        "img/a1.png,ARM,1,train,patient-a",
+        "img/b.jpg,LEG,0,valid,patient-b",
+        "img/a2.jpg,ARM,1,train,patient-a",
+        "img/sub/c.png,ARM,0,train,patient-c",
+        "img/d.jpg,ARM,0,valid,patient-d",
+    ])
+    return root
+
+
+def test_generic_layout_loads_one_study_per_group(generic_dataset: Path) -> None:
+    root = generic_dataset
+    train = load_studies(root, "train")
+    assert [(s.body_part, s.patient, s.study, s.label, s.images) for s in train] == [
+        ("ARM", "patient-a", "patient-a", 1, (root / "img/a1.png", root / "img/a2.jpg")),
+        ("ARM", "patient-c", "patient-c", 0, (root / "img/sub/c.png",)),
+    ]
+    valid = load_studies(root, "valid")
+    assert [(s.body_part, s.patient, s.label) for s in valid] == [
+        ("LEG", "patient-b", 0), ("ARM", "patient-d", 0)]
+    keys = [s.key for s in train + valid]
+    assert len(set(keys)) == len(keys)
+    assert load_taxonomy(root) == _GENERIC_TAXONOMY
+    assert load_studies(root, "valid", classes=("LEG", "ARM")) == valid
+    means = [round(float(read_image(p).mean()) * 255) for s in train for p in s.images]
+    assert means == pytest.approx([40, 200, 90], abs=2)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["img/a1.png,ARM,1,train,g", "img/a2.jpg,ARM,0,train,g"], "group 'g'.*label"),
+        (["img/a1.png,ARM,1,train,g", "img/a2.jpg,LEG,1,train,g"], "group 'g'.*type"),
+        (["img/a1.png,ARM,1,train,g", "img/a2.jpg,ARM,1,valid,g"], "group 'g'.*split"),
+        (["img/a1.png,KNEE,1,train,g"], "type 'KNEE'"),
+        (["img/a1.png,ARM,yes,train,g"], "label"),
+        (["img/a1.png,ARM,1,test,g"], "split"),
+        (["img/a1.png,ARM,1,train,"], "empty group"),
+        (["../outside.png,ARM,1,train,g"], "malformed path"),
+        (["/etc/passwd,ARM,1,train,g"], "malformed path"),
+        (["img/a1.png,ARM,1,train"], "expected 5 fields"),
+        (["img/nothere.png,ARM,1,train,g"], "do not exist"),
+    ],
+)
+def test_generic_layout_rejects_inconsistent_rows(generic_dataset: Path, rows: list[str],
+                                                  message: str) -> None:
+    _write_labels(generic_dataset, rows)
+    with pytest.raises(ValueError, match=message):
+        load_studies(generic_dataset, "train")
+
+
+def test_generic_layout_classes_header_and_taxonomy_errors(generic_dataset: Path) -> None:
+    root = generic_dataset
+    with pytest.raises(ValueError, match=r"type 'LEG'.*accepted"):
+        load_studies(root, "valid", classes=("ARM",))
+    (root / "taxonomy.json").write_text('{"classes": []}')
+    with pytest.raises(ValueError, match=r"taxonomy\.json"):
+        load_taxonomy(root)
+    (root / "taxonomy.json").unlink()
+    with pytest.raises(ValueError, match=r"missing taxonomy\.json"):
+        load_studies(root, "train")
+    (root / "taxonomy.json").write_text(json.dumps(_GENERIC_TAXONOMY.to_dict()))
+    (root / "labels.csv").write_text("path,type,label\nimg/a1.png,ARM,1\n")
+    with pytest.raises(ValueError, match="header"):
+        load_studies(root, "train")
+
+
+def test_load_taxonomy_is_none_for_mura(real_mura_replica: Path, tmp_path: Path) -> None:
+    assert load_taxonomy(real_mura_replica) is None
+    assert load_taxonomy(real_mura_replica.parent) is None
+    with pytest.raises(ValueError, match=r"labels\.csv"):
+        load_taxonomy(tmp_path / "empty")
+
+
+def test_read_image_tolerates_truncated_jpeg_only_when_asked(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 80), dtype=np.uint8)).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:-20])
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(ValueError, match=r"cut\.jpg"):
+        read_image(tmp_path / "cut.jpg")
+    image = read_image(tmp_path / "cut.jpg", tolerate_truncated=True)
+    full = read_image(tmp_path / "full.jpg")
+    assert image.shape == full.shape == (64, 80) and image.dtype == np.float32
+    assert float(np.abs(image - full)[:32].max()) < 1e-6  # the top half is intact
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # Pillow's switch restored
+    with pytest.raises(ValueError, match=r"cut\.jpg"):  # and strict reads stay strict
+        read_image(tmp_path / "cut.jpg")
+    with pytest.raises(ValueError, match=r"junk\.jpg"):
+        read_image(tmp_path / "junk.jpg", tolerate_truncated=True)
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "missing.jpg", tolerate_truncated=True)
+    with tolerate_truncated_images():
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
