@@ -1,23 +1,32 @@
 """Train a two-stage bundle (torchvision reference-script style).
 
-Three steps, all on the train split:
+The classes are those of :data:`~models.taxonomy.MURA_TAXONOMY` present in the train split:
+MURA's seven bone types (assessed) and, where the data has it, ``OTHER`` (out-of-scope
+anatomy: recognised by stage 1, never assessed). Networks trained, in order, on the train split:
 
-1. stage 1, the bone-type MobileNetV2, on every train image;
-2. a shared normal/abnormal MobileNetV2 on every train image (``--shared-epochs``; 0 skips it),
-   whose weights initialise every stage-2 network: without ImageNet weights this stands in for
-   the paper's ImageNet initialisation, and each bone type profits from the others' findings;
-3. stage 2, one normal/abnormal MobileNetV2 per bone type, fine-tuned on that bone type's
-   train images (``--abnormal-epochs``, ``--finetune-lr``). Labels are the studies' labels,
-   as in MURA.
+1. stage 1, the body-part MobileNet, on every train image (``len(taxonomy)`` outputs);
+2. a shared normal/abnormal MobileNet on every train image of an *assessed* class
+   (``--shared-epochs``; 0 skips it), whose weights initialise every stage-2 network: without
+   ImageNet weights this stands in for the paper's ImageNet initialisation, and each class
+   profits from the others' findings;
+3. stage 2, one normal/abnormal MobileNet per assessed class, fine-tuned on that class's train
+   images (``--abnormal-epochs``, ``--finetune-lr``). Labels are the studies' labels, as in MURA.
 
-Nothing is selected on the validation split: it is only evaluated at the end, through the
-same two-stage routing as inference, and the metrics go into the manifest. Images are
-preprocessed once (:func:`models.enhance.preprocess`) and kept in memory as float16; batches
-are augmented on the fly (mirroring and a small random affine transform). Without ImageNet
-weights, networks start with zero-initialised residual branches, which makes training from
-scratch stable; training runs channels-last, markedly faster for depthwise convolutions on
-CPU. By default the bundle averages each image with its mirror image at inference
-(``--flip-tta``); the validation metrics are computed that way too.
+The abnormality networks use MURA's class weighting (Rajpurkar et al. 2017): the cross-entropy
+of an abnormal image is weighted by ``N_normal / N`` and that of a normal image by
+``N_abnormal / N``, counted over the network's own training images.
+
+Nothing is selected on the validation split here: after training, :mod:`models.calibrate`
+chooses thresholds, evaluates on valid and writes the bundle. Images are preprocessed once
+(:func:`models.enhance.preprocess`) and kept in memory as float16; batches are augmented on the
+fly (mirroring and a small random rotation, zoom and shift). Without ImageNet weights, networks
+start with zero-initialised residual branches, which makes training from scratch stable;
+training runs channels-last, markedly faster for depthwise convolutions on CPU. On CUDA it
+runs in mixed precision (bfloat16 where supported, else float16 with gradient scaling).
+
+Training is resumable: after every epoch a checkpoint goes to ``--checkpoint-dir`` (default
+``<out>.checkpoints``); ``--resume`` continues from the last one and ends with the same weights,
+bit for bit, as an uninterrupted run with the same options (on the same device and threads).
 
 Example::
 
@@ -33,9 +42,10 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,17 +55,20 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 import torchvision
 from torch import nn
+from tqdm import tqdm
 
-from models.bundle import MANIFEST_NAME, save_bundle
-from models.data import MuraImageDataset, load_studies
+from models.bank import ImageBank, MuraImageDataset
+from models.calibrate import parse_threshold_rule
+from models.data import load_studies, load_taxonomy
 from models.enhance import Preprocessing
-from models.evaluate import evaluate_predictions, group_predictions
 from models.networks import (
-    TwoStageNetwork,
+    ARCHITECTURE,
+    ARCHITECTURES,
     abnormality_classifier,
-    bone_type_classifier,
+    body_part_classifier,
 )
-from models.results import BONE_TYPES
+from models.taxonomy import MURA_TAXONOMY, Taxonomy
+from models.two_stage import TwoStageNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +76,41 @@ logger = logging.getLogger(__name__)
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     # `ossa phantom --studies 80 --seed 0` + this preset: about 3.5 minutes on 2 CPU cores.
     "demo": {
-        "input_size": 96, "width_mult": 0.5, "epochs": 12, "shared_epochs": 24,
-        "abnormal_epochs": 6, "batch_size": 32, "lr": 5e-3, "finetune_lr": 1e-3,
-        "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01, "kernel_size": 48,
-        "augment": True,
+        "arch": ARCHITECTURE, "input_size": 96, "width_mult": 0.5, "epochs": 12,
+        "shared_epochs": 24, "abnormal_epochs": 6, "batch_size": 32, "lr": 5e-3,
+        "finetune_lr": 1e-3, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01,
+        "kernel_size": 48, "augment": True,
     },
     # The tests' phantom (80 studies per bone type, 160-320 px images), once per test session.
     # Smaller phantoms or fewer epochs fall short of the tests' accuracy bar.
     "test": {
-        "input_size": 96, "width_mult": 0.5, "epochs": 12, "shared_epochs": 20,
-        "abnormal_epochs": 6, "batch_size": 32, "lr": 5e-3, "finetune_lr": 1e-3,
-        "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01, "kernel_size": 48,
-        "augment": True,
+        "arch": ARCHITECTURE, "input_size": 96, "width_mult": 0.5, "epochs": 12,
+        "shared_epochs": 20, "abnormal_epochs": 6, "batch_size": 32, "lr": 5e-3,
+        "finetune_lr": 1e-3, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01,
+        "kernel_size": 48, "augment": True,
+    },
+    # Real radiographs (`ossa data import-fracatlas`): the shipped bundles/fracatlas. 224 px
+    # (the paper's input), width 0.5 so that three networks fit the 25 MB bundle budget.
+    "real": {
+        "arch": ARCHITECTURE, "input_size": 224, "width_mult": 0.5, "epochs": 14,
+        "shared_epochs": 30, "abnormal_epochs": 10, "batch_size": 32, "lr": 3e-3,
+        "finetune_lr": 5e-4, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01,
+        "kernel_size": 56, "augment": True,
     },
 }
+
+#: Options that determine the trained weights: a checkpoint resumes only with the same values.
+_RESUME_KEYS: tuple[str, ...] = (
+    "data", "seed", "deterministic", "arch", "imagenet_weights", "epochs", "shared_epochs",
+    "abnormal_epochs", "input_size", "width_mult", "batch_size", "lr", "finetune_lr",
+    "weight_decay", "label_smoothing", "clip_limit", "kernel_size", "augment", "amp",
+)
+
+#: Format tag of the checkpoint files.
+CHECKPOINT_FORMAT = "ossa-train-checkpoint/1"
+
+#: Per-epoch state of the network in training, as :func:`train_network` saves and resumes it.
+EpochState = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -119,6 +153,33 @@ class TrainingOptions:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
+def mura_class_weights(labels: torch.Tensor) -> torch.Tensor:
+    """MURA's class weights ``[w_normal, w_abnormal]`` for binary ``labels`` (1 = abnormal).
+
+    ``w_abnormal = N_normal / N`` and ``w_normal = N_abnormal / N`` (Rajpurkar et al. 2017),
+    so that the rarer class weighs more.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        The training labels of one network (0 or 1).
+
+    Raises
+    ------
+    ValueError
+        When one of the two classes has no image (its weight would be zero).
+    """
+    n = int(labels.numel())
+    abnormal = int((labels == 1).sum())
+    normal = int((labels == 0).sum())
+    if normal + abnormal != n:
+        raise ValueError("labels must be 0 or 1")
+    if normal == 0 or abnormal == 0:
+        raise ValueError(f"needs both normal and abnormal images, got {normal} normal and "
+                         f"{abnormal} abnormal")
+    return torch.tensor([abnormal / n, normal / n], dtype=torch.float32)
+
+
 def augment_batch(images: torch.Tensor, generator: torch.Generator, *, fill: float,
                   max_rotation: float = 15.0, max_scale: float = 0.1,
                   max_shift: float = 0.08) -> torch.Tensor:
@@ -159,6 +220,37 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, *, fill: flo
     return out + fill
 
 
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"`` (a GPU when one is present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises
+    ------
+    ValueError
+        On another name, or CUDA asked for where none is available.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r}: CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """Mixed-precision dtype on ``device``: bfloat16 or float16 on CUDA, None (float32) else."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def train_network(
     model: nn.Module,
     images: torch.Tensor,
@@ -169,39 +261,54 @@ def train_network(
     fill: float,
     device: torch.device,
     name: str,
+    class_weights: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    resume: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[EpochState], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on in-memory ``images`` with AdamW and a one-cycle schedule.
 
     Parameters
     ----------
     model : torch.nn.Module
-        Network mapping a batch to class logits; left in eval mode.
+        Network mapping a batch to class logits; left in eval mode, on ``device``.
     images : torch.Tensor
-        Preprocessed images (N x C x S x S, any float dtype).
+        Preprocessed images (N x C x S x S, any float dtype), on the CPU.
     targets : torch.Tensor
         Class indices (N).
     options : TrainingOptions
         Optimisation options.
     generator : torch.Generator
-        Seeded generator for batch order and augmentation.
+        Seeded CPU generator for batch order and augmentation.
     fill : float
         Normalized background value (augmentation padding).
     device : torch.device
         Device to train on.
     name : str
-        Network name for the log.
+        Network name for the log and the progress bar.
+    class_weights : torch.Tensor, optional
+        Per-class weight of each image's cross-entropy (the loss is their batch mean).
+    autocast_dtype : torch.dtype, optional
+        Mixed precision on CUDA (:func:`amp_dtype`); float16 also scales the gradients.
+    resume : mapping, optional
+        A state passed to ``on_epoch`` by an earlier run with the same arguments: training
+        continues after its epoch, with the same result as if it had never stopped.
+    on_epoch : callable, optional
+        Called after every epoch with the complete state (model, optimizer, scheduler, gradient
+        scaler, ``generator``'s and torch's global random states, history) to checkpoint.
 
     Returns
     -------
     list of dict
-        Per-epoch ``epoch``, ``loss``, ``accuracy`` (on augmented batches) and ``seconds``.
+        Per-epoch ``epoch``, ``loss``, ``accuracy`` (on augmented batches), ``seconds`` and
+        ``images_per_second``.
     """
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"{name}: needs at least 2 training images, got {n}")
     batch_size = min(options.batch_size, n)
     steps_per_epoch = n // batch_size
-    # channels-last runs MobileNetV2's depthwise convolutions markedly faster on CPU
+    # channels-last runs MobileNet's depthwise convolutions markedly faster on CPU
     model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr,
                                   weight_decay=options.weight_decay)
@@ -209,40 +316,164 @@ def train_network(
         optimizer, max_lr=options.lr, total_steps=options.epochs * steps_per_epoch,
         pct_start=0.25,
     )
-    history = []
-    for epoch in range(1, options.epochs + 1):
-        start = time.perf_counter()
-        order = torch.randperm(n, generator=generator)
-        total_loss, correct, seen = 0.0, 0, 0
-        for step in range(steps_per_epoch):
-            index = order[step * batch_size : (step + 1) * batch_size]
-            x = images[index].float()
-            if options.augment:
-                x = augment_batch(x, generator, fill=fill)
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            y = targets[index].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=options.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += float(loss.detach()) * len(index)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(index)
-        record = {"epoch": epoch, "loss": total_loss / seen, "accuracy": correct / seen,
-                  "seconds": time.perf_counter() - start}
-        history.append(record)
-        logger.info("%s epoch %d/%d loss %.4f acc %.3f (%.1fs)", name, epoch, options.epochs,
-                    record["loss"], record["accuracy"], record["seconds"])
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    weight = class_weights.to(device) if class_weights is not None else None
+    history: list[dict[str, float]] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if resume["scaler"]:
+            scaler.load_state_dict(resume["scaler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        if resume["cuda_rng"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        history = [dict(record) for record in resume["history"]]
+    progress = tqdm(total=options.epochs * steps_per_epoch * batch_size,
+                    initial=len(history) * steps_per_epoch * batch_size, desc=name, unit="img",
+                    file=sys.stderr, disable=None, leave=False, dynamic_ncols=True)
+    try:
+        for epoch in range(len(history) + 1, options.epochs + 1):
+            start = time.perf_counter()
+            order = torch.randperm(n, generator=generator)
+            total_loss, correct, seen = 0.0, 0, 0
+            for step in range(steps_per_epoch):
+                index = order[step * batch_size : (step + 1) * batch_size]
+                x = images[index].float()
+                if options.augment:
+                    x = augment_batch(x, generator, fill=fill)
+                x = x.to(device).contiguous(memory_format=torch.channels_last)
+                y = targets[index].to(device)
+                with torch.autocast(device.type, dtype=autocast_dtype,
+                                    enabled=autocast_dtype is not None):
+                    logits = model(x)
+                # the loss in float32; with weights, MURA's mean of weighted cross-entropies
+                loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="none",
+                                       label_smoothing=options.label_smoothing).mean()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total_loss += float(loss.detach()) * len(index)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(index)
+                progress.update(len(index))
+                progress.set_postfix(epoch=f"{epoch}/{options.epochs}",
+                                     loss=f"{total_loss / seen:.4f}", refresh=False)
+            seconds = time.perf_counter() - start
+            record = {"epoch": epoch, "loss": total_loss / seen, "accuracy": correct / seen,
+                      "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9)}
+            history.append(record)
+            logger.info("%s epoch %d/%d loss %.4f acc %.3f %.0f img/s (%.1fs)", name, epoch,
+                        options.epochs, record["loss"], record["accuracy"],
+                        record["images_per_second"], seconds)
+            if on_epoch is not None:
+                on_epoch({
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": (torch.cuda.get_rng_state_all() if device.type == "cuda"
+                                 else None),
+                    "history": [dict(r) for r in history],
+                })
+    finally:
+        progress.close()
     model.to(memory_format=torch.contiguous_format).eval()
     return history
+
+
+class CheckpointDir:
+    """Per-epoch training checkpoints in one directory, the newest kept.
+
+    Parameters
+    ----------
+    path : Path
+        The directory (created on the first save).
+
+    A checkpoint is ``<position>-<network>-epoch<epoch>.pt`` (``position``: the network's
+    place in the training order, both zero-padded, so that names sort in training order),
+    written atomically (temporary file, fsync, rename, fsync of the directory). It holds a
+    dict: ``format`` (:data:`CHECKPOINT_FORMAT`), ``fingerprint`` (the options it resumes
+    with), ``position``, ``network``, ``epoch``, ``current`` (the state of the network in
+    training, see :func:`train_network`) and ``finished`` (name to ``model`` state dict and
+    ``history`` of every network trained before it).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def files(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.glob("*.pt") if not p.name.startswith("."))
+
+    def exists(self) -> bool:
+        """Whether the directory exists and holds anything."""
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def save(self, checkpoint: Mapping[str, Any]) -> Path:
+        """Write ``checkpoint`` atomically and delete the older ones; returns its path."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        name = (f"{checkpoint['position']:02d}-{checkpoint['network']}-"
+                f"epoch{checkpoint['epoch']:04d}.pt")
+        final = self.path / name
+        tmp = self.path / f".{name}.tmp"
+        with open(tmp, "wb") as f:
+            torch.save(dict(checkpoint), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.path)
+        for old in self.files():
+            if old != final:
+                old.unlink(missing_ok=True)
+        return final
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint, or None when there is none.
+
+        Raises
+        ------
+        ValueError
+            When the newest file is not a checkpoint of this format.
+        """
+        files = self.files()
+        if not files:
+            return None
+        path = files[-1]
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a damaged file
+            raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint")
+        logger.info("resuming from %s", path)
+        return checkpoint
+
+    def clear(self) -> None:
+        """Delete the directory and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Command-line options of ``ossa train``."""
     parser = argparse.ArgumentParser(
-        description="Train a two-stage MobileNetV2 bundle (bone type, then per-bone abnormality) "
+        description="Train a two-stage MobileNet bundle (body part, then per-class abnormality) "
                     "on MURA-v1.1 or the phantom.",
         add_help=add_help,
     )
@@ -253,23 +484,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="fills the defaults of the options below (default: demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
-                        help="torch.use_deterministic_algorithms (default: on)")
+                        help="torch.use_deterministic_algorithms, no cuDNN benchmarking "
+                             "(default: on)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default=None,
+                        help=f"network architecture (preset default: {ARCHITECTURE})")
     parser.add_argument("--imagenet-weights", type=Path, default=None,
-                        help="local torchvision mobilenet_v2 ImageNet state dict to start from "
+                        help="local torchvision ImageNet state dict of --arch to start from "
                              "(needs --width-mult 1.0); nothing is downloaded")
-    parser.add_argument("--epochs", type=int, default=None, help="bone-type network epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="body-part network epochs")
     parser.add_argument("--shared-epochs", type=int, default=None,
                         help="epochs of the shared abnormality network that initialises the "
-                             "per-bone networks (0: start them from ImageNet or scratch)")
+                             "per-class networks (0: start them from ImageNet or scratch)")
     parser.add_argument("--abnormal-epochs", type=int, default=None,
-                        help="epochs of each per-bone abnormality network")
+                        help="epochs of each per-class abnormality network")
     parser.add_argument("--input-size", type=int, default=None, help="network input side (px)")
-    parser.add_argument("--width-mult", type=float, default=None, help="MobileNetV2 width")
+    parser.add_argument("--width-mult", type=float, default=None, help="MobileNet width")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None,
-                        help="peak one-cycle learning rate (bone-type and shared networks)")
+                        help="peak one-cycle learning rate (body-part and shared networks)")
     parser.add_argument("--finetune-lr", type=float, default=None,
-                        help="peak learning rate of the per-bone networks")
+                        help="peak learning rate of the per-class networks")
     parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--clip-limit", type=float, default=None, help="CLAHE clip limit")
@@ -278,15 +512,35 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="mirror + random affine augmentation")
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
                         help="average predictions over each image and its mirror (default: on)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="study-level decision threshold (default: 0.5)")
+    parser.add_argument("--min-auroc", type=float, default=0.6,
+                        help="an assessed class whose stage-2 network has a lower study-level "
+                             "AUROC on the valid split is not assessed (default: 0.6)")
+    parser.add_argument("--min-positives", type=int, default=5,
+                        help="an assessed class with fewer abnormal or normal valid studies "
+                             "is not assessed (default: 5)")
+    parser.add_argument("--threshold", type=parse_threshold_rule, default="youden",
+                        help="rule for each assessed class's operating threshold, chosen on "
+                             "the valid split: youden, sensitivity=S, or a fixed number such "
+                             "as 0.5 (default: youden)")
     parser.add_argument("--name", default=None, help="bundle name (default: --out's name)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing bundle, and discard the checkpoints of an "
+                             "interrupted run unless --resume")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="per-epoch checkpoints (default: <out>.checkpoints); deleted "
+                             "once the bundle is written")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its last checkpoint (same "
+                             "options; the result is the same as without interruption)")
     parser.add_argument("--workers", type=int, default=0,
                         help="threads for image preprocessing (default: 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: os.cpu_count())")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N (default: auto, a GPU when present)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="mixed precision on CUDA: bfloat16 where supported, else float16 "
+                             "with gradient scaling (default: on; no effect on CPU)")
     return parser
 
 
@@ -321,97 +575,225 @@ def command_line(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    """``--checkpoint-dir``, by default ``<out>.checkpoints`` beside the bundle."""
+    if args.checkpoint_dir is not None:
+        return Path(args.checkpoint_dir)
+    out = Path(args.out)
+    return out.with_name(out.name + ".checkpoints")
+
+
 def _seeded(seed: int) -> torch.Generator:
-    """Seed torch's global generator (weight init) and return a generator for the data."""
+    """Seed torch's global generator (weight init, dropout) and return one for the data."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Train, evaluate on valid and write the bundle described by ``args``; returns 0."""
+    """Train, calibrate on valid and write the bundle described by ``args``; returns 0."""
     args = resolve_args(args)
-    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    device = resolve_device(args.device)
+    cudnn = torch.backends.cudnn
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.benchmark,
+                cudnn.deterministic)
+    if device.type == "cuda" and args.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace (read when CUDA starts)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(args.deterministic)
+    # on CUDA a few backward kernels have no deterministic version: warn instead of failing
+    torch.use_deterministic_algorithms(args.deterministic, warn_only=device.type == "cuda")
+    cudnn.benchmark = device.type == "cuda" and not args.deterministic
+    cudnn.deterministic = args.deterministic
     try:
-        _run(args)
+        _run(args, device)
     finally:
         torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
+        torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+        cudnn.benchmark, cudnn.deterministic = previous[3], previous[4]
     return 0
 
 
-def _run(args: argparse.Namespace) -> None:
-    started = time.perf_counter()
-    device = torch.device(args.device)
-    if (Path(args.out) / MANIFEST_NAME).exists() and not args.overwrite:
-        raise FileExistsError(f"a bundle already exists in {args.out} (use --overwrite)")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {args.threshold}")
+def _check_args(args: argparse.Namespace) -> None:
+    parse_threshold_rule(str(args.threshold))
     for key in ("epochs", "abnormal_epochs"):
         if getattr(args, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(args, key)}")
     if args.shared_epochs < 0:
         raise ValueError(f"shared_epochs must be >= 0, got {args.shared_epochs}")
+    if args.arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {args.arch!r}")
+
+
+def _fingerprint(args: argparse.Namespace, taxonomy: Taxonomy, train: ImageBank) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed: options, classes and training data."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+               if k in _RESUME_KEYS}
+    return {"options": options, "classes": list(taxonomy.names),
+            "train_images": int(train.labels.numel()),
+            "train_abnormal": int(train.labels.sum())}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One network to train: which, on which images, with which seed and options."""
+
+    name: str
+    seed: int
+    select: torch.Tensor  # bool mask over the train bank
+    targets: torch.Tensor  # over the train bank
+    options: TrainingOptions
+    class_weights: torch.Tensor | None
+
+
+def _run(args: argparse.Namespace, device: torch.device) -> None:
+    started = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise FileExistsError(f"a bundle already exists in {out} (use --overwrite)")
+    _check_args(args)
+    store = CheckpointDir(checkpoint_dir(args))
+    if store.exists() and not args.resume:
+        if not args.overwrite:
+            raise FileExistsError(
+                f"{store.path} holds the checkpoints of an interrupted run: continue it with "
+                f"--resume, or start over with --overwrite")
+        logger.info("discarding the checkpoints in %s (--overwrite)", store.path)
+        store.clear()
+    checkpoint = store.latest() if args.resume else None
+    if args.resume and checkpoint is None:
+        logger.info("no checkpoint in %s: training from the start", store.path)
+
     preprocessing = Preprocessing(input_size=args.input_size, clip_limit=args.clip_limit,
                                   kernel_size=args.kernel_size)
-    build = {"width_mult": args.width_mult, "in_channels": preprocessing.channels,
-             "imagenet_weights": args.imagenet_weights, "zero_init_residual": True}
+    build = {"arch": args.arch, "width_mult": args.width_mult,
+             "in_channels": preprocessing.channels, "imagenet_weights": args.imagenet_weights,
+             "zero_init_residual": True}
+    autocast = amp_dtype(device, args.amp)
 
     def options(epochs: int, lr: float) -> TrainingOptions:
         return TrainingOptions(epochs=epochs, batch_size=args.batch_size, lr=lr,
                                weight_decay=args.weight_decay,
                                label_smoothing=args.label_smoothing, augment=args.augment)
 
-    # one seed per network, so that each is reproducible on its own
-    seeds = [int(s) for s in np.random.default_rng(args.seed).integers(0, 2**31 - 1, size=9)]
-
     train_studies = load_studies(args.data, "train")
     valid_studies = load_studies(args.data, "valid")
+    present = {s.body_part for s in train_studies}
+    # a labelled dataset names its classes and codes (taxonomy.json); MURA's are the paper's
+    base = load_taxonomy(args.data) or MURA_TAXONOMY
+    taxonomy = Taxonomy.from_names([n for n in base.names if n in present], base)
     t0 = time.perf_counter()
-    train = MuraImageDataset(train_studies, preprocessing).bank(workers=args.workers)
-    valid = MuraImageDataset(valid_studies, preprocessing).bank(workers=args.workers)
-    logger.info("preprocessed %d train and %d valid images in %.1fs", len(train.labels),
-                len(valid.labels), time.perf_counter() - t0)
-    fill = preprocessing.background
-    for i, bone in enumerate(BONE_TYPES):
-        if int((train.bones == i).sum()) < 2:
-            raise ValueError(f"the train split needs at least 2 images of {bone}")
+    train = MuraImageDataset(train_studies, preprocessing, taxonomy).bank(workers=args.workers)
+    valid = MuraImageDataset(valid_studies, preprocessing, taxonomy).bank(workers=args.workers)
+    logger.info("preprocessed %d train and %d valid images in %.1fs (classes %s)",
+                len(train.labels), len(valid.labels), time.perf_counter() - t0,
+                ", ".join(taxonomy.names))
+    counts = {name: int((train.classes == i).sum()) for i, name in enumerate(taxonomy.names)}
+    for name, count in counts.items():
+        if count < 2:
+            raise ValueError(f"the train split needs at least 2 images of {name}, got {count}")
 
-    generator = _seeded(seeds[0])
-    bone_net = bone_type_classifier(**build)
-    history = {"bone_type": train_network(
-        bone_net, train.images, train.bones, options(args.epochs, args.lr),
-        generator=generator, fill=fill, device=device, name="bone_type")}
+    fingerprint = _fingerprint(args, taxonomy, train)
+    if checkpoint is not None and checkpoint["fingerprint"] != fingerprint:
+        old, new = checkpoint["fingerprint"], fingerprint
+        differ = sorted({k for k in set(old["options"]) | set(new["options"])
+                         if old["options"].get(k) != new["options"].get(k)}
+                        | {k for k in ("classes", "train_images", "train_abnormal")
+                           if old.get(k) != new.get(k)})
+        raise ValueError(f"cannot --resume from {store.path}: the checkpoint was made with "
+                         f"other options or data ({', '.join(differ)}); use --overwrite to "
+                         f"start over")
 
-    generator = _seeded(seeds[1])
-    start_net = abnormality_classifier(**build)
+    # one seed per network, so that each is reproducible on its own; per-class seeds follow
+    # the dataset's class order, whichever classes the train split has
+    seeds = [int(s) for s in np.random.default_rng(args.seed).integers(
+        0, 2**31 - 1, size=2 + len(base))]
+    assessed = torch.tensor([taxonomy.is_assessed(n) for n in taxonomy.names])[train.classes]
+    everything = torch.ones_like(assessed)
+    jobs = [_Job("body_part", seeds[0], everything, train.classes,
+                 options(args.epochs, args.lr), None)]
     if args.shared_epochs > 0:
-        history["shared_abnormal"] = train_network(
-            start_net, train.images, train.labels, options(args.shared_epochs, args.lr),
-            generator=generator, fill=fill, device=device, name="shared_abnormal")
+        jobs.append(_Job("shared_abnormal", seeds[1], assessed, train.labels,
+                         options(args.shared_epochs, args.lr),
+                         _class_weights(train.labels[assessed], "shared_abnormal")))
+    finetune_lr = args.finetune_lr if args.shared_epochs else args.lr
+    for name in taxonomy.assessed:
+        select = train.classes == taxonomy.index(name)
+        jobs.append(_Job(f"abnormal_{name}", seeds[2 + base.index(name)], select,
+                         train.labels, options(args.abnormal_epochs, finetune_lr),
+                         _class_weights(train.labels[select], f"abnormal_{name}")))
 
-    abnormal: dict[str, nn.Module] = {}
-    for i, bone in enumerate(BONE_TYPES):
-        generator = _seeded(seeds[2 + i])
-        model = copy.deepcopy(start_net)
-        mask = train.bones == i
-        history[f"abnormal_{bone}"] = train_network(
-            model, train.images[mask], train.labels[mask],
-            options(args.abnormal_epochs, args.finetune_lr if args.shared_epochs else args.lr),
-            generator=generator, fill=fill, device=device, name=f"abnormal[{bone}]")
-        abnormal[bone] = model
-    network = TwoStageNetwork(bone_net, abnormal, BONE_TYPES, flip_tta=args.flip_tta)
+    finished: dict[str, dict[str, Any]] = dict(checkpoint["finished"]) if checkpoint else {}
+    fill = preprocessing.background
+    models: dict[str, nn.Module] = {}
+    for position, job in enumerate(jobs):
+        generator = _seeded(job.seed)
+        if job.name == "body_part":
+            model = body_part_classifier(num_classes=len(taxonomy), **build)
+        elif job.name == "shared_abnormal":
+            model = abnormality_classifier(**build)
+        else:
+            model = copy.deepcopy(models["shared_abnormal"])
+        if job.name in finished:
+            model.load_state_dict(finished[job.name]["model"])
+            model.to(device).eval()
+        else:
+            resume = None
+            if checkpoint is not None and checkpoint["network"] == job.name:
+                resume = checkpoint["current"]
 
-    output = network.to(device).predict(valid.images, batch_size=64, device=device)
-    predictions = group_predictions(output, valid.studies.tolist(), len(valid_studies),
-                                    network.bone_types)
-    evaluation = evaluate_predictions(valid_studies, predictions, threshold=args.threshold)
-    logger.info("valid: bone-type accuracy %.3f, study accuracy %.3f, kappa %.3f",
-                evaluation.bone_accuracy, evaluation.study_accuracy, evaluation.kappa)
+            def save(state: EpochState, position: int = position, name: str = job.name) -> None:
+                store.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint,
+                            "position": position, "network": name, "epoch": state["epoch"],
+                            "current": state, "finished": finished})
 
+            history = train_network(
+                model, train.images[job.select], job.targets[job.select], job.options,
+                generator=generator, fill=fill, device=device, name=job.name,
+                class_weights=job.class_weights, autocast_dtype=autocast, resume=resume,
+                on_epoch=save)
+            finished[job.name] = {
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "history": history,
+            }
+        models[job.name] = model
+        if job.name == "body_part" and args.shared_epochs == 0:
+            # the per-class networks start from one untrained (or ImageNet) network
+            _seeded(seeds[1])
+            models["shared_abnormal"] = abnormality_classifier(**build).to(device).eval()
+
+    network = TwoStageNetwork(models["body_part"],
+                              {name: models[f"abnormal_{name}"] for name in taxonomy.assessed},
+                              taxonomy)
+    training = _provenance(args, device=device, autocast=autocast, taxonomy=taxonomy,
+                           train_studies=len(train_studies), valid_studies=len(valid_studies),
+                           train=train, valid=valid, jobs=jobs, finished=finished,
+                           checkpoint=checkpoint, seconds=time.perf_counter() - started)
+
+    from models.calibrate import calibrate_and_save
+
+    path = calibrate_and_save(network, train=train, valid=valid, valid_studies=valid_studies,
+                              taxonomy=taxonomy, preprocessing=preprocessing, args=args,
+                              training=training, device=device)
+    store.clear()
+    logger.info("bundle written to %s in %.0fs", path, time.perf_counter() - started)
+
+
+def _class_weights(labels: torch.Tensor, name: str) -> torch.Tensor:
+    try:
+        return mura_class_weights(labels)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+
+
+def _provenance(args: argparse.Namespace, *, device: torch.device,
+                autocast: torch.dtype | None, taxonomy: Taxonomy, train_studies: int,
+                valid_studies: int, train: ImageBank, valid: ImageBank, jobs: list[_Job],
+                finished: Mapping[str, Mapping[str, Any]], checkpoint: Mapping[str, Any] | None,
+                seconds: float) -> dict[str, Any]:
+    """The manifest's JSON-ready ``training`` record."""
     dests = {a.dest for a in get_args_parser()._actions}
-    training = {
+    return {
         "command": shlex.join(command_line(args)),
         "argv": list(sys.argv),
         "options": {k: (str(v) if isinstance(v, Path) else v)
@@ -419,16 +801,24 @@ def _run(args: argparse.Namespace) -> None:
         "preset": args.preset,
         "seed": args.seed,
         "deterministic": args.deterministic,
+        "arch": args.arch,
+        "device": str(device),
+        "amp_dtype": str(autocast).removeprefix("torch.") if autocast is not None else None,
+        "threads": args.threads,
+        "classes": list(taxonomy.names),
         "data": {
-            "train_studies": len(train_studies), "train_images": len(train.labels),
-            "valid_studies": len(valid_studies), "valid_images": len(valid.labels),
+            "train_studies": train_studies, "train_images": len(train.labels),
+            "valid_studies": valid_studies, "valid_images": len(valid.labels),
+            "train_images_per_class": {
+                name: int((train.classes == i).sum()) for i, name in enumerate(taxonomy.names)
+            },
         },
-        "final_epoch": {k: v[-1] for k, v in history.items()},
+        "class_weights": {job.name: [float(w) for w in job.class_weights]
+                          for job in jobs if job.class_weights is not None},
+        "final_epoch": {job.name: dict(finished[job.name]["history"][-1]) for job in jobs},
+        "resumed_from": (None if checkpoint is None else
+                         {"network": checkpoint["network"], "epoch": checkpoint["epoch"]}),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
     }
-    save_bundle(args.out, network, width_mult=args.width_mult, preprocessing=preprocessing,
-                threshold=args.threshold, training=training, metrics=evaluation.to_dict(),
-                name=args.name, overwrite=args.overwrite)
-    logger.info("bundle written to %s in %.0fs", args.out, time.perf_counter() - started)

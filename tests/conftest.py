@@ -256,13 +256,17 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_bundle(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Bundle trained on ``phantom_root`` with ``--preset test --seed 0`` (a few minutes)."""
+    """Bundle trained on ``phantom_root`` with ``--preset test --seed 0`` (a few minutes).
+
+    Always on the CPU (float32), so that the bundle, and the accuracy the tests check, is the
+    same on a machine with a GPU.
+    """
     from models import train
 
     out = tmp_path_factory.mktemp("bundles") / "test-bundle"
     args = train.get_args_parser().parse_args(
         ["--data", str(phantom_root), "--out", str(out), "--preset", "test",
-         "--seed", str(TEST_SEED)]
+         "--seed", str(TEST_SEED), "--device", "cpu"]
     )
     assert train.main(args) == 0
     return out
