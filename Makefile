@@ -2,34 +2,61 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The base install serves (ONNX Runtime); the [train] extra (PyTorch) trains and exports.
 STAMP := $(VENV)/.installed-stamp
+TRAIN_STAMP := $(VENV)/.train-installed-stamp
 CONFIG ?= config.toml
 DEMO_BUNDLE := var/models/demo
 PHANTOM := var/phantom
+# The shipped real model: FracAtlas (CC BY 4.0), a development copy or your own download.
+FRACATLAS ?= ../shared/data/fracatlas
+REAL_DATA := var/fracatlas-ds
+REAL_BUNDLE := bundles/fracatlas
+REAL_TRAIN := $(BIN)/ossa train --data $(REAL_DATA) --out var/models/fracatlas --preset real --seed 0 --name fracatlas --workers 2
 # Debian packages the integration tests drive as real peers.
 TEST_DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test install demo-bundle test-deps lint clean
+.PHONY: run test install install-train demo-bundle real-model test-deps lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
+
+$(TRAIN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,test]'
+	touch $(STAMP) $@
 
 install: $(STAMP)
 
-# Built once, atomically: an interrupted build leaves no half bundle behind.
-$(DEMO_BUNDLE)/manifest.json: | $(STAMP)
+install-train: $(TRAIN_STAMP)
+
+# Built once, atomically: an interrupted build leaves no half bundle behind. Training needs
+# the [train] extra; serving the bundle afterwards does not.
+$(DEMO_BUNDLE)/manifest.json: | $(TRAIN_STAMP)
 	$(BIN)/ossa phantom --out $(PHANTOM) --studies 80 --seed 0 --overwrite
 	rm -rf $(DEMO_BUNDLE).partial
 	$(BIN)/ossa train --data $(PHANTOM) --out $(DEMO_BUNDLE).partial --preset demo --seed 0 --name demo
 	rm -rf $(DEMO_BUNDLE) && mv $(DEMO_BUNDLE).partial $(DEMO_BUNDLE)
 
 demo-bundle: $(DEMO_BUNDLE)/manifest.json
+
+# Reproduces bundles/fracatlas (about an hour on 2 CPU cores; `--resume` continues a killed
+# run): import, train, keep the ONNX networks only, evaluate on valid, write the model card.
+real-model: $(TRAIN_STAMP)
+	rm -rf $(REAL_DATA) && $(BIN)/ossa data import-fracatlas $(FRACATLAS) $(REAL_DATA) --seed 0
+	$(REAL_TRAIN) --overwrite
+	rm -rf $(REAL_BUNDLE).new && $(BIN)/ossa bundle serving-copy var/models/fracatlas $(REAL_BUNDLE).new
+	rm -rf var/reports/fracatlas && $(BIN)/ossa evaluate --data $(REAL_DATA) --bundle $(REAL_BUNDLE).new \
+	    --out var/reports/fracatlas --data-description "FracAtlas development copy, valid split (20%)"
+	$(BIN)/python -m models.model_card $(REAL_BUNDLE).new var/reports/fracatlas \
+	    --data-readme $(FRACATLAS)/README.md --command "make real-model  # $(REAL_TRAIN)"
+	rm -rf $(REAL_BUNDLE) && mv $(REAL_BUNDLE).new $(REAL_BUNDLE)
 
 run: $(STAMP) $(DEMO_BUNDLE)/manifest.json
 	$(BIN)/ossa serve --config $(CONFIG)
@@ -44,10 +71,13 @@ test-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: $(STAMP) test-deps
+test: $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+bench: $(TRAIN_STAMP) $(DEMO_BUNDLE)/manifest.json
+	$(BIN)/python bench/bench_inference.py --bundle $(DEMO_BUNDLE)
+
+lint: $(TRAIN_STAMP)
 	$(BIN)/ruff check worker dicom_io models tests
 	$(BIN)/mypy
 

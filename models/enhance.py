@@ -6,6 +6,8 @@ longest side equals the network input size, then enhanced with CLAHE
 (:func:`skimage.exposure.equalize_adapthist`), padded to a square with the dark background and
 normalized. The parameters live in :class:`Preprocessing`, which a model bundle stores in its
 manifest: inference always preprocesses exactly as the weights were trained.
+
+Only numpy, Pillow and scikit-image are used: the serving path never imports torch.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
+from PIL import Image
 from skimage import exposure
 
 #: Tolerance on the [0, 1] range of input images (rounding in upstream conversions).
@@ -166,19 +167,24 @@ def clahe(image: NDArray[np.floating], *, clip_limit: float, kernel_size: int,
 
 
 def resize_longest(image: NDArray[np.float32], size: int) -> NDArray[np.float32]:
-    """Resize so that the longest side is ``size``, keeping the aspect ratio (antialiased)."""
+    """Resize so that the longest side is ``size``, keeping the aspect ratio.
+
+    Pillow's bilinear filter on a 32-bit float image; it widens its support when shrinking,
+    so downscaling is antialiased (the filter torchvision's ``antialias=True`` reproduces).
+    """
     h, w = image.shape
     scale = size / max(h, w)
     new = (max(1, round(h * scale)), max(1, round(w * scale)))
     if new == (h, w):
         return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-    out = F.interpolate(tensor, size=new, mode="bilinear", antialias=True, align_corners=False)
-    return np.clip(out[0, 0].numpy(), 0.0, 1.0)
+    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(
+        (new[1], new[0]), Image.Resampling.BILINEAR
+    )
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def preprocess(image: NDArray[np.floating], params: Preprocessing) -> torch.Tensor:
-    """Turn a radiograph into a network input tensor.
+def preprocess(image: NDArray[np.floating], params: Preprocessing) -> NDArray[np.float32]:
+    """Turn a radiograph into a network input array.
 
     Steps: resize keeping the aspect ratio (longest side = ``params.input_size``), CLAHE
     (when ``params.clahe``), pad to a centred square with black, normalize with
@@ -193,8 +199,9 @@ def preprocess(image: NDArray[np.floating], params: Preprocessing) -> torch.Tens
 
     Returns
     -------
-    torch.Tensor
-        float32 tensor of shape ``(params.channels, input_size, input_size)``.
+    numpy.ndarray
+        float32 array of shape ``(params.channels, input_size, input_size)`` (C-contiguous;
+        ``torch.from_numpy`` turns it into a training tensor without a copy).
     """
     array = resize_longest(check_image(image), params.input_size)
     if params.clahe:
@@ -205,5 +212,7 @@ def preprocess(image: NDArray[np.floating], params: Preprocessing) -> torch.Tens
     top, left = (size - h) // 2, (size - w) // 2
     square = np.zeros((size, size), dtype=np.float32)
     square[top : top + h, left : left + w] = array
-    tensor = (torch.from_numpy(square) - params.mean) / params.std
-    return tensor.unsqueeze(0).expand(params.channels, size, size).contiguous()
+    normalized = (square - np.float32(params.mean)) / np.float32(params.std)
+    return np.ascontiguousarray(
+        np.broadcast_to(normalized, (params.channels, size, size)), dtype=np.float32
+    )

@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.data import LABELS_COLUMNS, LABELS_CSV, TAXONOMY_JSON, read_image
-from models.taxonomy import BodyPartClass, CodedConcept, Taxonomy
+from models.taxonomy import BodyPartClass, Taxonomy, sct
 
 logger = logging.getLogger(__name__)
 
@@ -96,18 +96,14 @@ REGION_CLASSES: Mapping[str, str] = {
 MIXED = "MIXED"
 
 
-def _sct(value: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value, "SCT", meaning)
-
-
 #: The classes of an imported FracAtlas dataset (upper-limb classes assessed; see the module
 #: docstring for why). Codes and meanings from DICOM PS3.16 CID 4031.
 FRACATLAS_TAXONOMY = Taxonomy((
-    BodyPartClass("HAND_TO_ELBOW", _sct("53120007", "Upper limb"), True),
-    BodyPartClass("SHOULDER", _sct("16982005", "Shoulder"), True),
-    BodyPartClass("HIP", _sct("29836001", "Hip"), False),
-    BodyPartClass("LEG", _sct("61685007", "Lower limb"), False),
-    BodyPartClass(MIXED, _sct("66019005", "Extremity"), False),
+    BodyPartClass("HAND_TO_ELBOW", sct("53120007", "Upper limb"), True),
+    BodyPartClass("SHOULDER", sct("16982005", "Shoulder"), True),
+    BodyPartClass("HIP", sct("29836001", "Hip"), False),
+    BodyPartClass("LEG", sct("61685007", "Lower limb"), False),
+    BodyPartClass(MIXED, sct("66019005", "Extremity"), False),
 ))
 
 _CITATION = (

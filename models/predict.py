@@ -2,84 +2,91 @@
 
 Images are float32 2-D arrays in [0, 1] with 1 = bright bone (PNG/255, or what
 ``dicom_io.pixels`` returns). Preprocessing comes from the bundle's manifest, never from here.
+Two backends run the networks: ONNX Runtime (``"onnxruntime"``, the default; the base install,
+no PyTorch) and PyTorch (``"torch"``, with the ``[train]`` extra). Either way routing,
+abstention and the study rule are the same code (:mod:`models.engine`,
+:mod:`models.abstention`, :mod:`models.results`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
+from numpy.typing import NDArray
 
-from models.bundle import LoadedBundle, load_bundle
+from models.abstention import OodModel, decide
+from models.engine import EngineOutput, NetworkRunner, TwoStageEngine
 from models.enhance import Preprocessing, preprocess
-from models.networks import TwoStageOutput
+from models.manifest import OOD_FILE, BundleError, BundleInfo, open_bundle
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
 #: Name reported as the algorithm (DICOM TID 4019).
-ALGORITHM_NAME = "Ossa two-stage MobileNetV2"
+ALGORITHM_NAME = "Ossa two-stage MobileNet"
+#: Serving backends.
+Backend = Literal["onnxruntime", "torch"]
+BACKENDS: tuple[str, ...] = ("onnxruntime", "torch")
 
 
-def _probability(value: float) -> float:
-    """Clamp float32 rounding (e.g. 1.0000001) back into [0, 1]."""
-    return min(max(float(value), 0.0), 1.0)
+def make_runner(bundle: BundleInfo, *, backend: str = "onnxruntime", threads: int = 0,
+                device: str = "cpu") -> NetworkRunner:
+    """The backend that runs ``bundle``'s networks (torch is imported only for ``"torch"``)."""
+    if backend == "onnxruntime":
+        from models.serving import OnnxRunner
 
+        return OnnxRunner(bundle, threads=threads)
+    if backend == "torch":
+        try:
+            import torch
 
-def image_predictions(output: TwoStageOutput, bone_types: Sequence[str]) -> list[ImagePrediction]:
-    """One :class:`ImagePrediction` per image of a batched network output, in order.
-
-    Parameters
-    ----------
-    output : TwoStageOutput
-        Output of :meth:`models.networks.TwoStageNetwork.predict`.
-    bone_types : sequence of str
-        Class order of the bone-type network (the bundle's ``bone_types``).
-    """
-    return [
-        ImagePrediction(
-            bone=bone_types[int(idx)],
-            bone_probability=_probability(probs[int(idx)]),
-            abnormal_probability=_probability(abnormal),
-        )
-        for probs, idx, abnormal in zip(
-            output.bone_probabilities, output.bone_index, output.abnormal_probability,
-            strict=True,
-        )
-    ]
+            from models.bundle import load_network
+            from models.two_stage import TorchRunner
+        except ImportError as exc:
+            raise BundleError(f"backend 'torch' needs PyTorch: pip install 'ossa[train]' "
+                              f"({exc})") from exc
+        if threads:
+            torch.set_num_threads(threads)
+        _, network = load_network(bundle, device=device)
+        return TorchRunner(network, device)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 class TwoStageClassifier:
-    """Bone type (stage 1) then per-bone abnormality (stage 2), from a verified bundle.
+    """Body part (stage 1), abstention, then per-class abnormality (stage 2), from a bundle.
 
     Parameters
     ----------
-    bundle : LoadedBundle
-        A bundle returned by :func:`models.bundle.load_bundle`.
-    device : str
-        Torch device to run on.
+    bundle : BundleInfo
+        A verified bundle (:func:`models.manifest.open_bundle`).
+    runner : NetworkRunner
+        The backend running its networks (:func:`make_runner`).
     batch_size : int
-        Images per forward pass.
+        Images per network call.
     """
 
-    def __init__(self, bundle: LoadedBundle, *, device: str = "cpu", batch_size: int = 32) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    def __init__(self, bundle: BundleInfo, runner: NetworkRunner, *,
+                 batch_size: int = 32) -> None:
         self._bundle = bundle
-        self._device = torch.device(device)
-        self._batch_size = batch_size
-        self._network = bundle.network.to(self._device).eval()
+        manifest = bundle.manifest
+        self._engine = TwoStageEngine(runner, manifest.taxonomy, flip_tta=manifest.flip_tta,
+                                      batch_size=batch_size)
+        self._ood = OodModel.load(bundle.file(OOD_FILE)) if OOD_FILE in manifest.files else None
         self._algorithm = AlgorithmInfo(name=ALGORITHM_NAME, version=bundle.version)
 
     @classmethod
-    def from_bundle(cls, path: Path, *, device: str = "cpu") -> TwoStageClassifier:
-        """Load and verify the bundle at ``path`` (raises ``BundleError``)."""
-        bundle = load_bundle(path, device=device)
-        logger.info("loaded bundle %s", bundle.version)
-        return cls(bundle, device=device)
+    def from_bundle(cls, path: Path, *, backend: str = "onnxruntime", threads: int = 0,
+                    device: str = "cpu", batch_size: int = 32) -> TwoStageClassifier:
+        """Verify the bundle at ``path`` and load it for ``backend`` (raises ``BundleError``)."""
+        bundle = open_bundle(path)
+        runner = make_runner(bundle, backend=backend, threads=threads, device=device)
+        logger.info("loaded bundle %s (%s)", bundle.version, backend)
+        return cls(bundle, runner, batch_size=batch_size)
 
     @property
     def algorithm(self) -> AlgorithmInfo:
@@ -87,9 +94,14 @@ class TwoStageClassifier:
         return self._algorithm
 
     @property
-    def bundle(self) -> LoadedBundle:
-        """The bundle this classifier runs."""
+    def bundle(self) -> BundleInfo:
+        """The verified bundle this classifier runs."""
         return self._bundle
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        """The bundle's classes and their codes."""
+        return self._bundle.manifest.taxonomy
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -97,26 +109,39 @@ class TwoStageClassifier:
         return self._bundle.manifest.preprocessing
 
     @property
-    def threshold(self) -> float:
-        """Study-level decision threshold from the bundle's manifest."""
-        return self._bundle.manifest.threshold
+    def thresholds(self) -> Mapping[str, float]:
+        """Operating threshold of each assessed class, from the manifest."""
+        return self._bundle.manifest.thresholds
 
-    def predict_tensors(self, batch: torch.Tensor) -> TwoStageOutput:
-        """Run both stages on already preprocessed inputs (N x C x S x S)."""
-        return self._network.predict(batch, batch_size=self._batch_size, device=self._device)
+    @property
+    def engine(self) -> TwoStageEngine:
+        """The routing engine (for evaluation: oracle routes, class-activation maps)."""
+        return self._engine
 
-    def predict_images(self, images: Sequence[np.ndarray]) -> list[ImagePrediction]:
-        """Predict each image's bone type and abnormality probability.
+    def preprocess(self, images: Sequence[NDArray[np.floating]]) -> NDArray[np.float32]:
+        """Network inputs (N x C x S x S) of ``images``; errors name the image's index."""
+        arrays = []
+        for i, image in enumerate(images):
+            try:
+                arrays.append(preprocess(image, self.preprocessing))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"images[{i}]: {exc}") from exc
+        return np.stack(arrays)
+
+    def predict_arrays(self, inputs: NDArray[np.float32], *, cams: bool = False
+                       ) -> tuple[EngineOutput, list[ImagePrediction]]:
+        """Run preprocessed inputs; the raw output and one prediction per image."""
+        output = self._engine.predict(inputs, cams=cams)
+        manifest = self._bundle.manifest
+        return output, decide(output, manifest.taxonomy, manifest.abstention, self._ood)
+
+    def predict_images(self, images: Sequence[NDArray[np.floating]]) -> list[ImagePrediction]:
+        """Predict each image's body part, whether it is assessed, and its abnormality.
 
         Parameters
         ----------
         images : sequence of numpy.ndarray
             float 2-D arrays in [0, 1], 1 = bright bone.
-
-        Returns
-        -------
-        list of ImagePrediction
-            One per image, in order.
 
         Raises
         ------
@@ -125,27 +150,28 @@ class TwoStageClassifier:
         """
         if len(images) == 0:
             return []
-        tensors = []
-        for i, image in enumerate(images):
-            try:
-                tensors.append(preprocess(image, self.preprocessing))
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(f"images[{i}]: {exc}") from exc
-        out = self.predict_tensors(torch.stack(tensors))
-        return image_predictions(out, self._bundle.manifest.bone_types)
+        return self.predict_arrays(self.preprocess(images))[1]
 
-    def predict_study(self, images: Sequence[np.ndarray]) -> StudyPrediction:
-        """Predict every image of one study; the study probability is their mean.
+    def study(self, images: Sequence[ImagePrediction]) -> StudyPrediction:
+        """The study result of some image predictions (mean of the assessed images)."""
+        return StudyPrediction(images=tuple(images), thresholds=tuple(self.thresholds.items()),
+                               algorithm=self.algorithm)
 
-        Raises
-        ------
-        ValueError
-            When ``images`` is empty or an image is invalid.
-        """
+    def predict_study(self, images: Sequence[NDArray[np.floating]]) -> StudyPrediction:
+        """Predict every image of one study (at least one image)."""
         if len(images) == 0:
             raise ValueError("images must hold at least one image")
-        return StudyPrediction(
-            images=tuple(self.predict_images(images)),
-            threshold=self.threshold,
-            algorithm=self.algorithm,
-        )
+        return self.study(self.predict_images(images))
+
+    def predict_studies(self, studies: Sequence[Sequence[NDArray[np.floating]]]
+                        ) -> list[StudyPrediction]:
+        """Predict several studies in shared batches (images of all studies together)."""
+        if any(len(s) == 0 for s in studies):
+            raise ValueError("every study must hold at least one image")
+        flat = [image for study in studies for image in study]
+        predictions = self.predict_images(flat)
+        results, start = [], 0
+        for study in studies:
+            results.append(self.study(predictions[start : start + len(study)]))
+            start += len(study)
+        return results

@@ -178,21 +178,22 @@ class Taxonomy:
         return cls(tuple(base.get(n) for n in names))
 
 
-def _sct(value: str, meaning: str) -> CodedConcept:
+def sct(value: str, meaning: str) -> CodedConcept:
+    """A SNOMED CT concept (Coding Scheme Designator ``SCT``)."""
     return CodedConcept(value, "SCT", meaning)
 
 
 #: The paper's taxonomy: MURA's seven bone types (alphabetical, MURA's folder order), all
 #: assessed, then OTHER (out-of-scope anatomy), not assessed. Codes from PS3.16 CID 4031.
 MURA_TAXONOMY = Taxonomy((
-    BodyPartClass("ELBOW", _sct("16953009", "Elbow joint"), True),
-    BodyPartClass("FINGER", _sct("7569003", "Finger"), True),
-    BodyPartClass("FOREARM", _sct("14975008", "Forearm"), True),
-    BodyPartClass("HAND", _sct("85562004", "Hand"), True),
-    BodyPartClass("HUMERUS", _sct("85050009", "Humerus"), True),
-    BodyPartClass("SHOULDER", _sct("16982005", "Shoulder"), True),
-    BodyPartClass("WRIST", _sct("74670003", "Wrist joint"), True),
-    BodyPartClass("OTHER", _sct("38266002", "Entire body as a whole"), False),
+    BodyPartClass("ELBOW", sct("16953009", "Elbow joint"), True),
+    BodyPartClass("FINGER", sct("7569003", "Finger"), True),
+    BodyPartClass("FOREARM", sct("14975008", "Forearm"), True),
+    BodyPartClass("HAND", sct("85562004", "Hand"), True),
+    BodyPartClass("HUMERUS", sct("85050009", "Humerus"), True),
+    BodyPartClass("SHOULDER", sct("16982005", "Shoulder"), True),
+    BodyPartClass("WRIST", sct("74670003", "Wrist joint"), True),
+    BodyPartClass("OTHER", sct("38266002", "Entire body"), False),
 ))
 
 #: MURA-v1.1's seven bone types (the assessed classes of :data:`MURA_TAXONOMY`).

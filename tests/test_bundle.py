@@ -1,41 +1,65 @@
-"""Tests of model bundles (models.bundle)."""
+"""Tests of writing bundles, their ONNX export and loading their PyTorch weights (models.bundle)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from models.bundle import (
-    BONE_TYPE_WEIGHTS,
-    MANIFEST_NAME,
-    BundleError,
-    abnormal_weights_name,
-    load_bundle,
-    save_bundle,
-    sha256_file,
-)
+from models.bundle import add_onnx, load_network, save_bundle
+from models.engine import TwoStageEngine
 from models.enhance import Preprocessing
-from models.networks import two_stage_mobilenet_v2
-from models.results import BONE_TYPES
+from models.manifest import (
+    MANIFEST_NAME,
+    OOD_FILE,
+    Abstention,
+    BundleError,
+    network_stem,
+    open_bundle,
+)
+from models.networks import abnormality_classifier, body_part_classifier
+from models.serving import OnnxRunner
+from models.taxonomy import MURA_TAXONOMY, Taxonomy
+from models.two_stage import TorchRunner, TwoStageNetwork
 
-PARAMS = Preprocessing(input_size=64, kernel_size=16)
+PARAMS = Preprocessing(input_size=48, kernel_size=16)
+
+
+#: A small taxonomy (two assessed classes) for the tests that export several bundles.
+SMALL = Taxonomy.from_names(["HAND", "WRIST", "OTHER"])
+
+
+def _network(arch: str = "mobilenet_v2", taxonomy: Taxonomy = MURA_TAXONOMY) -> TwoStageNetwork:
+    torch.manual_seed(0)
+    options: dict[str, Any] = {"arch": arch, "width_mult": 0.35, "in_channels": 1}
+    return TwoStageNetwork(
+        body_part_classifier(num_classes=len(taxonomy), **options),
+        {c: abnormality_classifier(**options) for c in taxonomy.assessed},
+        taxonomy,
+    ).eval()
+
+
+def _save(path: Path, network: TwoStageNetwork, **kwargs: Any) -> Path:
+    thresholds = dict.fromkeys(network.taxonomy.assessed, 0.4)
+    options: dict[str, Any] = {"architecture": "mobilenet_v2", "width_mult": 0.35,
+                               "preprocessing": PARAMS, "thresholds": thresholds,
+                               "threshold_rule": "0.4",
+                               "training": {"seed": 0, "command": "ossa train --seed 0"},
+                               "metrics": {"study_accuracy": 0.5}}
+    options.update(kwargs)
+    return save_bundle(path, network, **options)
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    network = two_stage_mobilenet_v2(width_mult=0.35, flip_tta=True)
-    path = tmp_path_factory.mktemp("bundles") / "unit-bundle"
-    save_bundle(path, network, width_mult=0.35, preprocessing=PARAMS, threshold=0.4,
-                training={"seed": 0, "command": "ossa train --seed 0"},
-                metrics={"study_accuracy": 0.5})
-    return path
+    return _save(tmp_path_factory.mktemp("bundles") / "unit-bundle", _network())
 
 
 @pytest.fixture
@@ -44,133 +68,141 @@ def bundle(saved: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(saved, tmp_path / "unit-bundle"))
 
 
-def _manifest(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((path / MANIFEST_NAME).read_text())
-    return data
-
-
-def _write_manifest(path: Path, data: dict[str, Any]) -> None:
-    (path / MANIFEST_NAME).write_text(json.dumps(data))
+def _inputs(n: int = 6) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, 1, 48, 48)).astype(np.float32)
 
 
 def test_layout_and_manifest(saved: Path) -> None:
-    files = sorted(p.name for p in saved.iterdir())
-    expected = sorted([MANIFEST_NAME, BONE_TYPE_WEIGHTS,
-                       *(abnormal_weights_name(b) for b in BONE_TYPES)])
-    assert files == expected
-    data = _manifest(saved)
-    assert data["format"] == "ossa-two-stage-bundle" and data["format_version"] == 1
-    assert data["name"] == "unit-bundle"
-    assert data["architecture"] == "mobilenet_v2" and data["width_mult"] == 0.35
-    assert data["preprocessing"] == PARAMS.to_dict()
-    assert data["bone_types"] == list(BONE_TYPES)
-    assert data["threshold"] == 0.4 and data["flip_tta"] is True
-    assert data["training"]["seed"] == 0 and data["metrics"] == {"study_accuracy": 0.5}
-    for file, entry in data["weights"].items():
-        assert entry["sha256"] == sha256_file(saved / file)
+    names = ["body_part", *MURA_TAXONOMY.assessed]
+    expected = {MANIFEST_NAME} | {network_stem(n) + ext for n in names for ext in (".pt", ".onnx")}
+    assert {p.name for p in saved.iterdir()} == expected
+    info = open_bundle(saved)
+    assert info.manifest.taxonomy == MURA_TAXONOMY
+    assert "abnormal_OTHER.pt" not in info.manifest.files  # OTHER is not assessed
+    assert info.manifest.thresholds == dict.fromkeys(MURA_TAXONOMY.assessed, 0.4)
+    assert info.manifest.has_format(".onnx") and info.manifest.has_format(".pt")
+    assert info.version.startswith("unit-bundle@") and len(info.version) == len("unit-bundle@") + 12
 
 
-def test_round_trip(saved: Path) -> None:
-    loaded = load_bundle(saved)
-    assert loaded.manifest.preprocessing == PARAMS
-    assert loaded.manifest.threshold == 0.4 and loaded.manifest.flip_tta
-    assert loaded.network.flip_tta and not loaded.network.training
-    raw = (saved / MANIFEST_NAME).read_bytes()
-    assert loaded.manifest_sha256 == hashlib.sha256(raw).hexdigest()
-    assert loaded.version == f"unit-bundle@{loaded.manifest_sha256[:12]}"
-    stored = torch.load(saved / abnormal_weights_name("WRIST"), weights_only=True)
-    for key, value in loaded.network.abnormal["WRIST"].state_dict().items():
-        assert torch.equal(value, stored[key])
-    # the same weights give the same outputs as a second load
-    x = torch.randn(2, 1, 64, 64)
-    with torch.inference_mode():
-        a, b = loaded.network(x), load_bundle(saved / MANIFEST_NAME).network(x)
-    assert torch.equal(a.abnormal_probability, b.abnormal_probability)
+def test_onnx_matches_pytorch_within_1e4(saved: Path) -> None:
+    info, network = load_network(saved)
+    x = _inputs()
+    torch_engine = TwoStageEngine(TorchRunner(network), MURA_TAXONOMY, flip_tta=True)
+    onnx_engine = TwoStageEngine(OnnxRunner(info), MURA_TAXONOMY, flip_tta=True)
+    a, b = torch_engine.predict(x, cams=True), onnx_engine.predict(x, cams=True)
+    assert np.array_equal(a.body_part_index, b.body_part_index)
+    for field in ("body_part_probabilities", "features", "abnormal_probability", "cams"):
+        left, right = getattr(a, field), getattr(b, field)
+        assert left.shape == right.shape
+        assert np.nanmax(np.abs(left - right)) < 1e-4, field
+
+
+def test_cam_of_mobilenet_v2_averages_to_the_logit_difference(saved: Path) -> None:
+    info = open_bundle(saved)
+    runner = OnnxRunner(info)
+    logits, cam = runner.abnormal("WRIST", _inputs(3))
+    assert cam.shape[0] == 3 and cam.ndim == 3
+    np.testing.assert_allclose(cam.mean(axis=(1, 2)), logits[:, 1] - logits[:, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v3_large"])
+def test_other_architectures_export_and_match(arch: str, tmp_path: Path) -> None:
+    path = _save(tmp_path / arch, _network(arch, SMALL), architecture=arch)
+    info, network = load_network(path)
+    x = _inputs(4)
+    a = TwoStageEngine(TorchRunner(network), SMALL, flip_tta=False).predict(x)
+    b = TwoStageEngine(OnnxRunner(info), SMALL, flip_tta=False).predict(x)
+    assert np.nanmax(np.abs(a.abnormal_probability - b.abnormal_probability)) < 1e-4
+
+
+def test_export_onnx_adds_onnx_to_a_torch_only_bundle(tmp_path: Path) -> None:
+    path = _save(tmp_path / "pt-only", _network(taxonomy=SMALL), onnx=False)
+    before = open_bundle(path)
+    assert not before.manifest.has_format(".onnx")
+    with pytest.raises(BundleError, match="export-onnx"):
+        OnnxRunner(before)
+    after = add_onnx(path)
+    assert after.manifest.has_format(".onnx") and after.version != before.version
+    OnnxRunner(after)  # loads
+
+
+def test_ossa_bundle_export_onnx_command(tmp_path: Path) -> None:
+    path = _save(tmp_path / "cli", _network(taxonomy=SMALL), onnx=False)
+    proc = subprocess.run([sys.executable, "-m", "worker", "bundle", "export-onnx", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == open_bundle(path).version
+
+
+def test_ood_statistics_are_listed_and_checksummed(tmp_path: Path) -> None:
+    from models.abstention import OodModel
+
+    rng = np.random.default_rng(0)
+    ood = OodModel.fit(rng.normal(size=(40, 8)), rng.integers(0, 3, 40))
+    path = _save(tmp_path / "ood", _network(taxonomy=SMALL), ood=ood, onnx=False,
+                 abstention=Abstention(min_probability=0.2, ood_threshold=3.0, rule="test"))
+    info = open_bundle(path)
+    assert OOD_FILE in info.manifest.files
+    (path / OOD_FILE).write_bytes(b"tampered")
+    with pytest.raises(BundleError, match=OOD_FILE):
+        open_bundle(path)
 
 
 def test_save_refuses_to_overwrite(saved: Path) -> None:
-    network = two_stage_mobilenet_v2(width_mult=0.35)
     with pytest.raises(FileExistsError):
-        save_bundle(saved, network, width_mult=0.35, preprocessing=PARAMS)
+        _save(saved, _network(taxonomy=SMALL))
 
 
 def test_save_validates_before_writing(tmp_path: Path) -> None:
-    network = two_stage_mobilenet_v2(width_mult=0.35)
-    with pytest.raises(ValueError, match="threshold"):
-        save_bundle(tmp_path / "b", network, width_mult=0.35, preprocessing=PARAMS, threshold=2.0)
-    with pytest.raises(ValueError, match="name"):
-        save_bundle(tmp_path / "b", network, width_mult=0.35, preprocessing=PARAMS, name="a b/c")
-    assert not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="thresholds"):
+        _save(tmp_path / "bad", _network(taxonomy=SMALL), thresholds={"WRIST": 0.5})
+    assert not (tmp_path / "bad").exists()
 
 
-def test_tampered_weights_are_refused(bundle: Path) -> None:
-    target = bundle / abnormal_weights_name("HAND")
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    target.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"abnormal_HAND\.pt: sha256"):
-        load_bundle(bundle)
+def test_tampered_weights_are_refused_before_loading(bundle: Path) -> None:
+    with open(bundle / "abnormal_WRIST.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=r"abnormal_WRIST\.onnx: sha256"):
+        open_bundle(bundle)
 
 
 def test_missing_weights_file_is_refused(bundle: Path) -> None:
-    (bundle / BONE_TYPE_WEIGHTS).unlink()
-    with pytest.raises(BundleError, match=r"bone_type\.pt: .*missing"):
-        load_bundle(bundle)
-
-
-def test_missing_manifest_and_bad_json(bundle: Path, tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match=r"manifest\.json not found"):
-        load_bundle(tmp_path)
-    (bundle / MANIFEST_NAME).write_text("{not json")
-    with pytest.raises(BundleError, match="not valid JSON"):
-        load_bundle(bundle)
-
-
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda d: d.pop("threshold"), "missing key 'threshold'"),
-        (lambda d: d.update(format_version=2), "format_version"),
-        (lambda d: d.update(format="other"), "format"),
-        (lambda d: d.update(architecture="resnet18"), "architecture"),
-        (lambda d: d.update(threshold=1.5), "threshold"),
-        (lambda d: d.update(width_mult="wide"), "width_mult"),
-        (lambda d: d.update(bone_types=[*BONE_TYPES[:-1], "KNEE"]), "bone_types"),
-        (lambda d: d["preprocessing"].update(input_size=8), "preprocessing.*input_size"),
-        (lambda d: d["preprocessing"].update(gamma=1.0), "preprocessing.*unknown"),
-        (lambda d: d["weights"].pop("abnormal_ELBOW.pt"), "weights"),
-        (lambda d: d["weights"].update({"../evil.pt": {"sha256": "0" * 64}}), "weights"),
-        (lambda d: d["weights"]["bone_type.pt"].update(sha256="xyz"), "sha256"),
-        (lambda d: d.update(flip_tta="yes"), "flip_tta"),
-        (lambda d: d.update(training=[]), "training"),
-    ],
-)
-def test_malformed_manifest_is_refused(bundle: Path, edit: Any, message: str) -> None:
-    data = _manifest(bundle)
-    edit(data)
-    _write_manifest(bundle, data)
-    with pytest.raises(BundleError, match=message):
-        load_bundle(bundle)
+    (bundle / "body_part.pt").unlink()
+    with pytest.raises(BundleError, match=r"body_part\.pt: file listed"):
+        load_network(bundle)
 
 
 def test_weights_that_do_not_fit_are_refused(bundle: Path) -> None:
-    data = _manifest(bundle)
-    data["width_mult"] = 0.5  # the files hold width 0.35 networks
-    _write_manifest(bundle, data)
-    with pytest.raises(BundleError, match=r"bone_type\.pt: weights do not fit"):
-        load_bundle(bundle)
+    data = json.loads((bundle / MANIFEST_NAME).read_text())
+    data["width_mult"] = 0.5
+    (bundle / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"do not fit mobilenet_v2 with width_mult=0.5"):
+        load_network(bundle)
 
 
 def test_pickled_objects_are_refused(bundle: Path) -> None:
-    """Weights load with weights_only=True: arbitrary pickled objects never execute."""
-    target = bundle / abnormal_weights_name("ELBOW")
-    torch.save({"features.0.0.weight": Path("not a tensor")}, target)
-    data = _manifest(bundle)
-    data["weights"][target.name]["sha256"] = sha256_file(target)
-    _write_manifest(bundle, data)
-    with pytest.raises(BundleError, match=r"abnormal_ELBOW\.pt: cannot be read"):
-        load_bundle(bundle)
+    torch.save({"weight": object()}, bundle / "body_part.pt")  # a pickle, not tensors
+    data = json.loads((bundle / MANIFEST_NAME).read_text())
+    from models.manifest import sha256_file
+
+    data["files"]["body_part.pt"]["sha256"] = sha256_file(bundle / "body_part.pt")
+    (bundle / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"body_part\.pt: cannot be read as weights"):
+        load_network(bundle)
 
 
-def test_bundle_error_is_a_value_error() -> None:
-    assert issubclass(BundleError, ValueError)
+def test_serving_copy_drops_the_pytorch_weights(saved: Path, tmp_path: Path) -> None:
+    from models.manifest import serving_copy
+
+    copy = serving_copy(saved, tmp_path / "serving")
+    assert not [p for p in copy.path.iterdir() if p.suffix == ".pt"]
+    assert copy.manifest.has_format(".onnx") and not copy.manifest.has_format(".pt")
+    assert copy.manifest.taxonomy == open_bundle(saved).manifest.taxonomy
+    x = _inputs(2)
+    a = TwoStageEngine(OnnxRunner(open_bundle(saved)), MURA_TAXONOMY, flip_tta=True).predict(x)
+    b = TwoStageEngine(OnnxRunner(copy), MURA_TAXONOMY, flip_tta=True).predict(x)
+    assert np.array_equal(a.abnormal_probability, b.abnormal_probability, equal_nan=True)
+    with pytest.raises(BundleError, match=r"body_part\.pt: this bundle has no \.pt weights"):
+        load_network(copy)
+    with pytest.raises(FileExistsError):
+        serving_copy(saved, tmp_path / "serving")

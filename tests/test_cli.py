@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -203,11 +204,49 @@ def test_calling_ae_not_allowed_is_rejected(served: Served, ossa_port: int) -> N
     assert _echo(ossa_port, "STORESCU").returncode == 0  # still serving
 
 
-def test_sigterm_stops_with_exit_code_zero(tmp_path: Path, trained_bundle: Path) -> None:
+def _mapped_libraries(pid: int) -> set[str]:
+    """Shared objects mapped into a running process (Linux /proc/PID/maps)."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split()[-1] for line in lines if ".so" in line.split()[-1]}
+
+
+def test_serve_runs_on_onnxruntime_without_torch_and_sigterm_exits_zero(
+    tmp_path: Path, trained_bundle: Path
+) -> None:
     port = free_port()
     running = Served(_config(tmp_path, port, trained_bundle, None), port)
+    libraries = _mapped_libraries(running.proc.pid)
+    assert any("onnxruntime" in lib for lib in libraries)
+    assert not [lib for lib in libraries if "libtorch" in lib or "/torch/" in lib]
     assert running.stop() == 0
     assert "Listening as OSSA" in running.text()
+
+
+def test_predict_prints_json_lines_and_names_bad_files(
+    tmp_path: Path, trained_bundle: Path, phantom_root: Path
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    study = next((phantom_root / "MURA-v1.1" / "valid" / "XR_WRIST").glob("*/study*"))
+    pngs = sorted(study.glob("*.png"))
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"not DICOM at all")
+    chest = get_testdata_file("RG1_UNCR.dcm")
+    proc = subprocess.run(
+        [OSSA, "predict", "--bundle", str(trained_bundle), *map(str, pngs), str(bad), chest],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1  # one file could not be read; the others were predicted
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    images, studies = lines[: len(pngs) + 2], lines[len(pngs) + 2 :]
+    assert [line["file"] for line in images] == [*map(str, pngs), str(bad), chest]
+    assert "error" in images[len(pngs)] and "broken.dcm" in proc.stderr
+    assert all(line["body_part"] == "WRIST" and line["assessed"] for line in images[: len(pngs)])
+    assert images[-1]["assessed"] is False and images[-1]["reason"]
+    assert len(studies) == 2  # the PNG folder and the chest study
+    assert studies[0]["images"] == len(pngs) and studies[0]["verdict"] in ("NORMAL", "ABNORMAL")
+    assert studies[0]["verdict"] == ("ABNORMAL" if "positive" in study.name else "NORMAL")
+    assert studies[1]["verdict"] == "NOT ASSESSED"
 
 
 @pytest.mark.parametrize(

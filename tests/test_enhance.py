@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from models.enhance import Preprocessing, check_image, clahe, preprocess, resize_longest
 
@@ -52,9 +51,9 @@ def test_preprocess_shape_aspect_and_padding(shape: tuple[int, int]) -> None:
     params = Preprocessing(input_size=64, kernel_size=16)
     image = (0.3 + 0.6 * np.random.default_rng(0).random(shape)).astype(np.float32)
     tensor = preprocess(image, params)
-    assert tensor.shape == (1, 64, 64) and tensor.dtype == torch.float32
+    assert tensor.shape == (1, 64, 64) and tensor.dtype == np.float32
     # the content keeps the aspect ratio; the rest is the normalized black padding
-    content = (tensor[0] != params.background).numpy()
+    content = (tensor[0] != params.background)
     rows, cols = np.nonzero(content.any(axis=1))[0], np.nonzero(content.any(axis=0))[0]
     h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
     assert max(h, w) == 64
@@ -68,12 +67,12 @@ def test_preprocess_normalizes_and_repeats_channels() -> None:
     image = _ramp(50, 80)
     plain = Preprocessing(input_size=80, kernel_size=16, clahe=False, mean=0.25, std=0.5)
     out = preprocess(image, plain)
-    row = out[0, 40].numpy()
+    row = out[0, 40]
     assert row[0] == pytest.approx((0.0 - 0.25) / 0.5, abs=0.02)
     assert row[-1] == pytest.approx((1.0 - 0.25) / 0.5, abs=0.02)
     three = preprocess(image, Preprocessing(input_size=80, kernel_size=16, channels=3))
     assert three.shape == (3, 80, 80)
-    assert torch.equal(three[0], three[1]) and torch.equal(three[1], three[2])
+    assert np.array_equal(three[0], three[1]) and np.array_equal(three[1], three[2])
 
 
 def test_clahe_enhances_local_contrast_and_is_used() -> None:
@@ -90,7 +89,7 @@ def test_clahe_enhances_local_contrast_and_is_used() -> None:
 def test_preprocess_is_deterministic() -> None:
     image = np.random.default_rng(1).random((120, 90)).astype(np.float32)
     params = Preprocessing(input_size=48, kernel_size=16)
-    assert torch.equal(preprocess(image, params), preprocess(image.copy(), params))
+    assert np.array_equal(preprocess(image, params), preprocess(image.copy(), params))
 
 
 def test_resize_longest() -> None:
@@ -121,3 +120,15 @@ def test_check_image_accepts_rounding_and_converts() -> None:
     image = np.full((4, 4), 1.0005, dtype=np.float64)
     checked = check_image(image)
     assert checked.dtype == np.float32 and checked.max() == 1.0
+
+
+def test_resize_matches_torchvision_antialiased_bilinear() -> None:
+    """Pillow's float resize is the filter training used to get from torch (antialias=True)."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F  # noqa: N812
+
+    image = np.random.default_rng(3).random((300, 200)).astype(np.float32)
+    ours = resize_longest(image, 96)
+    theirs = F.interpolate(torch.from_numpy(image)[None, None], size=ours.shape,
+                           mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+    assert np.abs(ours - np.clip(theirs, 0, 1)).max() < 1e-5

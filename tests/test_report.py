@@ -40,7 +40,7 @@ ANKLE = CodedConcept("70258002", "SCT", "Ankle joint")
 CUSTOM_TAXONOMY = Taxonomy(
     (
         BodyPartClass("ANKLE", ANKLE, True),
-        BodyPartClass("OTHER", CodedConcept("38266002", "SCT", "Entire body as a whole"), False),
+        BodyPartClass("OTHER", CodedConcept("38266002", "SCT", "Entire body"), False),
     )
 )
 

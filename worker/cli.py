@@ -8,8 +8,14 @@ Sub-commands:
     Write the procedural phantom dataset in the MURA-v1.1 layout.
 ``ossa train --data DIR --out BUNDLE``
     Train a two-stage model bundle.
-``ossa evaluate --data DIR --bundle BUNDLE``
-    Evaluate a bundle on a MURA-layout split.
+``ossa evaluate --data DIR --bundle BUNDLE --out REPORT_DIR``
+    Evaluate a bundle on a MURA-layout split and write a report.
+``ossa predict --bundle BUNDLE FILE...``
+    Predict PNG, JPEG or DICOM files; JSON lines on standard output.
+``ossa data import-fracatlas SRC OUT``
+    Turn FracAtlas's release layout into a labelled dataset.
+``ossa bundle export-onnx BUNDLE``
+    Add ONNX networks to a bundle that has only PyTorch weights.
 ``ossa export-dicom --data DIR --out DIR``
     Write phantom studies as DICOM CR/DX files for ``storescu``.
 """
@@ -64,7 +70,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """``ossa serve``: run the service with the given configuration file."""
-    from models.bundle import BundleError
+    from models.manifest import BundleError
     from models.predict import TwoStageClassifier
     from worker.assembly import StudyAssembler
     from worker.config import ConfigError, load_config
@@ -79,12 +85,11 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     configure_logging(config.logging.level)
 
-    if config.model.threads:
-        import torch
-
-        torch.set_num_threads(config.model.threads)
     try:
-        classifier = TwoStageClassifier.from_bundle(config.model.bundle)
+        classifier = TwoStageClassifier.from_bundle(
+            config.model.bundle, backend=config.model.backend, threads=config.model.threads,
+            batch_size=config.model.batch_size,
+        )
     except (BundleError, OSError) as exc:
         return _fail(f"model.bundle: {exc}")
     logger.info("Loaded model bundle %s", config.model.bundle)
@@ -115,6 +120,48 @@ def serve(args: argparse.Namespace) -> int:
         )
     service.run()
     return service.stop()
+
+
+def predict(args: argparse.Namespace) -> int:
+    """``ossa predict``: predict image files, JSON lines on standard output."""
+    from models import cli_predict
+
+    return cli_predict.main(args)
+
+
+def bundle_export_onnx(args: argparse.Namespace) -> int:
+    """``ossa bundle export-onnx``: add ONNX networks to an existing bundle."""
+    from models.manifest import BundleError
+
+    try:
+        from models.bundle import add_onnx
+    except ImportError as exc:
+        return _fail(f"export-onnx needs PyTorch: pip install 'ossa[train]' ({exc})")
+    try:
+        info = add_onnx(args.bundle)
+    except BundleError as exc:
+        return _fail(f"{args.bundle}: {exc}", 1)
+    print(info.version)
+    return 0
+
+
+def import_fracatlas(args: argparse.Namespace) -> int:
+    """``ossa data import-fracatlas``: FracAtlas's release layout to a labelled dataset."""
+    from models import fracatlas
+
+    return fracatlas.main(args)
+
+
+def bundle_serving_copy(args: argparse.Namespace) -> int:
+    """``ossa bundle serving-copy``: the bundle's ONNX networks and manifest, no ``.pt``."""
+    from models.manifest import BundleError, serving_copy
+
+    try:
+        info = serving_copy(args.bundle, args.out)
+    except (BundleError, FileExistsError) as exc:
+        return _fail(str(exc), 1)
+    print(info.version)
+    return 0
 
 
 def phantom(args: argparse.Namespace) -> int:
@@ -150,11 +197,27 @@ def export_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``ossa`` argument parser with all sub-commands."""
+def _train_parents(command: str | None) -> list[argparse.ArgumentParser]:
+    """``ossa train``'s options, imported only when that is the command: ``models.train``
+    imports torch, which the serving commands never load (it is in the ``[train]`` extra)."""
+    if command != "train":
+        return []
+    from models import train as train_module
+
+    return [train_module.get_args_parser(add_help=False)]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ossa`` argument parser with all sub-commands.
+
+    Parameters
+    ----------
+    command : str, optional
+        The sub-command about to be parsed; ``train``'s options are only built for it.
+    """
+    from models import cli_predict, fracatlas
     from models import evaluate as evaluate_module
     from models import phantom as phantom_module
-    from models import train as train_module
 
     parser = argparse.ArgumentParser(
         prog="ossa",
@@ -174,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=phantom)
 
     p = commands.add_parser(
-        "train", parents=[train_module.get_args_parser(add_help=False)], help="train a bundle"
+        "train", parents=_train_parents(command),
+        help="train a bundle (needs the [train] extra: PyTorch)",
     )
     p.set_defaults(func=train)
 
@@ -184,6 +248,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a bundle on a MURA-layout split",
     )
     p.set_defaults(func=evaluate)
+
+    p = commands.add_parser(
+        "predict",
+        parents=[cli_predict.get_args_parser(add_help=False)],
+        help="predict PNG, JPEG or DICOM files (JSON lines)",
+    )
+    p.set_defaults(func=predict)
+
+    p = commands.add_parser("data", help="dataset tools")
+    data_commands = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data_commands.add_parser(
+        "import-fracatlas", parents=[fracatlas.get_args_parser(add_help=False)],
+        help="turn a FracAtlas download into a labelled dataset (labels.csv)",
+    )
+    q.set_defaults(func=import_fracatlas)
+
+    p = commands.add_parser("bundle", help="model bundle tools")
+    bundle_commands = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    q = bundle_commands.add_parser("export-onnx",
+                                   help="add ONNX networks to a bundle (needs the [train] extra)")
+    q.add_argument("bundle", type=Path, help="bundle directory")
+    q.set_defaults(func=bundle_export_onnx)
+    q = bundle_commands.add_parser(
+        "serving-copy", help="copy a bundle without its PyTorch weights (what bundles/ ships)")
+    q.add_argument("bundle", type=Path, help="bundle directory")
+    q.add_argument("out", type=Path, help="directory of the copy")
+    q.set_defaults(func=bundle_serving_copy)
 
     p = commands.add_parser(
         "export-dicom", help="write phantom studies as DICOM CR/DX files for storescu"
@@ -199,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ossa`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     if args.command != "serve":
         configure_logging("INFO")
     return int(args.func(args))

@@ -81,10 +81,12 @@ class StorageConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """``[model]``: the model bundle to load."""
+    """``[model]``: the model bundle to load and the backend that runs it."""
 
     bundle: Path = Path("var/models/demo")
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
     threads: int = Field(default=0, ge=0, le=256)
+    batch_size: int = Field(default=32, ge=1, le=1024)
 
 
 class DimseDestination(_Section):

@@ -77,6 +77,8 @@ class Service:
         Turns a study into an SR and delivers it.
     poll_interval_s : float
         How often the scheduler checks for complete studies.
+    max_batch_studies : int
+        Most studies classified in one shared batch (those ready at the same time).
     """
 
     def __init__(
@@ -88,12 +90,14 @@ class Service:
         *,
         stop_event: threading.Event,
         poll_interval_s: float = 0.5,
+        max_batch_studies: int = 16,
     ) -> None:
         self.listener = listener
         self.spool = spool
         self.assembler = assembler
         self.processor = processor
         self.poll_interval_s = poll_interval_s
+        self.max_batch_studies = max_batch_studies
         self._stop = stop_event
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._ae = build_ae(listener)
@@ -176,21 +180,33 @@ class Service:
             job = self._jobs.get()
             if job is None or self._stop.is_set():
                 return
-            self._run_job(job)
+            batch = [job]
+            while len(batch) < self.max_batch_studies:  # every study ready now, classified together
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)  # keep the stop marker for the next turn
+                    break
+                batch.append(more)
+            self._run_jobs(batch)
 
-    def _run_job(self, job: Job) -> None:
+    def _run_jobs(self, jobs: list[Job]) -> None:
         try:
-            result = self.processor.process(job)
-        except JobError as exc:
-            logger.error("Study %s failed: %s", job.study_uid, exc)
-            self.spool.finish(job, error=str(exc))
+            outcomes = self.processor.process_batch(jobs)
+        except Exception as exc:  # one bad batch must not stop the worker
+            logger.exception("Studies %s failed unexpectedly", [j.study_uid for j in jobs])
+            for job in jobs:
+                self.spool.finish(job, error=f"{type(exc).__name__}: {exc}")
             return
-        except Exception as exc:  # one bad study must not stop the worker
-            logger.exception("Study %s failed unexpectedly", job.study_uid)
-            self.spool.finish(job, error=f"{type(exc).__name__}: {exc}")
-            return
-        if result.delivered:
-            self.spool.finish(job)
-            return
-        failed = sorted(name for name, r in result.deliveries.items() if not r.ok)
-        self.spool.finish(job, error=f"SR not delivered to: {', '.join(failed)}")
+        for job, result in zip(jobs, outcomes, strict=True):
+            if isinstance(result, JobError):
+                logger.error("Study %s failed: %s", job.study_uid, result)
+                self.spool.finish(job, error=str(result))
+                continue
+            if result.delivered:
+                self.spool.finish(job)
+                continue
+            failed = sorted(name for name, r in result.deliveries.items() if not r.ok)
+            self.spool.finish(job, error=f"SR not delivered to: {', '.join(failed)}")

@@ -1,0 +1,163 @@
+"""Two-stage routing in numpy, shared by the ONNX Runtime and the PyTorch backends.
+
+A backend is a :class:`NetworkRunner`: it runs the stage-1 network (logits and pooled
+features) and any stage-2 network (logits and class-activation map) on a batch. The
+:class:`TwoStageEngine` does the rest once for both: batching, flip averaging, softmax and
+routing each image to the stage-2 network of the class stage 1 names (El-Saadawy et al.,
+AICV 2020). It imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.taxonomy import Taxonomy
+
+
+class NetworkRunner(Protocol):
+    """Runs a bundle's networks on a preprocessed float32 batch (N x C x S x S)."""
+
+    def body_part(self, x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Stage-1 logits (N x K) and pooled features (N x D)."""
+        ...
+
+    def abnormal(self, name: str,
+                 x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Stage-2 logits (N x 2) and class-activation maps (N x h x w) of class ``name``."""
+        ...
+
+
+def softmax(logits: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Row-wise softmax, numerically stable."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """Raw two-stage output for N images (arrays, in input order).
+
+    Parameters
+    ----------
+    body_part_probabilities : numpy.ndarray
+        N x K stage-1 softmax (flip-averaged).
+    body_part_index : numpy.ndarray
+        N, the class each image was routed by (argmax, or the forced route).
+    features : numpy.ndarray
+        N x D pooled stage-1 features (flip-averaged).
+    abnormal_probability : numpy.ndarray
+        N, stage-2 probability of abnormality; NaN where the routed class is not assessed.
+    cams : numpy.ndarray
+        N x h x w class-activation maps (flip-averaged, in the input's orientation); NaN
+        where the routed class is not assessed. Empty (N x 0 x 0) when not asked for.
+    """
+
+    body_part_probabilities: NDArray[np.float32]
+    body_part_index: NDArray[np.int64]
+    features: NDArray[np.float32]
+    abnormal_probability: NDArray[np.float32]
+    cams: NDArray[np.float32]
+
+
+class TwoStageEngine:
+    """Route a batch through both stages of a bundle.
+
+    Parameters
+    ----------
+    runner : NetworkRunner
+        The backend.
+    taxonomy : Taxonomy
+        Class order of stage 1 and which classes have a stage-2 network.
+    flip_tta : bool
+        Average both stages over each image and its mirror image.
+    batch_size : int
+        Images per network call (each doubled by ``flip_tta``).
+    """
+
+    def __init__(self, runner: NetworkRunner, taxonomy: Taxonomy, *, flip_tta: bool,
+                 batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.runner = runner
+        self.taxonomy = taxonomy
+        self.flip_tta = flip_tta
+        self.batch_size = batch_size
+
+    def _views(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.concatenate([x, x[..., ::-1]]) if self.flip_tta else x
+
+    def _merge(self, out: NDArray[np.float32], n: int, *, mirror: bool = False
+               ) -> NDArray[np.float32]:
+        """Average the original and mirrored halves (un-mirroring spatial maps)."""
+        if not self.flip_tta:
+            return out
+        second = out[n:, ..., ::-1] if mirror else out[n:]
+        return ((out[:n] + second) / 2).astype(np.float32)
+
+    def _stage1(self, x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        n = x.shape[0]
+        logits, features = self.runner.body_part(self._views(x))
+        return self._merge(softmax(logits), n), self._merge(features, n)
+
+    def _stage2(self, name: str, x: NDArray[np.float32]
+                ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        n = x.shape[0]
+        logits, cam = self.runner.abnormal(name, self._views(x))
+        return self._merge(softmax(logits)[:, 1], n), self._merge(cam, n, mirror=True)
+
+    def predict(self, images: NDArray[np.float32], *,
+                route: Sequence[int] | NDArray[np.integer] | None = None,
+                cams: bool = False) -> EngineOutput:
+        """Run both stages on preprocessed inputs (N x C x S x S).
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            float32 network inputs.
+        route : sequence of int, optional
+            Force each image to the stage-2 network of this class index instead of stage 1's
+            prediction (the "oracle routing" of an evaluation, with the true class).
+        cams : bool
+            Also return the class-activation maps.
+        """
+        n = images.shape[0]
+        if n == 0:
+            raise ValueError("images must hold at least one image")
+        if route is not None:
+            if len(route) != n:
+                raise ValueError(f"route must hold one class index per image ({n}), "
+                                 f"got {len(route)}")
+            if n and not all(0 <= int(k) < len(self.taxonomy) for k in route):
+                raise ValueError(f"route must hold class indices in [0, {len(self.taxonomy)})")
+        probs, feats = [], []
+        for start in range(0, n, self.batch_size):
+            p, f = self._stage1(np.asarray(images[start : start + self.batch_size], np.float32))
+            probs.append(p)
+            feats.append(f)
+        body_part_probabilities = np.concatenate(probs)
+        index = (np.asarray(route, dtype=np.int64) if route is not None
+                 else body_part_probabilities.argmax(axis=1).astype(np.int64))
+        abnormal = np.full(n, np.nan, dtype=np.float32)
+        cam_maps: NDArray[np.float32] | None = None
+        for k, name in enumerate(self.taxonomy.names):
+            if not self.taxonomy.is_assessed(name):
+                continue
+            rows = np.flatnonzero(index == k)
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                p, cam = self._stage2(name, np.asarray(images[chunk], np.float32))
+                abnormal[chunk] = p
+                if cams:
+                    if cam_maps is None:
+                        cam_maps = np.full((n, *cam.shape[1:]), np.nan, dtype=np.float32)
+                    cam_maps[chunk] = cam
+        if cam_maps is None:
+            cam_maps = np.zeros((n, 0, 0), dtype=np.float32)
+        return EngineOutput(body_part_probabilities, index, np.concatenate(feats), abnormal,
+                            cam_maps)

@@ -1,0 +1,187 @@
+"""``MODEL_CARD.md`` of a bundle, from its manifest and an ``ossa evaluate`` report.
+
+``python -m models.model_card BUNDLE REPORT_DIR --data-readme README --command "..."`` writes
+``BUNDLE/MODEL_CARD.md``: the data and its licence (with the attribution that CC BY 4.0
+requires, taken from the dataset's README), intended use, the classes and what they cover,
+the validation figures with their 95% bootstrap intervals (region accuracy on single-region
+images, not-assessed rate of the out-of-scope classes, fracture AUROC, sensitivity and
+specificity at each class's operating threshold), the classes held back as not assessed, and
+known limits. Every figure is read from the report, so the card is regenerated with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.manifest import open_bundle
+from models.metrics import bootstrap_ci
+
+#: Classes that show several regions at once; region accuracy is measured without them.
+MULTI_REGION = ("MIXED",)
+
+
+def _est(value: Mapping[str, Any] | None) -> str:
+    if not value or value.get("value") is None:
+        return "-"
+    low, high = value.get("ci_low"), value.get("ci_high")
+    if low is None or high is None:
+        return f"{value['value']:.3f}"
+    return f"{value['value']:.3f} ({low:.3f} to {high:.3f})"
+
+
+def region_accuracy(predictions_csv: Path, *, n_bootstrap: int = 1000,
+                    seed: int = 0) -> dict[str, float | None]:
+    """Stage-1 accuracy on single-region images, with a 95% study-bootstrap interval."""
+    with open(predictions_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["true_type"] not in MULTI_REGION]
+    correct = np.array([r["true_type"] == r["pred_type"] for r in rows], dtype=np.float64)
+    studies = [r["study"] for r in rows]
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        return np.asarray((weights * correct).sum(axis=-1) / weights.sum(axis=-1))
+
+    low, high = bootstrap_ci(statistic, studies, n_bootstrap=n_bootstrap, seed=seed)
+    return {"value": float(correct.mean()), "ci_low": low, "ci_high": high}
+
+
+def _attribution(readme: Path) -> str:
+    """The "Source and licence" section of the dataset's README."""
+    text = readme.read_text(encoding="utf-8")
+    start = text.find("## Source and licence")
+    if start < 0:
+        raise ValueError(f"{readme}: no '## Source and licence' section")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None].split("\n", 1)[1].strip()
+
+
+def render(bundle: Path, report: Path, *, data_readme: Path, command: str) -> str:
+    """The text of the model card."""
+    info = open_bundle(bundle)
+    manifest = info.manifest
+    metrics = json.loads((report / "metrics.json").read_text())
+    region = region_accuracy(report / "predictions.csv")
+    abstention = metrics["abstention"]["per_class"]
+    study = metrics["merged"]["study"]
+    held_back = manifest.metrics.get("not_assessed_classes", {})
+    lines = [
+        f"# Model card: {manifest.name} (`{info.version}`)",
+        "",
+        "> **Research software. Not a diagnosis.** This model's outputs are not for clinical or "
+        "diagnostic use and have not been validated on patients.",
+        "",
+        "## What it is",
+        f"A two-stage {manifest.architecture} (width {manifest.width_mult}, "
+        f"{manifest.preprocessing.input_size} px, CLAHE) after El-Saadawy et al. (AICV 2020): "
+        "stage 1 names the body region, stage 2 (one network per assessed region) gives the "
+        "probability of a **fracture**. Images of a region that is not assessed, or that the "
+        "model is not confident about or finds unlike its training images, are reported "
+        "**not assessed**. Trained from scratch (no downloaded weights) by:",
+        "",
+        f"```sh\n{command}\n```",
+        "",
+        "## Data and licence",
+        "Trained and evaluated on the FracAtlas development copy (80% of the release):",
+        "",
+        _attribution(data_readme),
+        "",
+        "What was changed for this model: the images were split 80/20 into train and valid, "
+        "stratified by region and label (`ossa data import-fracatlas --seed 0`); they are "
+        "resized to the network's input and enhanced with CLAHE. The 20% of the release kept "
+        "aside by the project was not used.",
+        "",
+        "## Classes",
+        "| class | SNOMED CT | assessed | covers |",
+        "|---|---|---|---|",
+    ]
+    covers = {"HAND_TO_ELBOW": "FracAtlas's \"hand\" films: hand, wrist, forearm, elbow",
+              "SHOULDER": "shoulder films (often with part of the chest)",
+              "LEG": "leg, knee, ankle and foot films", "HIP": "hip and pelvis films",
+              "MIXED": "films showing several regions"}
+    for c in manifest.taxonomy:
+        why = held_back.get(c.name, "")
+        assessed = "yes" if c.assessed else f"no ({why})" if why else "no"
+        lines.append(f"| {c.name} | {c.code.value} {c.code.meaning} | {assessed} | "
+                     f"{covers.get(c.name, '')} |")
+    lines += [
+        "",
+        "## Figures on the validation split (95% bootstrap intervals)",
+        f"{metrics['n_images']} images ({metrics['n_studies']} studies; one image per study). "
+        "Operating thresholds were chosen on this same split "
+        f"(`{manifest.threshold_rule}`), so sensitivity and specificity are optimistic.",
+        "",
+        f"- Region accuracy on single-region images: **{_est(region)}** (target ≥ 0.95)",
+        f"- Stage-1 accuracy, all images: {_est(metrics['stage1']['accuracy'])}",
+    ]
+    for name in ("LEG", "HIP", "MIXED"):
+        if name in abstention and abstention[name]["images"]:
+            a = abstention[name]
+            lines.append(f"- {name} images not assessed: **{a['image_rate']:.3f}** "
+                         f"({a['images_not_assessed']}/{a['images']}; target ≥ 0.95 for leg "
+                         "and hip)")
+    lines += [
+        f"- Fracture AUROC on assessed upper-limb films (pooled): "
+        f"**{_est(study['pooled']['auroc'])}** (target ≥ 0.80)",
+        "",
+        "| class | threshold | AUROC | sensitivity | specificity | kappa | n | not assessed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, group in study["per_class"].items():
+        lines.append(
+            f"| {name} | {manifest.thresholds.get(name, float('nan')):.3f} | "
+            f"{_est(group['auroc'])} | {_est(group['sensitivity'])} | "
+            f"{_est(group['specificity'])} | {_est(group['kappa'])} | {group['n']} | "
+            f"{group['not_assessed']} of {group['n_in_scope']} |")
+    oracle = metrics["oracle"]["study"]["pooled"]
+    lines += [
+        "",
+        f"Oracle routing (each upper-limb film scored by its true region's network): AUROC "
+        f"{_est(oracle['auroc'])}. Full report: `ossa evaluate` writes it (metrics.json, "
+        "predictions.csv, plots, report.md).",
+        "",
+        "## Intended use",
+        "Research on triage of upper-extremity radiographs: to try Ossa end to end on real "
+        "films and to compare methods. Not for diagnosis, not for patient care, not a "
+        "medical device.",
+        "",
+        "## Known limits",
+        "- One country's hospitals (FracAtlas comes from three hospitals in Bangladesh); "
+        "scanners, populations and protocols elsewhere differ.",
+        "- Fractures only. MURA's \"abnormal\" is broader (hardware, degenerative disease, "
+        "lesions); FracAtlas films with metal hardware but no fracture are labelled normal here.",
+        "- Small data: the shoulder class has very few fractures; a class whose network does "
+        "not reach the validation bar (too few positives, or AUROC below the minimum) is not "
+        "assessed, as the table says.",
+        "- Trained from scratch on about 2,600 images at a modest input size on two CPU cores; "
+        "subtle fractures are missed. The validation split is small, so intervals are wide.",
+        "- The figures are on the project's development copy, the split it was tuned on; the "
+        "held-out 20% of the release has not been used.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write ``BUNDLE/MODEL_CARD.md``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("report", type=Path, help="an `ossa evaluate --out` directory")
+    parser.add_argument("--data-readme", type=Path, required=True,
+                        help="the dataset's README (its 'Source and licence' section)")
+    parser.add_argument("--command", required=True, help="the command that trained the bundle")
+    args = parser.parse_args(argv)
+    text = render(args.bundle, args.report, data_readme=args.data_readme, command=args.command)
+    (args.bundle / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+    print(args.bundle / "MODEL_CARD.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
