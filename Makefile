@@ -58,7 +58,8 @@ real-model: $(TRAIN_STAMP)
 	    --data-readme $(FRACATLAS)/README.md --command "make real-model  # $(REAL_TRAIN)"
 	rm -rf $(REAL_BUNDLE) && mv $(REAL_BUNDLE).new $(REAL_BUNDLE)
 
-run: $(STAMP) $(DEMO_BUNDLE)/manifest.json
+# Serves the shipped model (bundles/fracatlas, ONNX Runtime): the base install only.
+run: $(STAMP)
 	$(BIN)/ossa serve --config $(CONFIG)
 
 test-deps:
@@ -74,8 +75,8 @@ test-deps:
 test: $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m pytest
 
-bench: $(TRAIN_STAMP) $(DEMO_BUNDLE)/manifest.json
-	$(BIN)/python bench/bench_inference.py --bundle $(DEMO_BUNDLE)
+bench: $(TRAIN_STAMP)
+	$(BIN)/python bench/bench_inference.py --bundle var/models/fracatlas
 
 lint: $(TRAIN_STAMP)
 	$(BIN)/ruff check worker dicom_io models tests
