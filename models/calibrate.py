@@ -149,7 +149,7 @@ def calibrate(engine: TwoStageEngine, *, train_images: NDArray[np.float32],
     """
     taxonomy = engine.taxonomy
     train_in = _in_scope(train_classes, taxonomy)
-    train_features = engine.predict(train_images[train_in]).features
+    train_features = engine.body_parts(train_images[train_in])[1]
     ood = OodModel.fit(train_features, train_classes[train_in])
 
     output = engine.predict(valid_images)
@@ -184,8 +184,7 @@ def calibrate(engine: TwoStageEngine, *, train_images: NDArray[np.float32],
 
     oracle = np.full(len(valid_classes), np.nan, dtype=np.float32)
     if valid_in.any():
-        oracle[valid_in] = engine.predict(valid_images[valid_in],
-                                          route=valid_classes[valid_in]).abnormal_probability
+        oracle[valid_in] = engine.abnormal(valid_images[valid_in], valid_classes[valid_in])[0]
     logger.info("calibrated: min body-part probability %.3f, OOD threshold %s, thresholds %s",
                 abstention.min_probability, abstention.ood_threshold,
                 {k: round(v, 3) for k, v in thresholds.items()})

@@ -111,38 +111,34 @@ class TwoStageEngine:
         logits, cam = self.runner.abnormal(name, self._views(x))
         return self._merge(softmax(logits)[:, 1], n), self._merge(cam, n, mirror=True)
 
-    def predict(self, images: NDArray[np.float32], *,
-                route: Sequence[int] | NDArray[np.integer] | None = None,
-                cams: bool = False) -> EngineOutput:
-        """Run both stages on preprocessed inputs (N x C x S x S).
-
-        Parameters
-        ----------
-        images : numpy.ndarray
-            float32 network inputs.
-        route : sequence of int, optional
-            Force each image to the stage-2 network of this class index instead of stage 1's
-            prediction (the "oracle routing" of an evaluation, with the true class).
-        cams : bool
-            Also return the class-activation maps.
-        """
+    def body_parts(self, images: NDArray[np.float32]
+                   ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Stage 1 alone: softmax (N x K) and pooled features (N x D) of preprocessed inputs."""
         n = images.shape[0]
         if n == 0:
             raise ValueError("images must hold at least one image")
-        if route is not None:
-            if len(route) != n:
-                raise ValueError(f"route must hold one class index per image ({n}), "
-                                 f"got {len(route)}")
-            if n and not all(0 <= int(k) < len(self.taxonomy) for k in route):
-                raise ValueError(f"route must hold class indices in [0, {len(self.taxonomy)})")
         probs, feats = [], []
         for start in range(0, n, self.batch_size):
             p, f = self._stage1(np.asarray(images[start : start + self.batch_size], np.float32))
             probs.append(p)
             feats.append(f)
-        body_part_probabilities = np.concatenate(probs)
-        index = (np.asarray(route, dtype=np.int64) if route is not None
-                 else body_part_probabilities.argmax(axis=1).astype(np.int64))
+        return np.concatenate(probs), np.concatenate(feats)
+
+    def abnormal(self, images: NDArray[np.float32],
+                 route: Sequence[int] | NDArray[np.integer], *, cams: bool = False
+                 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Stage 2 alone: each image through the network of the class index ``route`` names.
+
+        Returns the probability of abnormality (N; NaN where the class is not assessed) and,
+        when ``cams``, the class-activation maps (N x h x w; else N x 0 x 0).
+        """
+        n = images.shape[0]
+        if len(route) != n:
+            raise ValueError(f"route must hold one class index per image ({n}), "
+                             f"got {len(route)}")
+        index = np.asarray(route, dtype=np.int64)
+        if n and not ((index >= 0) & (index < len(self.taxonomy))).all():
+            raise ValueError(f"route must hold class indices in [0, {len(self.taxonomy)})")
         abnormal = np.full(n, np.nan, dtype=np.float32)
         cam_maps: NDArray[np.float32] | None = None
         for k, name in enumerate(self.taxonomy.names):
@@ -159,5 +155,28 @@ class TwoStageEngine:
                     cam_maps[chunk] = cam
         if cam_maps is None:
             cam_maps = np.zeros((n, 0, 0), dtype=np.float32)
-        return EngineOutput(body_part_probabilities, index, np.concatenate(feats), abnormal,
-                            cam_maps)
+        return abnormal, cam_maps
+
+    def predict(self, images: NDArray[np.float32], *,
+                route: Sequence[int] | NDArray[np.integer] | None = None,
+                cams: bool = False) -> EngineOutput:
+        """Run both stages on preprocessed inputs (N x C x S x S).
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            float32 network inputs.
+        route : sequence of int, optional
+            Force each image to the stage-2 network of this class index instead of stage 1's
+            prediction (the "oracle routing" of an evaluation, with the true class).
+        cams : bool
+            Also return the class-activation maps.
+        """
+        if route is not None and len(route) != images.shape[0]:
+            raise ValueError(f"route must hold one class index per image ({images.shape[0]}), "
+                             f"got {len(route)}")
+        probabilities, features = self.body_parts(images)
+        index = (np.asarray(route, dtype=np.int64) if route is not None
+                 else probabilities.argmax(axis=1).astype(np.int64))
+        abnormal, cam_maps = self.abnormal(images, index, cams=cams)
+        return EngineOutput(probabilities, index, features, abnormal, cam_maps)

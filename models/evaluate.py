@@ -51,8 +51,7 @@ def evaluate_classifier(classifier: TwoStageClassifier, studies: Sequence[MuraSt
                         if s.body_part in taxonomy and taxonomy.is_assessed(s.body_part)]
             if in_scope:
                 route = [taxonomy.index(chunk[i][0].body_part) for i in in_scope]
-                oracle[in_scope] = classifier.engine.predict(
-                    inputs[in_scope], route=route).abnormal_probability
+                oracle[in_scope] = classifier.engine.abnormal(inputs[in_scope], route)[0]
             for (study, path), p, o in zip(chunk, predictions, oracle, strict=True):
                 rows.append(EvaluatedImage(
                     path=str(path), study=study.key, true_type=study.body_part,

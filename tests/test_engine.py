@@ -289,3 +289,27 @@ def test_output_shapes() -> None:
 def test_empty_input_raises() -> None:
     with pytest.raises(ValueError, match="at least one image"):
         run(np.zeros((0, 1, H, W), dtype=np.float32))
+
+
+def test_stages_alone_compose_to_predict_and_run_each_network_once() -> None:
+    images = mixed(9)
+    runner = FakeRunner()
+    engine = TwoStageEngine(runner, TAXONOMY, flip_tta=True, batch_size=4)
+    whole = engine.predict(images, cams=True)
+    predict_calls = runner.names()
+
+    runner.calls.clear()
+    probabilities, features = engine.body_parts(images)
+    np.testing.assert_array_equal(probabilities, whole.body_part_probabilities)
+    np.testing.assert_array_equal(features, whole.features)
+    stage1_calls = runner.names()
+    assert set(stage1_calls) == {"body_part"}
+
+    runner.calls.clear()
+    abnormal, cams = engine.abnormal(images, whole.body_part_index, cams=True)
+    np.testing.assert_array_equal(abnormal, whole.abnormal_probability)
+    np.testing.assert_array_equal(cams, whole.cams)
+    assert "body_part" not in runner.names()
+    assert sorted(stage1_calls + runner.names()) == sorted(predict_calls)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        engine.abnormal(images[:1], [7])
