@@ -191,3 +191,32 @@ def test_study_probabilities_of_nothing_assessed() -> None:
 def test_study_probabilities_need_one_study_per_prediction() -> None:
     with pytest.raises(ValueError):
         study_probabilities([_assessed(0.5), _assessed(0.4)], np.array([0]))
+
+
+# --- weak_classes ----------------------------------------------------------------------------
+
+
+def test_weak_classes_holds_back_classes_below_the_bar() -> None:
+    from models.calibrate import weak_classes
+    from models.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.from_names(["ELBOW", "HAND", "WRIST", "OTHER"])
+    rng = np.random.default_rng(0)
+    classes, labels, probs = [], [], []
+    # ELBOW: 10 + 10 studies, well separated; HAND: 10 + 10 studies, uninformative (AUROC
+    # about 0.5); WRIST: only 2 abnormal studies; OTHER is not assessed and never judged.
+    for k, (pos, neg, informative) in enumerate([(10, 10, True), (10, 10, False),
+                                                  (2, 12, True), (5, 5, True)]):
+        for label in [1] * pos + [0] * neg:
+            classes.append(k)
+            labels.append(label)
+            probs.append(0.5 + (0.4 if label else -0.4) * informative + rng.normal(0, 0.01)
+                         if k != 1 else rng.random())
+    n = len(classes)
+    oracle = np.array(probs, dtype=np.float32)
+    oracle[np.array(classes) == 3] = np.nan
+    weak = weak_classes(taxonomy, oracle, np.array(classes), np.array(labels), np.arange(n),
+                        min_auroc=0.75, min_positives=5)
+    assert set(weak) == {"HAND", "WRIST"}
+    assert "below the minimum 0.75" in weak["HAND"]
+    assert "2 abnormal, 12 normal" in weak["WRIST"]
