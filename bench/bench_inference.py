@@ -29,27 +29,21 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.bundle import save_bundle
-from models.engine import TwoStageEngine
+from models.bundle import new_network, save_bundle
+from models.engine import BACKENDS, TwoStageEngine
 from models.enhance import Preprocessing, preprocess
 from models.manifest import BundleInfo, open_bundle
-from models.networks import abnormality_classifier, body_part_classifier
 from models.phantom import render_study
 from models.predict import make_runner
 from models.taxonomy import MURA_TAXONOMY
-from models.two_stage import TwoStageNetwork
 
 
 def _paper_bundle(root: Path) -> Path:
     """An untrained MobileNetV2 bundle at 224 px, width 1.0 (the paper's configuration)."""
     torch.manual_seed(0)
     preprocessing = Preprocessing(input_size=224, kernel_size=56)
-    options: dict[str, Any] = {"arch": "mobilenet_v2", "width_mult": 1.0, "in_channels": 1}
-    network = TwoStageNetwork(
-        body_part_classifier(num_classes=len(MURA_TAXONOMY), **options),
-        {c: abnormality_classifier(**options) for c in MURA_TAXONOMY.assessed},
-        MURA_TAXONOMY,
-    ).eval()
+    network = new_network(MURA_TAXONOMY, architecture="mobilenet_v2", width_mult=1.0,
+                          in_channels=1).eval()
     return save_bundle(root / "paper-224", network, architecture="mobilenet_v2",
                        width_mult=1.0, preprocessing=preprocessing,
                        thresholds=dict.fromkeys(MURA_TAXONOMY.assessed, 0.5),
@@ -78,7 +72,7 @@ def bench_bundle(info: BundleInfo, *, threads: int, batches: tuple[int, ...], to
         backend: {b: TwoStageEngine(make_runner(info, backend=backend, threads=threads),
                                     info.manifest.taxonomy, flip_tta=False, batch_size=b)
                   for b in batches}
-        for backend in ("onnxruntime", "torch")
+        for backend in BACKENDS
     }
     # every image through stage 1 and then a stage-2 network (the first assessed class), so
     # that the figure is the cost of the two-stage network whatever stage 1 would route

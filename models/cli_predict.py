@@ -23,6 +23,8 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
+from models.engine import BACKENDS
+
 logger = logging.getLogger(__name__)
 
 #: Suffixes read as images with Pillow; every other file is read as DICOM.
@@ -37,7 +39,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                         help="inference backend (default: onnxruntime)")
     parser.add_argument("--threads", type=int, default=0,
                         help="inference threads (default: 0, one per core)")

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.taxonomy import Taxonomy
+
+#: Backends that run a bundle's networks: ONNX Runtime (serving, no PyTorch) and PyTorch.
+Backend = Literal["onnxruntime", "torch"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 class NetworkRunner(Protocol):
@@ -172,9 +176,6 @@ class TwoStageEngine:
         cams : bool
             Also return the class-activation maps.
         """
-        if route is not None and len(route) != images.shape[0]:
-            raise ValueError(f"route must hold one class index per image ({images.shape[0]}), "
-                             f"got {len(route)}")
         probabilities, features = self.body_parts(images)
         index = (np.asarray(route, dtype=np.int64) if route is not None
                  else probabilities.argmax(axis=1).astype(np.int64))

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.data import MuraStudy, load_studies, read_image
+from models.engine import BACKENDS
 from models.evaluation_report import EvaluatedImage, compute_metrics, write_report
 from models.predict import TwoStageClassifier
 
@@ -78,7 +79,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="report directory to write")
     parser.add_argument("--split", choices=("train", "valid"), default="valid",
                         help="split to evaluate (default: valid)")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                         help="inference backend (default: onnxruntime)")
     parser.add_argument("--threads", type=int, default=0,
                         help="inference threads (default: 0, one per core)")

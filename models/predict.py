@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.abstention import OodModel, decide
-from models.engine import EngineOutput, NetworkRunner, TwoStageEngine
+from models.engine import BACKENDS, EngineOutput, NetworkRunner, TwoStageEngine
 from models.enhance import Preprocessing, preprocess
 from models.manifest import OOD_FILE, BundleError, BundleInfo, open_bundle
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
@@ -29,9 +28,6 @@ logger = logging.getLogger(__name__)
 
 #: Name reported as the algorithm (DICOM TID 4019).
 ALGORITHM_NAME = "Ossa two-stage MobileNet"
-#: Serving backends.
-Backend = Literal["onnxruntime", "torch"]
-BACKENDS: tuple[str, ...] = ("onnxruntime", "torch")
 
 
 def make_runner(bundle: BundleInfo, *, backend: str = "onnxruntime", threads: int = 0,

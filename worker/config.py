@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.engine import Backend
+
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash or control
 # characters; leading/trailing spaces are not significant, so an all-space title is empty.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -84,7 +86,7 @@ class ModelConfig(_Section):
     """``[model]``: the model bundle to load and the backend that runs it."""
 
     bundle: Path = Path("var/models/demo")
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    backend: Backend = "onnxruntime"
     threads: int = Field(default=0, ge=0, le=256)
     batch_size: int = Field(default=32, ge=1, le=1024)
 
