@@ -168,17 +168,25 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def new_network(taxonomy: Taxonomy, *, architecture: str, width_mult: float,
+                in_channels: int) -> TwoStageNetwork:
+    """An untrained :class:`TwoStageNetwork`: stage 1 over ``taxonomy``, stage 2 per assessed
+    class, every network built by :mod:`models.networks` with the same options."""
+    return TwoStageNetwork(
+        body_part_classifier(arch=architecture, num_classes=len(taxonomy),
+                             width_mult=width_mult, in_channels=in_channels),
+        {c: abnormality_classifier(arch=architecture, width_mult=width_mult,
+                                   in_channels=in_channels)
+         for c in taxonomy.assessed},
+        taxonomy,
+    )
+
+
 def build_network(manifest: BundleManifest) -> TwoStageNetwork:
     """An untrained :class:`TwoStageNetwork` of the shape ``manifest`` describes."""
-    arch, width, channels = (manifest.architecture, manifest.width_mult,
-                             manifest.preprocessing.channels)
-    return TwoStageNetwork(
-        body_part_classifier(arch=arch, num_classes=len(manifest.taxonomy), width_mult=width,
-                             in_channels=channels),
-        {c: abnormality_classifier(arch=arch, width_mult=width, in_channels=channels)
-         for c in manifest.taxonomy.assessed},
-        manifest.taxonomy,
-    )
+    return new_network(manifest.taxonomy, architecture=manifest.architecture,
+                       width_mult=manifest.width_mult,
+                       in_channels=manifest.preprocessing.channels)
 
 
 def load_network(bundle: BundleInfo | Path, *,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import add_onnx, load_network, save_bundle
+from models.bundle import add_onnx, load_network, new_network, save_bundle
 from models.engine import TwoStageEngine
 from models.enhance import Preprocessing
 from models.manifest import (
@@ -24,7 +24,6 @@ from models.manifest import (
     network_stem,
     open_bundle,
 )
-from models.networks import abnormality_classifier, body_part_classifier
 from models.serving import OnnxRunner
 from models.taxonomy import MURA_TAXONOMY, Taxonomy
 from models.two_stage import TorchRunner, TwoStageNetwork
@@ -38,12 +37,7 @@ SMALL = Taxonomy.from_names(["HAND", "WRIST", "OTHER"])
 
 def _network(arch: str = "mobilenet_v2", taxonomy: Taxonomy = MURA_TAXONOMY) -> TwoStageNetwork:
     torch.manual_seed(0)
-    options: dict[str, Any] = {"arch": arch, "width_mult": 0.35, "in_channels": 1}
-    return TwoStageNetwork(
-        body_part_classifier(num_classes=len(taxonomy), **options),
-        {c: abnormality_classifier(**options) for c in taxonomy.assessed},
-        taxonomy,
-    ).eval()
+    return new_network(taxonomy, architecture=arch, width_mult=0.35, in_channels=1).eval()
 
 
 def _save(path: Path, network: TwoStageNetwork, **kwargs: Any) -> Path:

@@ -44,6 +44,12 @@ def test_phantom_and_loader_never_import_torch() -> None:
 def test_phantom_classes_follow_the_taxonomy() -> None:
     assert PHANTOM_CLASSES == MURA_TAXONOMY.names
     assert set(PHANTOM_CLASSES) - set(MURA_BONE_TYPES) == {"OTHER"}
+    # every class has a renderer: an anatomy per bone type, out-of-scope kinds for OTHER
+    from models.phantom.anatomy import ANATOMY
+    from models.phantom.other import OTHER_ANATOMY, OTHER_CLASS
+
+    assert set(ANATOMY) == set(MURA_BONE_TYPES) and OTHER_CLASS == "OTHER"
+    assert set(OTHER_ANATOMY) == {"CHEST", "PELVIS", "KNEE", "SKULL", "SPINE", "ABDOMEN"}
 
 
 def _check_radiograph_like(study: PhantomStudy) -> None:
