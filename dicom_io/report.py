@@ -92,6 +92,7 @@ def build_sr(
     institution_name: str | None = None,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the Ossa Structured Report of one study.
 
@@ -121,7 +122,12 @@ def build_sr(
     institution_name : str or None, optional
         Institution Name (0008,0080) of the equipment that creates the SR.
     series_instance_uid, sop_instance_uid : str or None, optional
-        UIDs of the new series and SR instance; fresh ones when not given.
+        UIDs of the new series and SR instance; fresh ones when not given (see
+        :func:`report_uids` for UIDs that a re-run reproduces).
+    previous_versions : sequence of pydicom.Dataset, optional
+        Earlier SRs of the study that this one supersedes (each needs Study, Series and
+        SOP Instance UIDs and SOP Class UID); referenced in the Predecessor Documents
+        Sequence (0040,A360), PS3.3 C.17.2.1. The earlier SRs stay valid objects.
 
     Returns
     -------
@@ -188,6 +194,7 @@ def build_sr(
         software_versions=_truncate(algorithm.version),
         series_description=series_description(prediction),
         institution_name=institution_name,
+        previous_versions=list(previous_versions) or None,
         is_complete=True,
         is_final=False,
         is_verified=False,
@@ -208,6 +215,40 @@ def build_sr(
         _probability_note(prediction),
     )
     return sr
+
+
+def report_uids(
+    study_instance_uid: str, source_sop_instance_uids: Sequence[str], algorithm_version: str
+) -> tuple[str, str]:
+    """Series and SOP Instance UIDs of the SR of a study, derived from its inputs.
+
+    The same study, set of source instances and model version always give the same UIDs,
+    so an SR built again after a crash is the same object to a PACS (which keeps one copy),
+    while a report over a different set of instances (a late instance) or by another model
+    is a new object. UIDs are hashes of those inputs under pydicom's root (PS3.5 9.1,
+    :func:`pydicom.uid.generate_uid` with ``entropy_srcs``).
+
+    Parameters
+    ----------
+    study_instance_uid : str
+        The study.
+    source_sop_instance_uids : sequence of str
+        The instances the report covers (order does not matter).
+    algorithm_version : str
+        The model bundle's version.
+
+    Returns
+    -------
+    tuple of str
+        ``(series_instance_uid, sop_instance_uid)``.
+    """
+    if not source_sop_instance_uids:
+        raise ValueError("source_sop_instance_uids must not be empty")
+    key = [study_instance_uid, algorithm_version, *sorted(set(source_sop_instance_uids))]
+    return (
+        generate_uid(entropy_srcs=["ossa-sr-series", *key]),
+        generate_uid(entropy_srcs=["ossa-sr", *key]),
+    )
 
 
 def _probability_note(prediction: StudyPrediction) -> str:

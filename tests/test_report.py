@@ -22,6 +22,7 @@ from dicom_io.report import (
     DISCLAIMER,
     STUDY_TRACKING_IDENTIFIER,
     build_sr,
+    report_uids,
     series_description,
     sr_to_bytes,
     study_finding,
@@ -739,3 +740,40 @@ def test_long_algorithm_identity_is_clipped_in_header_only(
     assert sr.SoftwareVersions == algorithm.version[:64]
     texts = {item.TextValue for item in _walk(sr.ContentSequence) if item.ValueType == "TEXT"}
     assert {algorithm.name, algorithm.version} <= texts
+
+
+def test_report_uids_are_derived_from_study_sources_and_version() -> None:
+    series, sop = report_uids("1.2.3", ["1.2.3.1", "1.2.3.2"], "demo@abc")
+    assert (series, sop) == report_uids("1.2.3", ["1.2.3.2", "1.2.3.1", "1.2.3.1"], "demo@abc")
+    assert series != sop and len(sop) <= 64 and pydicom.uid.UID(sop).is_valid
+    assert report_uids("1.2.3", ["1.2.3.1"], "demo@abc")[1] != sop  # a different set
+    assert report_uids("1.2.3", ["1.2.3.1", "1.2.3.2"], "demo@def")[1] != sop  # another model
+    assert report_uids("1.2.4", ["1.2.3.1", "1.2.3.2"], "demo@abc")[1] != sop
+    with pytest.raises(ValueError, match="source_sop_instance_uids"):
+        report_uids("1.2.3", [], "demo@abc")
+
+
+def _prediction_of(n: int) -> StudyPrediction:
+    """The first ``n`` images of :func:`_prediction`."""
+    full = _prediction()
+    return StudyPrediction(images=full.images[:n], thresholds=full.thresholds,
+                           algorithm=full.algorithm)
+
+
+def test_superseding_sr_references_its_predecessor(sources: list[Dataset], tmp_path: Path) -> None:
+    first = _build(sources[:2], _prediction_of(2))
+    series, sop = report_uids(sources[0].StudyInstanceUID,
+                              [ds.SOPInstanceUID for ds in sources], "v1")
+    second = _read(build_sr(sources, _prediction_of(3), taxonomy=MURA_TAXONOMY,
+                            series_instance_uid=series, sop_instance_uid=sop, instance_number=2,
+                            previous_versions=[first]))
+    assert (second.SeriesInstanceUID, second.SOPInstanceUID, second.InstanceNumber) == (
+        series, sop, 2)
+    (study,) = second.PredecessorDocumentsSequence
+    (series_item,) = study.ReferencedSeriesSequence
+    (ref,) = series_item.ReferencedSOPSequence
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    assert series_item.SeriesInstanceUID == first.SeriesInstanceUID
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (
+        first.SOPClassUID, first.SOPInstanceUID)
+    assert dciodvfy_errors(_write(second, tmp_path / "second.dcm")) == []
