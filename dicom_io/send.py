@@ -14,6 +14,8 @@ from enum import StrEnum
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,40 @@ class SendResult:
         return self.outcome in (SendOutcome.SUCCESS, SendOutcome.WARNING)
 
 
+def _associate(
+    peer: DimsePeer, calling_ae_title: str, contexts: list[tuple[str, list[str]]]
+) -> tuple[Association, str, SendResult | None]:
+    """Request an association with ``peer``; the failure result if there is none."""
+    ae = AE(ae_title=calling_ae_title)
+    ae.connection_timeout = peer.timeout_s
+    ae.acse_timeout = peer.timeout_s
+    ae.dimse_timeout = peer.timeout_s
+    ae.network_timeout = peer.timeout_s
+    for abstract, syntaxes in contexts:
+        ae.add_requested_context(abstract, syntaxes)
+    target = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if assoc.is_established:
+        return assoc, target, None
+    if assoc.is_rejected:
+        return assoc, target, SendResult(
+            SendOutcome.REJECTED, None, f"{target} rejected the association"
+        )
+    if assoc.rejected_contexts:
+        # The peer accepted the association but none of our presentation contexts (e.g.
+        # it does not store this SOP Class); pynetdicom then aborts the association itself.
+        return assoc, target, SendResult(
+            SendOutcome.REJECTED, None, f"{target} accepted no presentation context"
+        )
+    # pynetdicom reports a refused connection, an ACSE timeout and an abort before
+    # association acceptance all as an abort.
+    return assoc, target, SendResult(
+        SendOutcome.UNREACHABLE,
+        None,
+        f"no association with {target}: connection refused, timed out or aborted",
+    )
+
+
 def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) -> SendResult:
     """Send ``dataset`` to ``peer`` with C-STORE.
 
@@ -103,38 +139,17 @@ def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) ->
     -------
     SendResult
     """
-    ae = AE(ae_title=calling_ae_title)
-    ae.connection_timeout = peer.timeout_s
-    ae.acse_timeout = peer.timeout_s
-    ae.dimse_timeout = peer.timeout_s
-    ae.network_timeout = peer.timeout_s
-    ae.add_requested_context(dataset.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     sop_uid = dataset.SOPInstanceUID
-    target = f"{peer.ae_title}@{peer.host}:{peer.port}"
-
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            result = SendResult(SendOutcome.REJECTED, None, f"{target} rejected the association")
-        else:
-            # pynetdicom reports a refused connection, an ACSE timeout and an abort before
-            # association acceptance all as an abort.
-            result = SendResult(
-                SendOutcome.UNREACHABLE,
-                None,
-                f"no association with {target}: connection refused, timed out or aborted",
-            )
-        logger.warning("C-STORE of %s to %s: %s", sop_uid, target, result.detail)
-        return result
-
+    assoc, target, failed = _associate(
+        peer, calling_ae_title,
+        [(dataset.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
+    )
+    if failed is not None:
+        logger.warning("C-STORE of %s to %s: %s", sop_uid, target, failed.detail)
+        return failed
     try:
-        if not assoc.accepted_contexts:
-            result = SendResult(
-                SendOutcome.REJECTED, None, f"{target} accepted no presentation context"
-            )
-        else:
-            response = assoc.send_c_store(dataset)
-            result = _result_from_response(response, target)
+        response = assoc.send_c_store(dataset)
+        result = _result_from_response(response, target)
     except (ValueError, RuntimeError) as exc:
         result = SendResult(SendOutcome.REJECTED, None, f"{target}: {exc}")
     finally:
@@ -144,6 +159,33 @@ def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) ->
     log = logger.info if result.ok else logger.warning
     log("C-STORE of %s to %s: %s", sop_uid, target, result.detail)
     return result
+
+
+def send_c_echo(peer: DimsePeer, *, calling_ae_title: str) -> SendResult:
+    """Verify ``peer`` with C-ECHO (Verification Service Class, PS3.4 A).
+
+    Parameters
+    ----------
+    peer : DimsePeer
+        The peer to verify.
+    calling_ae_title : str
+        Our AE title (a peer may accept only known callers).
+
+    Returns
+    -------
+    SendResult
+        ``SUCCESS`` when the peer answered the C-ECHO with success.
+    """
+    assoc, target, failed = _associate(
+        peer, calling_ae_title, [(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    )
+    if failed is not None:
+        return failed
+    try:
+        return _result_from_response(assoc.send_c_echo(), target)
+    finally:
+        if assoc.is_established:
+            assoc.release()
 
 
 def _result_from_response(response: Dataset, target: str) -> SendResult:

@@ -11,8 +11,9 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage
 from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_io.send import DimsePeer, SendOutcome, send_c_store
+from dicom_io.send import DimsePeer, SendOutcome, send_c_echo, send_c_store
 from tests.conftest import free_port, wait_until
 
 
@@ -41,6 +42,7 @@ def test_failure_status_is_refused(make_radiograph: Callable[..., Dataset]) -> N
     server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)]
     )
+    assert server is not None
     try:
         result = send_c_store(
             make_radiograph(), DimsePeer("PICKY", "127.0.0.1", port), calling_ae_title="OSSA"
@@ -59,6 +61,7 @@ def test_association_rejected(make_radiograph: Callable[..., Dataset]) -> None:
     ae.require_calling_aet = ["SOMEONE"]
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False)
+    assert server is not None
     try:
         result = send_c_store(
             make_radiograph(), DimsePeer("PACS", "127.0.0.1", port), calling_ae_title="OSSA"
@@ -99,3 +102,65 @@ def test_peer_validation() -> None:
         DimsePeer("PACS", "127.0.0.1", 0)
     with pytest.raises(ValueError, match="ae_title"):
         DimsePeer("A" * 17, "127.0.0.1", 104)
+
+
+def test_echo_against_dcmtk_storescp(storescp: tuple[int, Path]) -> None:
+    port, out = storescp
+    result = send_c_echo(DimsePeer("STORESCP", "127.0.0.1", port), calling_ae_title="OSSA")
+    assert result.ok and result.outcome is SendOutcome.SUCCESS and result.status == 0
+    assert f"STORESCP@127.0.0.1:{port} answered 0x0000 (Success)" == result.detail
+    assert list(out.iterdir()) == []  # a C-ECHO stores nothing
+
+
+def test_echo_unreachable_peer() -> None:
+    port = free_port()  # nothing listens there
+    result = send_c_echo(DimsePeer("PACS", "127.0.0.1", port, timeout_s=2), calling_ae_title="OSSA")
+    assert (result.outcome, result.status, result.ok) == (SendOutcome.UNREACHABLE, None, False)
+    assert f"PACS@127.0.0.1:{port}" in result.detail
+
+
+def test_echo_rejected_calling_ae_title() -> None:
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(Verification)
+    ae.require_calling_aet = ["SOMEONE"]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    assert server is not None
+    try:
+        result = send_c_echo(DimsePeer("PACS", "127.0.0.1", port), calling_ae_title="OSSA")
+    finally:
+        server.shutdown()
+    assert (result.outcome, result.status, result.ok) == (SendOutcome.REJECTED, None, False)
+    assert "rejected the association" in result.detail
+
+
+def test_echo_to_a_peer_without_verification_is_rejected() -> None:
+    ae = AE(ae_title="STOREONLY")
+    ae.add_supported_context(ComputedRadiographyImageStorage)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    assert server is not None
+    try:
+        result = send_c_echo(DimsePeer("STOREONLY", "127.0.0.1", port), calling_ae_title="OSSA")
+    finally:
+        server.shutdown()
+    assert (result.outcome, result.status, result.ok) == (SendOutcome.REJECTED, None, False)
+    assert result.detail == f"STOREONLY@127.0.0.1:{port} accepted no presentation context"
+
+
+def test_sop_class_the_peer_does_not_store_is_rejected(
+    make_radiograph: Callable[..., Dataset],
+) -> None:
+    ae = AE(ae_title="ECHOONLY")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    assert server is not None
+    try:
+        result = send_c_store(
+            make_radiograph(), DimsePeer("ECHOONLY", "127.0.0.1", port), calling_ae_title="OSSA"
+        )
+    finally:
+        server.shutdown()
+    assert (result.outcome, result.status, result.ok) == (SendOutcome.REJECTED, None, False)
+    assert result.detail == f"ECHOONLY@127.0.0.1:{port} accepted no presentation context"
