@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +72,30 @@ def dciodvfy_errors(path: Path) -> list[str]:
     proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     lines = (proc.stdout + proc.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
+
+
+#: Start of the fake wall clock (state store tests): 2023-11-14, any fixed time would do.
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    """A wall clock (seconds, like ``time.time``) that moves only when a test moves it."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward."""
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A :class:`FakeClock` at :data:`T0`."""
+    return FakeClock()
 
 
 def free_port() -> int:
@@ -163,11 +190,17 @@ class OrthancPeer:
             "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
-        config_path = workdir / "orthanc.json"
-        config_path.write_text(json.dumps(config), encoding="utf-8")
-        self.log = (workdir / "orthanc.log").open("wb")
+        self.exe = exe
+        self.config_path = workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps(config), encoding="utf-8")
+        self.log_path = workdir / "orthanc.log"
+        self.start()
+
+    def start(self) -> None:
+        """Start Orthanc (again: its storage, and so what it received, persists)."""
+        self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [exe, str(config_path)], stdout=self.log, stderr=subprocess.STDOUT
+            [self.exe, str(self.config_path)], stdout=self.log, stderr=subprocess.STDOUT
         )
         wait_until(self._ready, timeout=30, what="Orthanc to answer on its REST API")
 
@@ -209,7 +242,20 @@ class OrthancPeer:
         with urllib.request.urlopen(request, timeout=10) as response:
             return list(json.loads(response.read()))
 
+    def sr_sop_uids(self, study_instance_uid: str) -> list[str]:
+        """SOP Instance UIDs of the SRs Orthanc holds in a study (one per stored copy)."""
+        uids = []
+        for item in self.instances_of_study(study_instance_uid):
+            tags = self.get(f"/instances/{item['ID']}/simplified-tags")
+            if tags.get("Modality") == "SR":
+                uids.append(str(tags["SOPInstanceUID"]))
+        return uids
+
     def stop(self) -> None:
+        """Stop Orthanc; :meth:`start` brings it back with the same ports and storage."""
+        if self.proc.poll() is not None:
+            self.log.close()
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)
@@ -231,6 +277,76 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, ossa_port: int) -> Iterato
     peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), ossa_port)
     yield peer
     peer.stop()
+
+
+# --- the real `ossa` CLI in a subprocess ---
+
+OSSA = str(Path(sys.executable).with_name("ossa"))
+
+
+def dcmtk(tool: str) -> str:
+    """Path of a DCMTK tool; fails the test if DCMTK is not installed."""
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.fail(f"{tool} (Debian package dcmtk) is not installed; run `make test`")
+    return exe
+
+
+def echo(port: int, calling: str) -> subprocess.CompletedProcess[str]:
+    """DCMTK ``echoscu`` to the Ossa listener on ``port`` as ``calling``."""
+    return subprocess.run(
+        [dcmtk("echoscu"), "-to", "5", "-aet", calling, "-aec", "OSSA", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+class Served:
+    """``ossa serve`` running in a subprocess; its log collected from stderr."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.log_path = config.parent / "ossa.log"
+        self.log = self.log_path.open("ab")  # a restart appends to the same log
+        self.proc = subprocess.Popen(
+            [OSSA, "serve", "--config", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_until(
+            lambda: self._alive() and echo(port, "STORESCU").returncode == 0,
+            timeout=120,
+            what="ossa serve to answer C-ECHO",
+        )
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"ossa serve exited {self.proc.returncode}:\n{self.text()}")
+        return True
+
+    def text(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """``kill -9``: no signal handler, no clean-up."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return int(self.proc.returncode)
 
 
 # --- models: a phantom in the MURA-v1.1 layout and a bundle trained on it (session-scoped) ---
@@ -255,13 +371,22 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_bundle(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Path:
     """Bundle trained on ``phantom_root`` with ``--preset test --seed 0`` (a few minutes).
 
     Always on the CPU (float32), so that the bundle, and the accuracy the tests check, is the
-    same on a machine with a GPU.
+    same on a machine with a GPU. A developer iterating on worker tests may point
+    ``OSSA_TEST_BUNDLE`` at a bundle trained the same way to skip the training; CI never does.
     """
+    import os
+
     from models import train
+
+    reuse = os.environ.get("OSSA_TEST_BUNDLE")
+    if reuse:
+        return Path(reuse)
+    phantom_root: Path = request.getfixturevalue("phantom_root")
 
     out = tmp_path_factory.mktemp("bundles") / "test-bundle"
     args = train.get_args_parser().parse_args(

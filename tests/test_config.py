@@ -69,6 +69,17 @@ def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
             "listener.allowed_calling_aets",
         ),
         ('root = "var"', 'root = "var"\nspeed = 3', "storage.speed"),
+        ('root = "var"', 'root = "var"\nretention_days = -1', "storage.retention_days"),
+        (
+            'root = "var"',
+            'root = "var"\n[delivery]\ngive_up_after_s = 0',
+            "delivery.give_up_after_s",
+        ),
+        (
+            'root = "var"',
+            'root = "var"\n[delivery]\nretry_initial_interval_s = 600\nretry_max_interval_s = 60',
+            "delivery.retry_initial_interval_s",
+        ),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path: Path, old: str, new: str, key: str) -> None:
@@ -104,3 +115,10 @@ def test_config_is_frozen() -> None:
     config = Config()
     with pytest.raises(ValueError, match="frozen"):
         config.listener.port = 1  # type: ignore[misc]
+
+
+def test_example_config_toml_is_valid_and_sets_the_outbox() -> None:
+    config = load_config(Path(__file__).resolve().parents[1] / "config.toml")
+    assert config.delivery.retry_max_interval_s == 300
+    assert config.delivery.give_up_after_s == 86400
+    assert config.storage.retention_days == 30

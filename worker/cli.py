@@ -16,6 +16,10 @@ Sub-commands:
     Turn FracAtlas's release layout into a labelled dataset.
 ``ossa bundle export-onnx BUNDLE``
     Add ONNX networks to a bundle that has only PyTorch weights.
+``ossa status [--json]``, ``ossa retry [--study UID | --destination NAME | --all-failed]``
+    The state store's studies, jobs and deliveries; re-queue failed deliveries.
+``ossa check-config --config config.toml``
+    Validate the configuration, check the bundle and store, C-ECHO every destination.
 ``ossa export-dicom --data DIR --out DIR``
     Write phantom studies as DICOM CR/DX files for ``storescu``.
 """
@@ -26,9 +30,10 @@ import argparse
 import logging
 import logging.config
 import signal
+import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -72,12 +77,9 @@ def serve(args: argparse.Namespace) -> int:
     """``ossa serve``: run the service with the given configuration file."""
     from models.manifest import BundleError
     from models.predict import TwoStageClassifier
-    from worker.assembly import StudyAssembler
     from worker.config import ConfigError, load_config
-    from worker.dispatch import Dispatcher
-    from worker.jobs import StudyProcessor
-    from worker.service import Service
-    from worker.spool import Spool
+    from worker.schema import SchemaError
+    from worker.service import build_service
 
     try:
         config = load_config(args.config)
@@ -97,14 +99,10 @@ def serve(args: argparse.Namespace) -> int:
         logger.warning("No [[destinations]] configured: SRs are written to disk only")
 
     stop = threading.Event()
-    spool = Spool(config.storage.root)
-    assembler = StudyAssembler(config.study.completion_timeout_s)
-    dispatcher = Dispatcher(
-        config.destinations, calling_ae_title=config.listener.ae_title, stop=stop
-    )
-    service = Service(
-        config.listener, spool, assembler, StudyProcessor(classifier, dispatcher), stop_event=stop
-    )
+    try:
+        service = build_service(config, classifier, stop_event=stop)
+    except (SchemaError, OSError, sqlite3.Error) as exc:
+        return _fail(f"storage.root: {exc}", 1)
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         logger.info("Received signal %d; stopping", signum)
@@ -120,6 +118,17 @@ def serve(args: argparse.Namespace) -> int:
         )
     service.run()
     return service.stop()
+
+
+def _admin(name: str) -> Callable[[argparse.Namespace], int]:
+    """An operator command of :mod:`worker.admin`, imported when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from worker import admin
+
+        return int(getattr(admin, name)(args))
+
+    return run
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -228,6 +237,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="run the DICOM listener and worker")
     p.add_argument("--config", type=Path, default=Path("config.toml"), help="configuration file")
     p.set_defaults(func=serve)
+
+    p = commands.add_parser("status", help="studies, jobs and deliveries by state (UIDs only)")
+    p.add_argument("--config", type=Path, default=Path("config.toml"), help="configuration file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_admin("status"))
+
+    p = commands.add_parser("retry", help="re-queue failed deliveries")
+    p.add_argument("--config", type=Path, default=Path("config.toml"), help="configuration file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", metavar="UID", help="the deliveries of one study")
+    which.add_argument("--destination", metavar="NAME", help="the deliveries to one destination")
+    which.add_argument("--all-failed", action="store_true", help="every failed delivery")
+    p.set_defaults(func=_admin("retry"))
+
+    p = commands.add_parser(
+        "check-config", help="validate the configuration and C-ECHO every destination"
+    )
+    p.add_argument("--config", type=Path, default=Path("config.toml"), help="configuration file")
+    p.set_defaults(func=_admin("check_config"))
 
     p = commands.add_parser(
         "phantom",

@@ -77,9 +77,32 @@ class StudyConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """``[storage]``: where received instances and state live."""
+    """``[storage]``: where received instances, produced objects and the state store live."""
 
     root: Path = Path("var")
+    retention_days: float = Field(default=30.0, ge=0, le=36500)  # 0 keeps everything
+
+
+class DeliveryConfig(_Section):
+    """``[delivery]``: how the outbox retries a destination that did not take an object.
+
+    The wait before retry *n* is ``retry_initial_interval_s * 2**(n-1)``, capped at
+    ``retry_max_interval_s`` and jittered; after ``give_up_after_s`` without success the
+    delivery is ``failed`` until ``ossa retry``.
+    """
+
+    retry_initial_interval_s: float = Field(default=10.0, gt=0, le=86400)
+    retry_max_interval_s: float = Field(default=300.0, gt=0, le=86400)
+    give_up_after_s: float = Field(default=86400.0, gt=0, le=90 * 86400)
+
+    @model_validator(mode="after")
+    def _initial_below_max(self) -> DeliveryConfig:
+        if self.retry_initial_interval_s > self.retry_max_interval_s:
+            raise ValueError(
+                "delivery.retry_initial_interval_s must not exceed retry_max_interval_s, got "
+                f"{self.retry_initial_interval_s} > {self.retry_max_interval_s}"
+            )
+        return self
 
 
 class ModelConfig(_Section):
@@ -120,6 +143,7 @@ class Config(_Section):
     study: StudyConfig = StudyConfig()
     storage: StorageConfig = StorageConfig()
     model: ModelConfig = ModelConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     destinations: tuple[DimseDestination, ...] = ()
     logging: LoggingConfig = LoggingConfig()
 

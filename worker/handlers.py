@@ -1,7 +1,7 @@
 """DIMSE event handlers: validate, write durably, note the study, return a status.
 
 Handlers get their collaborators as bound arguments (``evt_handlers=[(evt.EVT_C_STORE,
-handle_store, [spool, assembler])]``), return fast and never raise: every failure becomes a
+handle_store, [intake])]``), return fast and never raise: every failure becomes a
 named DIMSE status (PS3.4 B.2.3 for the Storage Service Class, PS3.7 C.4.2.1.4) and a log
 line naming the SOP Instance UID. Inference never runs here.
 """
@@ -9,15 +9,17 @@ line naming the SOP Instance UID. Inference never runs here.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from enum import IntEnum
 
 from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import evt
 from pynetdicom.status import Status
 
 from dicom_io.pixels import PixelDataError, check_pixel_module
-from worker.assembly import StudyAssembler
-from worker.spool import Spool, safe_name
+from worker.intake import RADIOGRAPH_SOP_CLASSES, Accepted, Intake, Received
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class StoreStatus(IntEnum):
     """C-STORE response statuses Ossa uses (PS3.4 Table B.2-1)."""
 
     SUCCESS = Status.SUCCESS
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.4 "Refused: SOP Class not supported"
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
@@ -44,41 +47,54 @@ def handle_echo(event: evt.Event) -> int:
     return int(Status.SUCCESS)
 
 
-def handle_store(event: evt.Event, spool: Spool, assembler: StudyAssembler) -> int | Dataset:
-    """C-STORE: make the instance durable, then acknowledge it.
+def handle_store(event: evt.Event, intake: Intake) -> int | Dataset:
+    """C-STORE: make the instance durable and recorded, then acknowledge it.
 
     Parameters
     ----------
     event : pynetdicom.events.Event
         The ``EVT_C_STORE`` event.
-    spool : Spool
-        Where the instance is written (fsync + rename) before success is returned.
-    assembler : StudyAssembler
-        Told that the instance's study received an instance.
+    intake : Intake
+        Writes the instance (fsync + rename) and records it in the state store before
+        success is returned; recognises Ossa's own objects forwarded back.
 
     Returns
     -------
     int or pydicom.Dataset
-        ``SUCCESS``; ``CANNOT_UNDERSTAND`` for a data set that cannot be decoded or has
-        unusable pixel data; ``DATASET_DOES_NOT_MATCH_SOP_CLASS`` for missing UIDs;
-        ``OUT_OF_RESOURCES`` when the instance cannot be written.
+        ``SUCCESS`` (also for a re-sent instance, and for Ossa's own SR or secondary
+        capture, which is acknowledged and not reported again); ``CANNOT_UNDERSTAND`` for a
+        data set that cannot be decoded or has unusable pixel data;
+        ``DATASET_DOES_NOT_MATCH_SOP_CLASS`` for missing UIDs; ``SOP_CLASS_NOT_SUPPORTED``
+        for an SR or secondary capture Ossa did not produce; ``OUT_OF_RESOURCES`` when the
+        instance cannot be written or recorded.
     """
     requested_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
     try:
-        return _store(event, spool, assembler, requested_uid)
+        return _store(event, intake, requested_uid)
     except Exception:  # a handler must never raise: pynetdicom would answer 0xC211 blind
         logger.exception("C-STORE of SOP Instance %s failed unexpectedly", requested_uid)
         return _status(StoreStatus.CANNOT_UNDERSTAND, "unexpected error processing data set")
 
 
-def _store(
-    event: evt.Event, spool: Spool, assembler: StudyAssembler, requested_uid: str
-) -> int | Dataset:
+def _file_bytes(event: evt.Event, calling_aet: str) -> bytes:
+    """The received data set as a DICOM file (PS3.10 7.1) whose meta names the sender."""
+    meta = event.file_meta
+    meta.SourceApplicationEntityTitle = calling_aet
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    buffer.write(event.encoded_dataset(include_meta=False))
+    return bytes(buffer.getvalue())
+
+
+def _store(event: evt.Event, intake: Intake, requested_uid: str) -> int | Dataset:
     try:
         ds = event.dataset
         ds.file_meta = event.file_meta
         study_uid = str(ds.get("StudyInstanceUID", "") or "")
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        manufacturer = str(ds.get("Manufacturer", "") or "")
     except Exception as exc:  # pydicom decodes lazily and raises many types
         logger.warning(
             "Refused SOP Instance %s: data set cannot be decoded (%s)",
@@ -103,7 +119,17 @@ def _store(
         return _status(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from request"
         )
-
+    calling_aet = str(event.assoc.requestor.ae_title).strip()
+    received = Received(
+        calling_aet=calling_aet,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        sop_class_uid=str(event.request.AffectedSOPClassUID),
+        manufacturer=manufacturer,
+    )
+    if received.sop_class_uid not in RADIOGRAPH_SOP_CLASSES:
+        return _not_a_radiograph(intake, received)
     try:
         check_pixel_module(ds)
     except PixelDataError as exc:
@@ -119,13 +145,37 @@ def _store(
         return _status(StoreStatus.CANNOT_UNDERSTAND, "malformed image pixel attributes")
 
     try:
-        spool.store(study_uid, sop_uid, event.encoded_dataset(include_meta=True))
-    except OSError as exc:
-        logger.error(
-            "Could not store SOP Instance %s of study %s: %s", sop_uid, study_uid, exc.strerror
-        )
+        accepted = intake.accept(received, _file_bytes(event, calling_aet))
+    except (OSError, sqlite3.Error) as exc:
+        logger.error("Could not store SOP Instance %s of study %s: %s", sop_uid, study_uid, exc)
         return _status(StoreStatus.OUT_OF_RESOURCES, "instance could not be written to disk")
-
-    assembler.note(safe_name(study_uid))
-    logger.info("Stored SOP Instance %s of study %s", sop_uid, study_uid)
+    if accepted is Accepted.DUPLICATE:
+        logger.info(
+            "SOP Instance %s of study %s was already stored; not a new instance", sop_uid, study_uid
+        )
+    else:
+        logger.info("Stored SOP Instance %s of study %s from %s", sop_uid, study_uid, calling_aet)
     return int(StoreStatus.SUCCESS)
+
+
+def _not_a_radiograph(intake: Intake, received: Received) -> int | Dataset:
+    """An SR or secondary capture: Ossa's own is acknowledged (and not reported), any other
+    refused."""
+    try:
+        own = intake.is_own_object(received)
+    except sqlite3.Error as exc:
+        logger.error("Could not look up SOP Instance %s: %s", received.sop_uid, exc)
+        return _status(StoreStatus.OUT_OF_RESOURCES, "state store unavailable")
+    if own:
+        logger.info(
+            "Acknowledged SOP Instance %s of study %s: an object Ossa produced; not reported",
+            received.sop_uid,
+            received.study_uid,
+        )
+        return int(StoreStatus.SUCCESS)
+    logger.warning(
+        "Refused SOP Instance %s of study %s: not a radiograph Ossa reads",
+        received.sop_uid,
+        received.study_uid,
+    )
+    return _status(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "Ossa reads CR and DX radiographs")

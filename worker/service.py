@@ -1,10 +1,12 @@
-"""The Ossa service lifecycle: start the listener, assemble studies, run jobs, stop cleanly.
+"""The Ossa service lifecycle: listener, pipeline stages and delivery workers in threads.
 
-Like uvicorn's ``Server``: :meth:`Service.start` binds the DICOM listener and starts the
-scheduler and worker threads; :meth:`Service.run` blocks until :meth:`Service.request_stop`
-(called from a signal handler); :meth:`Service.stop` stops accepting associations, lets the
-job in progress finish within a deadline and returns an exit code. Work not finished stays
-on disk and is resumed at the next start.
+Like uvicorn's ``Server``: :meth:`Service.start` reconciles the state store with the disk,
+re-queues interrupted jobs, binds the DICOM listener and starts one thread per stage
+(scheduler, classify, report) and per destination; :meth:`Service.run` blocks until
+:meth:`Service.request_stop` (called from a signal handler); :meth:`Service.stop` stops
+accepting associations, lets the batch in progress and the attempts in progress finish
+within a deadline and returns 0. Everything not finished is in the state store and is
+resumed at the next start, which is also what happens after ``kill -9``.
 """
 
 from __future__ import annotations
@@ -12,39 +14,44 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable, Sequence
 
-from pydicom.uid import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from worker.assembly import StudyAssembler
-from worker.config import ListenerConfig
+from worker.config import Config, ListenerConfig
+from worker.delivery import DeliveryWorker, DimseSender, RetryPolicy
 from worker.handlers import handle_echo, handle_store
-from worker.jobs import JobError, StudyProcessor
-from worker.spool import Job, Spool
+from worker.intake import OWN_OBJECT_SOP_CLASSES, RADIOGRAPH_SOP_CLASSES, Intake
+from worker.pipeline import (
+    Classified,
+    ClassifyStage,
+    ReportStage,
+    Scheduler,
+    StudyClassifier,
+)
+from worker.retention import prune
+from worker.spool import Spool
+from worker.store import StateStore
 
 logger = logging.getLogger(__name__)
 
-#: Storage SOP Classes accepted: CR (PS3.4 B.5) and DX for presentation and processing.
-STORAGE_SOP_CLASSES: tuple[str, ...] = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-)
 #: Uncompressed transfer syntaxes (PS3.5 A.1, A.2, A.3).
 TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     ExplicitVRBigEndian,
 )
+#: How often finished studies are checked against ``storage.retention_days``.
+RETENTION_INTERVAL_S = 3600.0
+#: Most studies classified together in one shared batch, and so also the size of the queue
+#: between the classify and report stages.
+MAX_BATCH_STUDIES = 16
+#: Most jobs waiting for the classifier; further complete studies wait on disk.
+MAX_QUEUED_JOBS = 2 * MAX_BATCH_STUDIES
 
 
 def build_ae(listener: ListenerConfig) -> AE:
@@ -57,49 +64,55 @@ def build_ae(listener: ListenerConfig) -> AE:
     ae.acse_timeout = listener.network_timeout_s
     ae.require_calling_aet = list(listener.allowed_calling_aets)
     ae.add_supported_context(Verification)
-    for sop_class in STORAGE_SOP_CLASSES:
+    for sop_class in RADIOGRAPH_SOP_CLASSES + OWN_OBJECT_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
     return ae
 
 
 class Service:
-    """Listener, study assembly and the job queue, wired together.
+    """Listener, pipeline stages and delivery workers, wired together.
 
     Parameters
     ----------
     listener : ListenerConfig
         ``[listener]`` section.
-    spool : Spool
-        Durable storage of instances and jobs.
-    assembler : StudyAssembler
-        Decides when a study is complete.
-    processor : StudyProcessor
-        Turns a study into an SR and delivers it.
+    intake : Intake
+        Writes and records received instances (its spool and store are the service's).
+    scheduler, classify, report : stages of :mod:`worker.pipeline`
+        ``classify`` hands its results to ``report`` through ``classify.out``.
+    deliveries : sequence of DeliveryWorker
+        One per destination.
+    stop_event : threading.Event
+        Shared with the stages; set to stop.
+    retention_days : float
+        ``storage.retention_days`` (0 keeps everything).
     poll_interval_s : float
-        How often the scheduler checks for complete studies.
-    max_batch_studies : int
-        Most studies classified in one shared batch (those ready at the same time).
+        How often the scheduler and the classify stage look at the store.
     """
 
     def __init__(
         self,
         listener: ListenerConfig,
-        spool: Spool,
-        assembler: StudyAssembler,
-        processor: StudyProcessor,
+        intake: Intake,
+        scheduler: Scheduler,
+        classify: ClassifyStage,
+        report: ReportStage,
+        deliveries: Sequence[DeliveryWorker],
         *,
         stop_event: threading.Event,
+        retention_days: float = 0.0,
         poll_interval_s: float = 0.5,
-        max_batch_studies: int = 16,
     ) -> None:
         self.listener = listener
-        self.spool = spool
-        self.assembler = assembler
-        self.processor = processor
+        self.intake = intake
+        self.scheduler = scheduler
+        self.classify = classify
+        self.report = report
+        self.deliveries = tuple(deliveries)
+        self.retention_days = retention_days
         self.poll_interval_s = poll_interval_s
-        self.max_batch_studies = max_batch_studies
         self._stop = stop_event
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._classify_wake = threading.Event()
         self._ae = build_ae(listener)
         self._server: ThreadedAssociationServer | None = None
         self._threads: list[threading.Thread] = []
@@ -112,18 +125,18 @@ class Service:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        """Recover unfinished work, bind the listener and start the background threads."""
-        self.spool.clear_tmp()
-        for job in self.spool.unfinished_jobs():
-            logger.info("Resuming unfinished job for study %s", job.study_uid)
-            self._jobs.put(job)
-        for study in self.spool.incoming_studies():
-            logger.info("Resuming assembly of study %s", study)
-            self.assembler.note(study)
-
+        """Reconcile, recover interrupted work, bind the listener and start the threads."""
+        store = self.intake.store
+        registered, lost = self.intake.reconcile()
+        requeued = store.requeue_interrupted()
+        if registered or lost or requeued:
+            logger.info(
+                "Start-up: %d file(s) registered, %d lost, %d interrupted job(s) re-queued",
+                registered, lost, requeued,
+            )
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.spool, self.assembler]),
+            (evt.EVT_C_STORE, handle_store, [self.intake]),
         ]
         self._server = self._ae.start_server(
             (self.listener.host, self.listener.port), block=False, evt_handlers=handlers
@@ -133,10 +146,16 @@ class Service:
         logger.info(
             "Listening as %s on %s:%d", self.listener.ae_title, self.listener.host, self.port
         )
-        for target, name in ((self._schedule, "ossa-scheduler"), (self._work, "ossa-worker")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._spawn(self._schedule, "ossa-scheduler")
+        self._spawn(self._classify, "ossa-classify")
+        self._spawn(self._report, "ossa-report")
+        for worker in self.deliveries:
+            self._spawn(worker.run, f"ossa-deliver-{worker.name}")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def run(self) -> None:
         """Block until a stop is requested."""
@@ -147,66 +166,113 @@ class Service:
         self._stop.set()
 
     def stop(self, *, deadline_s: float = 30.0) -> int:
-        """Stop accepting associations, drain the job in progress, return an exit code."""
+        """Stop accepting, let work in progress finish within ``deadline_s``, return 0.
+
+        What does not finish in time (a long classification, a send to a slow peer) is
+        still in the state store and is resumed at the next start.
+        """
         self._stop.set()
+        self._classify_wake.set()
+        for worker in self.deliveries:
+            worker.wake.set()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        self._jobs.put(None)
-        exit_code = 0
+        end = time.monotonic() + deadline_s
+        unfinished = []
         for thread in self._threads:
-            thread.join(timeout=deadline_s)
+            thread.join(timeout=max(0.0, end - time.monotonic()))
             if thread.is_alive():
-                logger.error("%s did not finish within %.0f s", thread.name, deadline_s)
-                exit_code = 1
-        logger.info("Stopped; unfinished studies stay in %s for the next start", self.spool.root)
-        return exit_code
+                unfinished.append(thread.name)
+        if unfinished:
+            logger.warning(
+                "Not finished within %.0f s: %s; resumed from the state store at the next start",
+                deadline_s, ", ".join(unfinished),
+            )
+        else:
+            self.intake.store.close()
+        logger.info("Stopped; state is in %s", self.intake.store.path)
+        return 0
 
     def _schedule(self) -> None:
+        next_retention = 0.0
         while not self._stop.wait(self.poll_interval_s):
-            for study in self.assembler.pop_complete():
-                try:
-                    job = self.spool.claim(study)
-                except OSError as exc:
-                    logger.error("Could not claim study %s: %s", study, exc)
-                    self.assembler.note(study)
-                    continue
-                if job is not None:
-                    logger.info("Study %s is complete; queued", study)
-                    self._jobs.put(job)
+            try:
+                if self.scheduler.run_once():
+                    self._classify_wake.set()
+                if self.retention_days > 0 and time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + RETENTION_INTERVAL_S
+                    prune(self.intake.store, self.intake.spool, self.retention_days)
+            except Exception:  # the scheduler must outlive a transient store error
+                logger.exception("Scheduler error")
 
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None or self._stop.is_set():
-                return
-            batch = [job]
-            while len(batch) < self.max_batch_studies:  # every study ready now, classified together
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._jobs.put(None)  # keep the stop marker for the next turn
-                    break
-                batch.append(more)
-            self._run_jobs(batch)
-
-    def _run_jobs(self, jobs: list[Job]) -> None:
+    def _classify(self) -> None:
         try:
-            outcomes = self.processor.process_batch(jobs)
-        except Exception as exc:  # one bad batch must not stop the worker
-            logger.exception("Studies %s failed unexpectedly", [j.study_uid for j in jobs])
-            for job in jobs:
-                self.spool.finish(job, error=f"{type(exc).__name__}: {exc}")
-            return
-        for job, result in zip(jobs, outcomes, strict=True):
-            if isinstance(result, JobError):
-                logger.error("Study %s failed: %s", job.study_uid, result)
-                self.spool.finish(job, error=str(result))
-                continue
-            if result.delivered:
-                self.spool.finish(job)
-                continue
-            failed = sorted(name for name, r in result.deliveries.items() if not r.ok)
-            self.spool.finish(job, error=f"SR not delivered to: {', '.join(failed)}")
+            while not self._stop.is_set():
+                try:
+                    worked = self.classify.run_once()
+                except Exception:
+                    logger.exception("Classify stage error")
+                    worked = 0
+                if not worked and self._classify_wake.wait(self.poll_interval_s):
+                    self._classify_wake.clear()
+        finally:
+            self.classify.out.put(None)  # tells the report stage that nothing more comes
+
+    def _report(self) -> None:
+        out: queue.Queue[Classified | None] = self.classify.out
+        while True:
+            item = out.get()
+            if item is None:
+                return
+            try:
+                if self.report.handle(item) is not None:
+                    for worker in self.deliveries:
+                        worker.wake.set()
+            except Exception:  # e.g. the store stayed locked: the job is re-run at next start
+                logger.exception("Report stage error for study %s", item.study.job.study_uid)
+
+
+def build_service(
+    config: Config,
+    classifier: StudyClassifier,
+    *,
+    stop_event: threading.Event,
+    poll_interval_s: float = 0.5,
+    delivery_poll_interval_s: float = 1.0,
+) -> Service:
+    """Wire a :class:`Service` from a validated configuration and a loaded classifier.
+
+    Opens (creating or migrating) the state store under ``storage.root``.
+    """
+    spool = Spool(config.storage.root)
+    store = StateStore.in_root(config.storage.root)
+    policy = RetryPolicy.from_config(config.delivery)
+    deliveries = [
+        DeliveryWorker(
+            DimseSender(destination, calling_ae_title=config.listener.ae_title),
+            store,
+            spool,
+            policy,
+            stop_event,
+            poll_interval_s=delivery_poll_interval_s,
+        )
+        for destination in config.destinations
+    ]
+    results: queue.Queue[Classified | None] = queue.Queue(maxsize=MAX_BATCH_STUDIES)
+    return Service(
+        config.listener,
+        Intake(spool, store),
+        Scheduler(store, config.study.completion_timeout_s, max_queued=MAX_QUEUED_JOBS),
+        ClassifyStage(
+            store, spool, classifier, results, stop_event, max_batch_studies=MAX_BATCH_STUDIES
+        ),
+        ReportStage(
+            store, spool, classifier.taxonomy, classifier.algorithm,
+            [d.name for d in config.destinations],
+        ),
+        deliveries,
+        stop_event=stop_event,
+        retention_days=config.storage.retention_days,
+        poll_interval_s=poll_interval_s,
+    )

@@ -1,35 +1,37 @@
-"""Durable on-disk spool of received instances and study jobs.
+"""Durable files under the storage root: received instances and the objects Ossa produces.
 
 Layout under the storage root::
 
-    tmp/                         partial writes (removed at start-up)
-    incoming/<study>/<sop>.dcm   instances of studies still being received
-    work/<study>.<n>/            a study claimed for processing (a job)
-    done/<study>.<n>/            processed jobs, with the SR written under sr/
-    failed/<study>.<n>/          jobs that could not be processed, with ``error.txt``
+    tmp/                                  partial writes (removed at start-up)
+    instances/<aet>/<study>/<sop>.dcm     received instances, as the sender encoded them
+    objects/<study>/<sop>.dcm             SRs (and later secondary captures) Ossa wrote
+    state.sqlite3                         the state store (:mod:`worker.store`)
 
+The files hold bytes only; what they are, and what became of them, is in the state store.
 A write is durable before it is acknowledged: the bytes are written to ``tmp/``, fsync'ed,
 renamed into place and the directory is fsync'ed (the C-STORE success status of PS3.4
-B.2.3 promises that the SCP has the instance). Claiming a study is one atomic rename, so an
-instance that arrives while its study is being processed starts a new ``incoming/`` folder
-and a later job. Directory names come from UIDs, never from patient identifiers.
+B.2.3 promises that the SCP has the instance). Folder names come from UIDs and AE titles,
+never from patient identifiers; each received file's File Meta Information carries the
+calling AE title (Source Application Entity Title, PS3.10 7.1), so a file is registered
+again from its own content if the state store ever lacks its row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
-import shutil
 import threading
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_AET_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def safe_name(uid: str) -> str:
@@ -45,6 +47,12 @@ def safe_name(uid: str) -> str:
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
+def aet_folder(ae_title: str) -> str:
+    """A file-system-safe folder name for an AE title: its safe characters and a short hash."""
+    digest = hashlib.sha256(ae_title.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{_AET_CHARS.sub('_', ae_title.strip())[:16]}-{digest}"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -53,20 +61,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Job:
-    """A claimed study: its UID and the directory holding its instances."""
-
-    study_uid: str
-    path: Path
-
-    def instances(self) -> list[Path]:
-        """The instance files of the job, in name order."""
-        return sorted(self.path.glob("*.dcm"))
-
-
 class Spool:
-    """The storage root and the operations on it.
+    """The storage root and the durable file operations on it.
+
+    Paths returned and accepted are relative to the root (``instances/...``), as the
+    state store records them.
 
     Parameters
     ----------
@@ -77,12 +76,10 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / "tmp"
-        self.incoming = root / "incoming"
-        self.work = root / "work"
-        self.done = root / "done"
-        self.failed = root / "failed"
+        self.instances = root / "instances"
+        self.objects = root / "objects"
         self._lock = threading.Lock()
-        for folder in (self.tmp, self.incoming, self.work, self.done, self.failed):
+        for folder in (self.tmp, self.instances, self.objects):
             folder.mkdir(parents=True, exist_ok=True)
 
     def clear_tmp(self) -> None:
@@ -90,62 +87,67 @@ class Spool:
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
 
-    def store(self, study_uid: str, sop_instance_uid: str, data: bytes) -> Path:
-        """Durably write one instance; return its final path.
+    def instance_path(self, calling_aet: str, study_uid: str, sop_uid: str) -> str:
+        """Relative path of a received instance."""
+        study, sop = safe_name(study_uid), safe_name(sop_uid)
+        return f"instances/{aet_folder(calling_aet)}/{study}/{sop}.dcm"
+
+    def object_path(self, study_uid: str, sop_uid: str) -> str:
+        """Relative path of an object Ossa produced."""
+        return f"objects/{safe_name(study_uid)}/{safe_name(sop_uid)}.dcm"
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Durably write ``data`` at ``relative`` (replacing an earlier file there).
+
+        The file is fsync'ed before it is renamed into place, then so is its folder and the
+        parent of every folder the write created (a new AE title's or study's folder).
 
         Raises
         ------
         OSError
-            If the instance could not be written; nothing is left behind then.
+            If the file could not be written; nothing is left behind then.
         """
         part = self.tmp / f"{uuid.uuid4().hex}.part"
+        target = self.root / relative
         try:
             with part.open("wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             with self._lock:
-                folder = self.incoming / safe_name(study_uid)
-                folder.mkdir(exist_ok=True)
-                target = folder / f"{safe_name(sop_instance_uid)}.dcm"
+                folders = (target.parent, *target.parent.parents)
+                created = list(itertools.takewhile(lambda f: not f.exists(), folders))
+                target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, target)
-                _fsync_dir(folder)
-                _fsync_dir(self.incoming)
+                # The folder that gained the file, and each folder that gained a new folder.
+                for folder in (target.parent, *(f.parent for f in created)):
+                    _fsync_dir(folder)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        return target
 
-    def incoming_studies(self) -> list[str]:
-        """Folder names of studies with instances not yet claimed."""
-        return sorted(p.name for p in self.incoming.iterdir() if p.is_dir())
+    def path(self, relative: str) -> Path:
+        """Absolute path of a file named relative to the root."""
+        return self.root / relative
 
-    def claim(self, study_name: str) -> Job | None:
-        """Atomically move a study's received instances into a new job folder."""
+    def exists(self, relative: str) -> bool:
+        """Whether the file is on disk."""
+        return (self.root / relative).is_file()
+
+    def remove(self, relative: str) -> None:
+        """Delete a file and, when they become empty, its folders up to the area's root."""
+        target = self.root / relative
+        target.unlink(missing_ok=True)
         with self._lock:
-            source = self.incoming / study_name
-            if not source.is_dir():
-                return None
-            target = self.work / f"{study_name}.{uuid.uuid4().hex[:12]}"
-            os.replace(source, target)
-            _fsync_dir(self.incoming)
-            _fsync_dir(self.work)
-        return Job(study_uid=study_name, path=target)
+            for folder in target.parents:
+                if folder in (self.root, self.instances, self.objects):
+                    break
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty, or already gone
+                    break
 
-    def unfinished_jobs(self) -> list[Job]:
-        """Jobs claimed but not finished, e.g. by a process that was killed."""
-        jobs = []
-        for path in sorted(self.work.iterdir()):
-            if path.is_dir():
-                jobs.append(Job(study_uid=path.name.rsplit(".", 1)[0], path=path))
-        return jobs
-
-    def finish(self, job: Job, *, error: str | None = None) -> Path:
-        """Move a job to ``done/`` or, with an error, to ``failed/`` with ``error.txt``."""
-        if error is not None:
-            (job.path / "error.txt").write_text(error + "\n", encoding="utf-8")
-        target = (self.failed if error is not None else self.done) / job.path.name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(job.path, target)
-        return target
+    def instance_files(self) -> Iterator[str]:
+        """Relative paths of every received instance file on disk."""
+        for path in sorted(self.instances.glob("*/*/*.dcm")):
+            yield path.relative_to(self.root).as_posix()

@@ -1,0 +1,171 @@
+"""Operator commands: ``ossa status``, ``ossa retry`` and ``ossa check-config``.
+
+``status`` and ``retry`` open the state store of the configuration's ``storage.root`` in
+their own connection; SQLite's WAL mode lets them run beside the service (a running
+service picks re-queued deliveries up within a second) as well as when it is stopped.
+They print UIDs and counts, never patient data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from worker.config import Config, ConfigError, load_config
+from worker.schema import SCHEMA_VERSION, SchemaError
+from worker.store import STORE_FILE, DeliveryState, JobState, StateStore, StudyState, Summary
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"ossa: error: {message}", file=sys.stderr)
+    return code
+
+
+def _open(args: argparse.Namespace) -> tuple[Config, StateStore] | int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    path = config.storage.root / STORE_FILE
+    if not path.exists():
+        return _fail(f"storage.root: no state store at {path} (has `ossa serve` run?)", 1)
+    try:
+        return config, StateStore(path)
+    except (SchemaError, sqlite3.Error) as exc:
+        return _fail(f"storage.root: {exc}", 1)
+
+
+def _when(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "-"
+    delta = timestamp - now
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    return f"{stamp} (in {delta:.0f} s)" if delta > 0 else stamp
+
+
+def _counts(states: list[str], counts: dict[str, int]) -> str:
+    return ", ".join(f"{state} {counts.get(state, 0)}" for state in states)
+
+
+def format_summary(summary: Summary, destinations: list[str], now: float) -> str:
+    """The text of ``ossa status``."""
+    lines = [
+        f"Studies:    {_counts(list(StudyState), summary.studies)}",
+        f"Jobs:       {_counts(list(JobState), summary.jobs)}",
+        f"Instances:  {_counts(['stored', 'lost'], summary.instances)}",
+        "Deliveries:",
+    ]
+    names = list(dict.fromkeys([*destinations, *summary.deliveries]))
+    rows: list[tuple[str, ...]] = [
+        ("destination", "pending", "delivered", "failed", "next attempt")
+    ]
+    for name in names:
+        counts = summary.deliveries.get(name, {})
+        rows.append((
+            name + ("" if name in destinations else " (not configured)"),
+            *(str(counts.get(state, 0)) for state in DeliveryState),
+            _when(summary.next_attempts.get(name), now),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    if summary.failed:
+        lines.append("Failed deliveries (`ossa retry` re-queues them):")
+        for f in summary.failed:
+            lines.append(
+                f"  study {f.study_uid} object {f.sop_uid} to {f.destination}: "
+                f"{f.attempts} attempt(s), last {_when(f.last_attempt, now)}: "
+                f"{f.last_outcome}: {f.last_detail}"
+            )
+    return "\n".join(lines)
+
+
+def status(args: argparse.Namespace) -> int:
+    """``ossa status [--json]``: studies, jobs and deliveries by state."""
+    opened = _open(args)
+    if isinstance(opened, int):
+        return opened
+    config, store = opened
+    with store:
+        summary = store.summary()
+        now = store.now()
+    destinations = [d.name for d in config.destinations]
+    if args.json:
+        payload = {"store": str(store.path), "schema_version": SCHEMA_VERSION,
+                   "configured_destinations": destinations, **asdict(summary)}
+        print(json.dumps(payload, indent=2))
+    else:
+        print(f"State store: {store.path}")
+        print(format_summary(summary, destinations, now))
+    return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    """``ossa retry``: re-queue failed deliveries (of a study, a destination, or all)."""
+    opened = _open(args)
+    if isinstance(opened, int):
+        return opened
+    config, store = opened
+    with store:
+        if args.destination and args.destination not in {d.name for d in config.destinations}:
+            return _fail(f"--destination: {args.destination!r} is not a configured destination")
+        count = store.retry(
+            study_uid=args.study, destination=args.destination, all_failed=args.all_failed
+        )
+    print(f"{count} deliver{'y' if count == 1 else 'ies'} re-queued")
+    return 0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of ``ossa check-config``."""
+
+    what: str
+    ok: bool
+    detail: str
+
+
+def run_checks(config: Config, config_path: Path) -> list[Check]:
+    """Check the model bundle, the storage root and every destination (C-ECHO)."""
+    from dicom_io.send import DimsePeer, send_c_echo
+    from models.manifest import BundleError, open_bundle
+
+    checks = [Check("config", True, str(config_path))]
+    try:
+        bundle = open_bundle(config.model.bundle)
+        checks.append(Check("model.bundle", True, f"{bundle.version} ({config.model.bundle})"))
+    except (BundleError, OSError) as exc:
+        checks.append(Check("model.bundle", False, str(exc)))
+    try:
+        with StateStore.in_root(config.storage.root) as store:
+            checks.append(Check("storage.root", True, f"{store.path} (schema {SCHEMA_VERSION})"))
+    except (SchemaError, sqlite3.Error, OSError) as exc:
+        checks.append(Check("storage.root", False, f"{config.storage.root}: {exc}"))
+    if not config.destinations:
+        checks.append(Check("destinations", True, "none configured: SRs stay on disk"))
+    for destination in config.destinations:
+        peer = DimsePeer(destination.ae_title, destination.host, destination.port,
+                         destination.timeout_s)
+        result = send_c_echo(peer, calling_ae_title=config.listener.ae_title)
+        checks.append(Check(f"destination {destination.name}", result.ok,
+                            f"C-ECHO: {result.detail}"))
+    return checks
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """``ossa check-config``: validate, check and C-ECHO; non-zero if anything is wrong."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{'config':<24} FAIL  {exc}")
+        return 1
+    checks = run_checks(config, args.config)
+    width = max(len(c.what) for c in checks)
+    for c in checks:
+        print(f"{c.what:<{width}}  {'ok  ' if c.ok else 'FAIL'}  {c.detail}")
+    return 0 if all(c.ok for c in checks) else 1

@@ -1,0 +1,189 @@
+"""Receiving instances: what is accepted, written and recorded, and start-up reconciliation.
+
+An instance is accepted when the file is durably written *and* its row committed in the
+state store; only then does the C-STORE handler answer success. Objects Ossa produced
+itself (its SRs, later its secondary captures), which a PACS rule may forward back, are
+recognised and acknowledged without being stored or reported again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pydicom
+from pydicom.uid import (
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedSRStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+)
+
+from dicom_io.report import MANUFACTURER
+from worker.spool import Spool
+from worker.store import StateStore
+
+logger = logging.getLogger(__name__)
+
+#: Storage SOP Classes Ossa reads: CR (PS3.4 B.5) and DX for presentation and processing.
+RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)
+#: SOP Classes of objects Ossa produces (SR) or will (secondary capture): accepted on the
+#: listener only to recognise Ossa's own objects forwarded back.
+OWN_OBJECT_SOP_CLASSES: tuple[str, ...] = (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    BasicTextSRStorage,
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+)
+
+#: Calling AE title recorded for a file registered at start-up without one in its meta.
+UNKNOWN_AET = "UNKNOWN"
+
+
+class Accepted(StrEnum):
+    """What became of a received object."""
+
+    STORED = "stored"  # a new instance of its study
+    DUPLICATE = "duplicate"  # SOP Instance UID already stored for the study: not new
+
+
+@dataclass(frozen=True)
+class Received:
+    """The identifying attributes of a received object (UIDs and the sender, no PHI)."""
+
+    calling_aet: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    manufacturer: str = ""
+
+
+class Intake:
+    """Writes received instances to the spool and records them in the state store.
+
+    Parameters
+    ----------
+    spool : Spool
+        Where the bytes go.
+    store : StateStore
+        Where the rows go.
+    """
+
+    def __init__(self, spool: Spool, store: StateStore) -> None:
+        self.spool = spool
+        self.store = store
+
+    def is_own_object(self, received: Received) -> bool:
+        """Whether an SR or secondary capture is one Ossa produced (forwarded back by a
+        PACS rule): its SOP Instance UID or series is in the state store, or its
+        Manufacturer (0008,0070) is Ossa's."""
+        return received.manufacturer == MANUFACTURER or self.store.is_own_object(
+            received.sop_uid, received.series_uid
+        )
+
+    def accept(self, received: Received, data: bytes) -> Accepted:
+        """Write and record one radiograph, or recognise it as a re-sent one.
+
+        Parameters
+        ----------
+        received : Received
+            Its UIDs and calling AE title; its SOP Class is one of
+            :data:`RADIOGRAPH_SOP_CLASSES`.
+        data : bytes
+            The DICOM file (PS3.10) to write.
+
+        Returns
+        -------
+        Accepted
+            ``STORED`` for a new instance of its study, ``DUPLICATE`` for a re-sent one.
+
+        Raises
+        ------
+        OSError, sqlite3.Error
+            If the file or its row could not be written; the sender must then be told the
+            instance was not stored.
+        """
+        path = self.spool.instance_path(received.calling_aet, received.study_uid, received.sop_uid)
+        self.spool.write(path, data)
+        return Accepted.STORED if self._record(received, path, len(data)) else Accepted.DUPLICATE
+
+    def _record(self, received: Received, path: str, size: int) -> bool:
+        """Record a written instance; whether it is new to its study."""
+        return self.store.add_instance(
+            calling_aet=received.calling_aet,
+            study_uid=received.study_uid,
+            sop_uid=received.sop_uid,
+            sop_class_uid=received.sop_class_uid,
+            series_uid=received.series_uid,
+            path=path,
+            size=size,
+        )
+
+    def reconcile(self) -> tuple[int, int]:
+        """Make the store and the disk agree; run at start-up before the listener.
+
+        A file without a row (a crash between the write and the commit) is registered from
+        its own header; a row without its file is marked lost and logged.
+
+        Returns
+        -------
+        tuple of int
+            Files registered, rows marked lost.
+        """
+        self.spool.clear_tmp()
+        known = self.store.instance_paths()
+        registered = 0
+        for path in self.spool.instance_files():
+            if path in known:
+                continue
+            received = _read_header(self.spool, path)
+            if received is None:
+                continue
+            self._record(received, path, self.spool.path(path).stat().st_size)
+            logger.warning(
+                "Registered SOP Instance %s of study %s: its file had no row in the state store",
+                received.sop_uid,
+                received.study_uid,
+            )
+            registered += 1
+        lost = 0
+        for path, kind in self.store.stored_files():
+            if not self.spool.exists(path):
+                if kind == "instance":
+                    self.store.mark_lost(path)
+                logger.error("Lost %s: file %s is missing from the spool", kind, path)
+                lost += 1
+        return registered, lost
+
+
+def _read_header(spool: Spool, path: str) -> Received | None:
+    """The identifying attributes of a spool file, or None (logged) if it is unreadable."""
+    try:
+        ds = pydicom.dcmread(spool.path(path), stop_before_pixels=True)
+        return Received(
+            calling_aet=str(ds.file_meta.get("SourceApplicationEntityTitle", "") or UNKNOWN_AET),
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+            sop_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+        )
+    except Exception as exc:  # pydicom raises many types for a damaged file
+        logger.error("Cannot register spool file %s: %s", path, type(exc).__name__)
+        return None

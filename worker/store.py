@@ -1,0 +1,707 @@
+"""The state store: one embedded SQLite database, the only source of truth for state.
+
+Every received instance, study, job, produced object and delivery is a row (see
+:mod:`worker.schema`); files under the storage root hold bytes only. The database runs in
+WAL mode with ``synchronous=FULL``: a committed transaction survives a crash, and readers
+and the writer do not block each other (each operation has its own pooled connection).
+``ossa status`` and ``ossa retry`` open the same file from another process while the service
+runs; writers wait up to ``busy_timeout_s`` for each other.
+
+State transitions of a study::
+
+    receiving --quiet time--> queued --claimed--> processing --> reported | failed
+        ^                                                            |
+        +---------------- a new (late) instance ---------------------+
+
+A delivery (one per produced object and destination) is ``pending`` until the destination
+takes it (``delivered``) or the outbox gives up (``failed``); ``ossa retry`` makes a
+``failed`` delivery ``pending`` again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from worker.schema import migrate
+
+logger = logging.getLogger(__name__)
+
+#: File name of the database under the storage root.
+STORE_FILE = "state.sqlite3"
+
+
+class StudyState(StrEnum):
+    """Where a study is (see the module docstring)."""
+
+    RECEIVING = "receiving"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    REPORTED = "reported"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    """Where a run of the classifier over a study is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class InstanceState(StrEnum):
+    """Whether an instance's file is on disk."""
+
+    STORED = "stored"
+    LOST = "lost"
+
+
+class DeliveryState(StrEnum):
+    """Where one object's delivery to one destination is."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """An instance a job reads: its SOP Instance UID and file (relative to the root)."""
+
+    sop_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """An object Ossa produced, as another object references it (PS3.3 C.17.2.1)."""
+
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    sop_uid: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job handed to the classifier.
+
+    Parameters
+    ----------
+    job_id : int
+        Row id.
+    study_uid, calling_aet : str
+        The study, and the AE title that sent it.
+    revision : int
+        1 for a study's first report, n for the report after the (n-1)th late instance(s).
+    instances : tuple of InstanceFile
+        Every stored instance of the study when the job was created.
+    predecessor : ObjectRef or None
+        The SR of the previous revision, which the new SR supersedes.
+    """
+
+    job_id: int
+    study_uid: str
+    calling_aet: str
+    revision: int
+    instances: tuple[InstanceFile, ...]
+    predecessor: ObjectRef | None
+
+
+@dataclass(frozen=True)
+class NewObject:
+    """An object a job produced, written durably at ``path`` before it is recorded."""
+
+    kind: str
+    sop_uid: str
+    sop_class_uid: str
+    series_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A pending delivery handed to a destination's worker."""
+
+    delivery_id: int
+    destination: str
+    study_uid: str
+    sop_uid: str
+    path: str
+    attempts: int
+    queued_at: float
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A delivery the outbox gave up on (shown by ``ossa status``)."""
+
+    study_uid: str
+    sop_uid: str
+    destination: str
+    attempts: int
+    last_attempt: float | None
+    last_outcome: str | None
+    last_detail: str | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts by state, for ``ossa status``: UIDs only, never patient data."""
+
+    studies: dict[str, int]
+    jobs: dict[str, int]
+    instances: dict[str, int]
+    deliveries: dict[str, dict[str, int]]
+    failed: tuple[FailedDelivery, ...] = field(default=())
+    next_attempts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrunableStudy:
+    """A finished study past retention, and the files to delete before its rows."""
+
+    study_id: int
+    study_uid: str
+    paths: tuple[str, ...]
+
+
+class StateStore:
+    """The SQLite state store under the storage root.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The database file (created, with its schema, if missing).
+    clock : callable, optional
+        Wall-clock seconds (``time.time``); times are stored as such so that they survive a
+        restart. Injectable for tests.
+    busy_timeout_s : float, optional
+        How long a write waits for another writer (another thread or process).
+
+    Raises
+    ------
+    worker.schema.SchemaError
+        If the database was written by a newer Ossa.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        if busy_timeout_s <= 0:
+            raise ValueError(f"busy_timeout_s must be > 0, got {busy_timeout_s!r}")
+        self.path = path
+        self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._closed = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connect()
+        try:
+            migrate(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self._pool.put(connection)
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_s, isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection of the pool, for one operation of one thread.
+
+        Each operation has a connection of its own, so a thread waiting for the write lock
+        (held by another process, e.g. ``ossa retry``, or by another thread) never blocks
+        the readers; SQLite serialises the writers. The pool grows to the number of
+        operations that ran at once and its connections are reused.
+        """
+        try:
+            connection = self._pool.get_nowait()
+        except queue.Empty:
+            connection = self._connect()
+        try:
+            yield connection
+        finally:
+            if self._closed:
+                connection.close()
+            else:
+                self._pool.put(connection)
+
+    @classmethod
+    def in_root(cls, root: Path, *, clock: Callable[[], float] = time.time) -> StateStore:
+        """The store of a storage root (``<root>/state.sqlite3``)."""
+        return cls(root / STORE_FILE, clock=clock)
+
+    def close(self) -> None:
+        """Close the connections (one still in use is closed when its operation ends)."""
+        self._closed = True
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def now(self) -> float:
+        """The store's clock."""
+        return self._clock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: waits up to ``busy_timeout_s`` for
+        another writer, in this process or another)."""
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        with self._connection() as db:
+            return list(db.execute(sql, params).fetchall())
+
+    # --- intake -------------------------------------------------------------------------
+
+    def add_instance(
+        self,
+        *,
+        calling_aet: str,
+        study_uid: str,
+        sop_uid: str,
+        sop_class_uid: str,
+        series_uid: str,
+        path: str,
+        size: int,
+        received: float | None = None,
+    ) -> bool:
+        """Record a durably written instance; return whether it is new to its study.
+
+        A re-sent instance (its SOP Instance UID already stored for the study) is not new:
+        its row is refreshed and nothing is re-run; one whose file had been lost counts as
+        new again. A new instance restarts the study's
+        quiet time; for a study already reported it starts a new revision, and for a study
+        whose job has not started yet it cancels that job, so the instance joins it.
+        """
+        now = self._clock() if received is None else received
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id, state FROM studies WHERE calling_aet = ? AND study_uid = ?",
+                (calling_aet, study_uid),
+            ).fetchone()
+            if row is None:
+                study_id = db.execute(
+                    "INSERT INTO studies (calling_aet, study_uid, state, first_received,"
+                    " last_received, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                    (calling_aet, study_uid, StudyState.RECEIVING, now, now, now),
+                ).lastrowid
+                state = StudyState.RECEIVING
+            else:
+                study_id, state = int(row[0]), StudyState(row[1])
+            existing = db.execute(
+                "SELECT id, state FROM instances WHERE study_id = ? AND sop_uid = ?",
+                (study_id, sop_uid),
+            ).fetchone()
+            if existing is not None and existing[1] == InstanceState.STORED:
+                db.execute(
+                    "UPDATE instances SET path = ?, size = ? WHERE id = ?",
+                    (path, size, existing[0]),
+                )
+                return False
+            if existing is not None:  # its file was lost: the re-sent copy is reported anew
+                db.execute(
+                    "UPDATE instances SET path = ?, size = ?, state = ?, received = ?,"
+                    " job_id = NULL WHERE id = ?",
+                    (path, size, InstanceState.STORED, now, existing[0]),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO instances (study_id, sop_uid, sop_class_uid, series_uid, path,"
+                    " size, received) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (study_id, sop_uid, sop_class_uid, series_uid, path, size, now),
+                )
+            if state is StudyState.QUEUED:
+                db.execute(
+                    "DELETE FROM jobs WHERE study_id = ? AND state = ?", (study_id, JobState.QUEUED)
+                )
+            if state in (StudyState.QUEUED, StudyState.REPORTED, StudyState.FAILED):
+                state = StudyState.RECEIVING
+            db.execute(
+                "UPDATE studies SET last_received = MAX(last_received, ?), updated = ?, state = ?"
+                " WHERE id = ?",
+                (now, now, state, study_id),
+            )
+            return True
+
+    def is_own_object(self, sop_uid: str, series_uid: str) -> bool:
+        """Whether an object is one Ossa produced (by SOP Instance UID or its series)."""
+        return bool(
+            self._read(
+                "SELECT 1 FROM objects WHERE sop_uid = ? OR series_uid = ? LIMIT 1",
+                (sop_uid, series_uid),
+            )
+        )
+
+    def instance_paths(self) -> set[str]:
+        """Paths of every instance row."""
+        return {str(r[0]) for r in self._read("SELECT path FROM instances")}
+
+    def stored_files(self) -> list[tuple[str, str]]:
+        """``(path, kind)`` of every row that should have a file: instances and objects."""
+        rows = self._read(
+            "SELECT path, 'instance' FROM instances WHERE state = ?"
+            " UNION ALL SELECT path, kind FROM objects",
+            (InstanceState.STORED,),
+        )
+        return [(str(p), str(k)) for p, k in rows]
+
+    def mark_lost(self, path: str) -> None:
+        """Record that an instance's file is missing; it is left out of later jobs."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE instances SET state = ? WHERE path = ?", (InstanceState.LOST, path)
+            )
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def schedule_due(self, completion_timeout_s: float, *, max_queued: int) -> int:
+        """Queue a job for each study quiet for ``completion_timeout_s``; return how many.
+
+        At most ``max_queued`` jobs wait at a time (back-pressure: the other studies stay
+        ``receiving`` on disk until the classifier catches up).
+        """
+        now = self._clock()
+        with self._tx() as db:
+            waiting = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED,)
+            ).fetchone()[0]
+            room = max_queued - int(waiting)
+            if room <= 0:
+                return 0
+            due = db.execute(
+                "SELECT id FROM studies WHERE state = ? AND last_received <= ?"
+                " ORDER BY last_received LIMIT ?",
+                (StudyState.RECEIVING, now - completion_timeout_s, room),
+            ).fetchall()
+            for (study_id,) in due:
+                revision = 1 + int(
+                    db.execute(
+                        "SELECT COALESCE(MAX(revision), 0) FROM jobs WHERE study_id = ?",
+                        (study_id,),
+                    ).fetchone()[0]
+                )
+                job_id = db.execute(
+                    "INSERT INTO jobs (study_id, revision, state, created) VALUES (?, ?, ?, ?)",
+                    (study_id, revision, JobState.QUEUED, now),
+                ).lastrowid
+                db.execute(
+                    "INSERT INTO job_instances (job_id, instance_id) SELECT ?, id FROM instances"
+                    " WHERE study_id = ? AND state = ?",
+                    (job_id, study_id, InstanceState.STORED),
+                )
+                db.execute(
+                    "UPDATE instances SET job_id = ? WHERE study_id = ? AND job_id IS NULL",
+                    (job_id, study_id),
+                )
+                db.execute(
+                    "UPDATE studies SET state = ?, updated = ? WHERE id = ?",
+                    (StudyState.QUEUED, now, study_id),
+                )
+            return len(due)
+
+    def requeue_interrupted(self) -> int:
+        """At start-up: jobs left ``running`` by a stop or a crash are queued again."""
+        with self._tx() as db:
+            count = db.execute(
+                "UPDATE jobs SET state = ?, started = NULL WHERE state = ?",
+                (JobState.QUEUED, JobState.RUNNING),
+            ).rowcount
+            db.execute(
+                "UPDATE studies SET state = ? WHERE state = ?",
+                (StudyState.QUEUED, StudyState.PROCESSING),
+            )
+            return int(count)
+
+    def claim_jobs(self, limit: int) -> list[ClaimedJob]:
+        """Mark up to ``limit`` queued jobs running, oldest first, and return them."""
+        now = self._clock()
+        claimed = []
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT j.id, j.study_id, j.revision, s.study_uid, s.calling_aet FROM jobs j"
+                " JOIN studies s ON s.id = j.study_id WHERE j.state = ? ORDER BY j.id LIMIT ?",
+                (JobState.QUEUED, limit),
+            ).fetchall()
+            for job_id, study_id, revision, study_uid, calling_aet in rows:
+                db.execute(
+                    "UPDATE jobs SET state = ?, started = ? WHERE id = ?",
+                    (JobState.RUNNING, now, job_id),
+                )
+                db.execute(
+                    "UPDATE studies SET state = ?, updated = ? WHERE id = ?",
+                    (StudyState.PROCESSING, now, study_id),
+                )
+                files = db.execute(
+                    "SELECT i.sop_uid, i.path FROM job_instances ji JOIN instances i"
+                    " ON i.id = ji.instance_id WHERE ji.job_id = ? AND i.state = ?"
+                    " ORDER BY i.sop_uid",
+                    (job_id, InstanceState.STORED),
+                ).fetchall()
+                previous = db.execute(
+                    "SELECT o.series_uid, o.sop_class_uid, o.sop_uid FROM objects o"
+                    " JOIN jobs j ON j.id = o.job_id WHERE o.study_id = ? AND o.kind = 'sr'"
+                    " AND j.revision < ? ORDER BY j.revision DESC LIMIT 1",
+                    (study_id, revision),
+                ).fetchone()
+                claimed.append(
+                    ClaimedJob(
+                        job_id=int(job_id),
+                        study_uid=str(study_uid),
+                        calling_aet=str(calling_aet),
+                        revision=int(revision),
+                        instances=tuple(InstanceFile(str(u), str(p)) for u, p in files),
+                        predecessor=None
+                        if previous is None
+                        else ObjectRef(str(study_uid), *(str(v) for v in previous)),
+                    )
+                )
+        return claimed
+
+    def finish_job(
+        self,
+        job_id: int,
+        *,
+        objects: Sequence[NewObject] = (),
+        destinations: Sequence[str] = (),
+        error: str | None = None,
+    ) -> None:
+        """Record a job's outcome, its objects and one pending delivery per destination.
+
+        One transaction: after a crash either all of it is recorded or the job runs again
+        (and, its UIDs being derived from its inputs, produces the same objects).
+        """
+        now = self._clock()
+        with self._tx() as db:
+            (study_id,) = db.execute("SELECT study_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            for obj in objects:
+                db.execute(
+                    "INSERT OR IGNORE INTO objects (job_id, study_id, kind, sop_uid, sop_class_uid,"
+                    " series_uid, path, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, study_id, obj.kind, obj.sop_uid, obj.sop_class_uid, obj.series_uid,
+                     obj.path, now),
+                )
+                (object_id,) = db.execute(
+                    "SELECT id FROM objects WHERE sop_uid = ?", (obj.sop_uid,)
+                ).fetchone()
+                for destination in destinations:
+                    db.execute(
+                        "INSERT OR IGNORE INTO deliveries (object_id, destination, state,"
+                        " queued_at, next_attempt) VALUES (?, ?, ?, ?, ?)",
+                        (object_id, destination, DeliveryState.PENDING, now, now),
+                    )
+            db.execute(
+                "UPDATE jobs SET state = ?, finished = ?, error = ? WHERE id = ?",
+                (JobState.FAILED if error else JobState.DONE, now, error, job_id),
+            )
+            late = db.execute(
+                "SELECT 1 FROM instances WHERE study_id = ? AND job_id IS NULL AND state = ?"
+                " LIMIT 1",
+                (study_id, InstanceState.STORED),
+            ).fetchone()
+            if late:
+                state = StudyState.RECEIVING
+            else:
+                state = StudyState.FAILED if error else StudyState.REPORTED
+            db.execute(
+                "UPDATE studies SET state = ?, updated = ? WHERE id = ?", (state, now, study_id)
+            )
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def due_delivery(self, destination: str) -> Delivery | None:
+        """The pending delivery to ``destination`` whose next attempt is due, oldest first."""
+        rows = self._read(
+            "SELECT d.id, d.destination, s.study_uid, o.sop_uid, o.path, d.attempts, d.queued_at"
+            " FROM deliveries d JOIN objects o ON o.id = d.object_id"
+            " JOIN studies s ON s.id = o.study_id"
+            " WHERE d.destination = ? AND d.state = ? AND d.next_attempt <= ?"
+            " ORDER BY d.next_attempt, d.id LIMIT 1",
+            (destination, DeliveryState.PENDING, self._clock()),
+        )
+        if not rows:
+            return None
+        i, dest, study, sop, path, attempts, queued = rows[0]
+        return Delivery(int(i), str(dest), str(study), str(sop), str(path), int(attempts),
+                        float(queued))
+
+    def next_attempt(self, destination: str) -> float | None:
+        """When the next pending delivery to ``destination`` is due, or None."""
+        value = self._read(
+            "SELECT MIN(next_attempt) FROM deliveries WHERE destination = ? AND state = ?",
+            (destination, DeliveryState.PENDING),
+        )[0][0]
+        return None if value is None else float(value)
+
+    def record_attempt(
+        self,
+        delivery_id: int,
+        *,
+        state: DeliveryState,
+        outcome: str,
+        detail: str,
+        next_attempt: float | None = None,
+    ) -> None:
+        """Record one attempt: ``delivered``, ``failed``, or ``pending`` until ``next_attempt``."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_attempt = ?, state = ?,"
+                " last_outcome = ?, last_detail = ?, next_attempt = COALESCE(?, next_attempt)"
+                " WHERE id = ? AND state = ?",
+                (now, state, outcome, detail[:500], next_attempt, delivery_id,
+                 DeliveryState.PENDING),
+            )
+
+    def retry(
+        self,
+        *,
+        study_uid: str | None = None,
+        destination: str | None = None,
+        all_failed: bool = False,
+    ) -> int:
+        """Re-queue failed deliveries (and make pending ones of the selection due now).
+
+        Parameters
+        ----------
+        study_uid, destination : str, optional
+            Select the deliveries of one study, or to one destination (both: both).
+        all_failed : bool
+            Select every failed delivery.
+
+        Returns
+        -------
+        int
+            How many deliveries were re-queued or made due.
+        """
+        if not (study_uid or destination or all_failed):
+            raise ValueError("retry needs study_uid, destination or all_failed")
+        now = self._clock()
+        where = ["1 = 1"]
+        params: list[object] = []
+        if study_uid:
+            where.append(
+                "object_id IN (SELECT o.id FROM objects o JOIN studies s ON s.id = o.study_id"
+                " WHERE s.study_uid = ?)"
+            )
+            params.append(study_uid)
+        if destination:
+            where.append("destination = ?")
+            params.append(destination)
+        states = [DeliveryState.FAILED] if all_failed and not (study_uid or destination) else [
+            DeliveryState.FAILED, DeliveryState.PENDING]
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        params.extend(states)
+        with self._tx() as db:
+            return int(
+                db.execute(
+                    "UPDATE deliveries SET state = ?, next_attempt = ?,"
+                    " queued_at = CASE WHEN state = ? THEN ? ELSE queued_at END"
+                    f" WHERE {' AND '.join(where)}",
+                    (DeliveryState.PENDING, now, DeliveryState.FAILED, now, *params),
+                ).rowcount
+            )
+
+    # --- status and retention -------------------------------------------------------------
+
+    def summary(self) -> Summary:
+        """Counts of studies, jobs, instances and deliveries by state; failed deliveries."""
+        studies = {str(s): int(n) for s, n in self._read(
+            "SELECT state, COUNT(*) FROM studies GROUP BY state")}
+        jobs = {str(s): int(n) for s, n in self._read(
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        instances = {str(s): int(n) for s, n in self._read(
+            "SELECT state, COUNT(*) FROM instances GROUP BY state")}
+        deliveries: dict[str, dict[str, int]] = {}
+        for dest, state, n in self._read(
+            "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state"
+        ):
+            deliveries.setdefault(str(dest), {})[str(state)] = int(n)
+        next_attempts = {
+            str(dest): float(t)
+            for dest, t in self._read(
+                "SELECT destination, MIN(next_attempt) FROM deliveries WHERE state = ?"
+                " GROUP BY destination",
+                (DeliveryState.PENDING,),
+            )
+        }
+        failed = tuple(
+            FailedDelivery(str(study), str(sop), str(dest), int(attempts),
+                           None if last is None else float(last),
+                           None if outcome is None else str(outcome),
+                           None if detail is None else str(detail))
+            for study, sop, dest, attempts, last, outcome, detail in self._read(
+                "SELECT s.study_uid, o.sop_uid, d.destination, d.attempts, d.last_attempt,"
+                " d.last_outcome, d.last_detail FROM deliveries d"
+                " JOIN objects o ON o.id = d.object_id JOIN studies s ON s.id = o.study_id"
+                " WHERE d.state = ? ORDER BY d.last_attempt",
+                (DeliveryState.FAILED,),
+            )
+        )
+        return Summary(studies, jobs, instances, deliveries, failed, next_attempts)
+
+    def prunable(self, older_than: float) -> list[PrunableStudy]:
+        """Finished studies (reported or failed, nothing pending) last changed before
+        ``older_than``, with every file of theirs."""
+        rows = self._read(
+            "SELECT s.id, s.study_uid FROM studies s WHERE s.state IN (?, ?) AND s.updated < ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN objects o ON o.id = d.object_id"
+            " WHERE o.study_id = s.id AND d.state = ?)",
+            (StudyState.REPORTED, StudyState.FAILED, older_than, DeliveryState.PENDING),
+        )
+        studies = []
+        for study_id, study_uid in rows:
+            paths = self._read(
+                "SELECT path FROM instances WHERE study_id = ?"
+                " UNION ALL SELECT path FROM objects WHERE study_id = ?",
+                (study_id, study_id),
+            )
+            studies.append(PrunableStudy(int(study_id), str(study_uid),
+                                         tuple(str(p[0]) for p in paths)))
+        return studies
+
+    def delete_study(self, study_id: int) -> None:
+        """Delete a study's rows (its files are deleted first, by the caller)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM studies WHERE id = ?", (study_id,))
