@@ -220,6 +220,18 @@ class OrthancPeer:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.loads(response.read())
 
+    def post(self, path: str, body: object) -> Any:
+        """POST JSON to a REST resource and decode the JSON answer."""
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
     def get_bytes(self, path: str) -> bytes:
         """GET a REST resource as bytes."""
         import urllib.request

@@ -133,6 +133,15 @@ def test_storescu_to_orthanc_end_to_end(
     sr_path.write_bytes(data)
     assert dciodvfy_errors(sr_path) == []
 
+    # A PACS rule forwarding Ossa's SR back: Orthanc C-STOREs it to Ossa, Ossa acknowledges
+    # it (Orthanc's job succeeds) and reports nothing new.
+    orthanc.post("/modalities/ossa/store", {"Resources": [sr_ids[0]], "Synchronous": True})
+    assert f"Acknowledged SOP Instance {sr.SOPInstanceUID}" in served.text()
+    status = subprocess.run([OSSA, "status", "--json", "--config", str(tmp_path / "config.toml")],
+                            capture_output=True, text=True, timeout=60)
+    assert json.loads(status.stdout)["jobs"] == {"done": 1}
+    assert len(_sr_instances(orthanc, identity.study_instance_uid)) == 1
+
     log = served.text()
     assert sources[0].SOPInstanceUID in log
     assert "Secret" not in log and "SECRET-ID-42" not in log and "ACC42" not in log
