@@ -9,20 +9,35 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, generate_uid
+from pydicom.uid import (
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedSRStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from dicom_io.report import MANUFACTURER
 from dicom_io.synthetic import StudyIdentity
 from tests.conftest import FakeClock
-from worker.intake import UNKNOWN_AET, Accepted, Intake, Received
+from worker.intake import (
+    OWN_OBJECT_SOP_CLASSES,
+    RADIOGRAPH_SOP_CLASSES,
+    STORAGE_SOP_CLASSES,
+    UNKNOWN_AET,
+    Accepted,
+    Intake,
+    Kind,
+    Received,
+)
 from worker.spool import Spool
 from worker.store import STORE_FILE, InstanceFile, NewObject, StateStore
 
 QUIET_S = 30.0
-
-
-
-
 
 
 @pytest.fixture
@@ -137,6 +152,51 @@ def test_own_objects_are_recognised_by_sop_uid_series_or_manufacturer(
     assert not intake.is_own_object(forwarded(generate_uid(), generate_uid()))
     assert not intake.is_own_object(forwarded(generate_uid(), generate_uid(), "Ossa phantom"))
     assert not intake.is_own_object(received_of(ds))  # a received radiograph is not ours
+
+
+def test_sop_class_tables() -> None:
+    assert RADIOGRAPH_SOP_CLASSES == (
+        ComputedRadiographyImageStorage,
+        DigitalXRayImageStorageForPresentation,
+        DigitalXRayImageStorageForProcessing,
+        SecondaryCaptureImageStorage,
+    )
+    assert OWN_OBJECT_SOP_CLASSES == (
+        Comprehensive3DSRStorage,
+        ComprehensiveSRStorage,
+        EnhancedSRStorage,
+        BasicTextSRStorage,
+        SecondaryCaptureImageStorage,
+    )
+    # Negotiated once each; no multi-frame secondary capture.
+    assert STORAGE_SOP_CLASSES == RADIOGRAPH_SOP_CLASSES + OWN_OBJECT_SOP_CLASSES[:4]
+
+
+def test_classify_checks_own_objects_first(
+    intake: Intake, clock: FakeClock, make_radiograph: Callable[..., Dataset]
+) -> None:
+    ds = make_radiograph()
+    intake.accept(received_of(ds), file_bytes(ds))
+    sr = _record_sr(intake, clock, ds.StudyInstanceUID)
+
+    def received(sop_class: str, *, sop_uid: str = "", series_uid: str = "",
+                 manufacturer: str = "Film Digitizer Inc") -> Received:
+        return Received(calling_aet="PACS", study_uid=ds.StudyInstanceUID,
+                        series_uid=series_uid or generate_uid(), sop_uid=sop_uid or generate_uid(),
+                        sop_class_uid=sop_class, manufacturer=manufacturer)
+
+    sc = SecondaryCaptureImageStorage
+    assert intake.classify(received(sc, manufacturer=MANUFACTURER)) is Kind.OWN_OBJECT
+    assert intake.classify(received(sc, series_uid=sr.series_uid)) is Kind.OWN_OBJECT
+    assert intake.classify(received(sc)) is Kind.RADIOGRAPH  # a digitised film
+    assert intake.classify(received(Comprehensive3DSRStorage, sop_uid=sr.sop_uid)) \
+        is Kind.OWN_OBJECT
+    assert intake.classify(received(Comprehensive3DSRStorage)) is Kind.NOT_READ
+    # A CR is never taken for an object of Ossa's, whatever its Manufacturer says.
+    cr = received(ComputedRadiographyImageStorage, manufacturer=MANUFACTURER)
+    assert intake.classify(cr) is Kind.RADIOGRAPH
+    assert intake.classify(received(DigitalXRayImageStorageForProcessing)) is Kind.RADIOGRAPH
+    assert intake.classify(received("1.2.840.10008.5.1.4.1.1.2")) is Kind.NOT_READ  # CT
 
 
 def test_reconcile_registers_a_file_without_a_row_from_its_header(

@@ -1,4 +1,4 @@
-"""dicom_io.pixels: modality LUT → VOI LUT → MONOCHROME1 inversion → [0, 1]."""
+"""dicom_io.pixels: padding → modality LUT → VOI LUT → polarity → [0, 1]."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ from collections.abc import Callable
 import numpy as np
 import pydicom
 import pytest
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import DataElement
+from pydicom.uid import (
+    MPEG2MPML,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from dicom_io.pixels import PixelDataError, check_pixel_module, normalize_radiograph
 
@@ -101,21 +109,21 @@ def test_lossless_j2k_equals_uncompressed() -> None:
 def test_missing_pixel_data_is_refused(make_radiograph: Callable[..., Dataset]) -> None:
     ds = make_radiograph()
     del ds.PixelData
-    with pytest.raises(PixelDataError, match="Pixel Data"):
+    with pytest.raises(PixelDataError, match=r"^PixelData \(7FE0,0010\) is missing$"):
         normalize_radiograph(ds)
 
 
 def test_colour_is_refused(make_radiograph: Callable[..., Dataset]) -> None:
     ds = make_radiograph()
     ds.PhotometricInterpretation = "RGB"
-    with pytest.raises(PixelDataError, match="PhotometricInterpretation"):
+    with pytest.raises(PixelDataError, match=r"^PhotometricInterpretation is 'RGB', not MONOCH"):
         check_pixel_module(ds)
 
 
 def test_truncated_pixel_data_is_refused(make_radiograph: Callable[..., Dataset]) -> None:
     ds = make_radiograph()
     ds.PixelData = ds.PixelData[:100]
-    with pytest.raises(PixelDataError, match="bytes"):
+    with pytest.raises(PixelDataError, match=r"^PixelData holds 100 bytes; .* need 6144$"):
         check_pixel_module(ds)
     with pytest.raises(PixelDataError):
         normalize_radiograph(ds)
@@ -126,3 +134,267 @@ def test_input_dataset_is_not_modified(make_radiograph: Callable[..., Dataset]) 
     before = pydicom.Dataset(ds)
     normalize_radiograph(ds)
     assert ds == before
+
+
+# --- datasets built for one attribute at a time ---
+
+
+def _gray(
+    stored: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    **attributes: object,
+) -> Dataset:
+    """A minimal single-frame grayscale dataset in Explicit VR Little Endian, no VOI."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = stored.astype("<i2" if stored.dtype.kind == "i" else "<u2").tobytes()
+    return ds
+
+
+def _ramp12() -> np.ndarray:
+    """Every 12-bit value once, 64 x 64."""
+    return np.arange(4096, dtype=np.uint16).reshape(64, 64)
+
+
+def test_modality_lut_sequence_is_applied() -> None:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.ModalityLUTType = "US"
+    item.LUTData = [int(65535 * (i / 4095) ** 2) for i in range(4096)]  # a square law
+    ds = _gray(_ramp12(), ModalityLUTSequence=[item])
+    out = normalize_radiograph(ds)
+    expected = np.asarray(item.LUTData, np.float64).reshape(64, 64)
+    # No VOI: the data range of the LUT output (0 .. 65535) is scaled to [0, 1].
+    np.testing.assert_allclose(out, expected / 65535, atol=1e-6)
+    assert out[0, 1] < 1e-6 < out[32, 0] < 0.26  # not linear: a quarter at mid-range
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        # PS3.3 C.11.2.1.2.1 LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5), clipped.
+        ("LINEAR", lambda x: np.clip((x - 2047.5) / 1023 + 0.5, 0, 1)),
+        # C.11.2.1.3.2 LINEAR_EXACT: (x - c) / w + 0.5, clipped.
+        ("LINEAR_EXACT", lambda x: np.clip((x - 2048) / 1024 + 0.5, 0, 1)),
+        # C.11.2.1.3.1 SIGMOID: 1 / (1 + exp(-4 (x - c) / w)).
+        ("SIGMOID", lambda x: 1 / (1 + np.exp(-4 * (x - 2048) / 1024))),
+    ],
+)
+def test_every_voi_lut_function(function: str, expected: Callable[[np.ndarray], np.ndarray]
+                                ) -> None:
+    ds = _gray(_ramp12(), WindowCenter=2048, WindowWidth=1024, VOILUTFunction=function)
+    out = normalize_radiograph(ds)
+    np.testing.assert_allclose(out, expected(_ramp12().astype(np.float64)), atol=2e-6)
+
+
+def test_voi_lut_functions_differ() -> None:
+    """The three functions are really applied: they disagree inside the window."""
+    outs = {
+        function: normalize_radiograph(
+            _gray(_ramp12(), WindowCenter=2048, WindowWidth=1024, VOILUTFunction=function)
+        )
+        for function in ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+    }
+    # At x = c + w/4 = 2304: LINEAR 256.5 / 1023 + 0.5 = 0.75073, LINEAR_EXACT 0.75,
+    # SIGMOID 1 / (1 + e^-1) = 0.73106.
+    at = np.unravel_index(2304, (64, 64))
+    assert outs["LINEAR"][at] == pytest.approx(0.75073, abs=1e-5)
+    assert outs["LINEAR_EXACT"][at] == pytest.approx(0.75, abs=1e-6)
+    assert outs["SIGMOID"][at] == pytest.approx(0.73106, abs=1e-5)
+
+
+def test_first_of_several_windows_is_used() -> None:
+    several = _gray(_ramp12(), WindowCenter=[1000, 3000], WindowWidth=[500, 2000])
+    first = _gray(_ramp12(), WindowCenter=1000, WindowWidth=500)
+    second = _gray(_ramp12(), WindowCenter=3000, WindowWidth=2000)
+    out = normalize_radiograph(several)
+    np.testing.assert_array_equal(out, normalize_radiograph(first))
+    assert np.abs(out - normalize_radiograph(second)).max() > 0.5
+
+
+def test_presentation_lut_shape_inverse_inverts_monochrome2() -> None:
+    identity = normalize_radiograph(_gray(_ramp12(), PresentationLUTShape="IDENTITY"))
+    inverse = normalize_radiograph(_gray(_ramp12(), PresentationLUTShape="INVERSE"))
+    np.testing.assert_allclose(inverse, 1.0 - identity, atol=1e-7)
+    assert inverse[0, 0] == 1.0 and inverse[-1, -1] == 0.0
+
+
+def test_inverse_with_monochrome1_inverts_once() -> None:
+    """A DX MONOCHROME1 image must declare INVERSE (PS3.3 C.8.11.6.1.2): the same inversion."""
+    plain = normalize_radiograph(_gray(_ramp12(), photometric="MONOCHROME1"))
+    declared = normalize_radiograph(
+        _gray(_ramp12(), photometric="MONOCHROME1", PresentationLUTShape="INVERSE")
+    )
+    np.testing.assert_array_equal(plain, declared)
+    assert declared[0, 0] == 1.0  # stored 0 is white in MONOCHROME1
+
+
+def _padded(photometric: str, pad: int) -> np.ndarray:
+    """1000..3000 inside, ``pad`` on an 8-pixel border."""
+    image = np.full((64, 64), pad, dtype=np.uint16)
+    image[8:-8, 8:-8] = np.linspace(1000, 3000, 48 * 48).reshape(48, 48)
+    return image
+
+
+def test_pixel_padding_value_is_black_and_out_of_the_range() -> None:
+    stored = _padded("MONOCHROME2", 0)
+    out = normalize_radiograph(_gray(stored, PixelPaddingValue=0))
+    assert (out[:8] == 0.0).all() and (out[:, -8:] == 0.0).all()
+    inside = out[8:-8, 8:-8]
+    # The data range is the non-padding pixels', 1000 .. 3000, not 0 .. 3000.
+    assert inside.min() == 0.0 and inside.max() == 1.0
+    np.testing.assert_allclose(inside, (stored[8:-8, 8:-8] - 1000) / 2000, atol=1e-6)
+
+
+def test_pixel_padding_is_black_in_monochrome1_too() -> None:
+    stored = _padded("MONOCHROME1", 4095)  # MONOCHROME1 pads with its darkest (highest) value
+    out = normalize_radiograph(_gray(stored, photometric="MONOCHROME1", PixelPaddingValue=4095))
+    assert (out[:8] == 0.0).all()
+    np.testing.assert_allclose(out[8:-8, 8:-8], 1 - (stored[8:-8, 8:-8] - 1000) / 2000, atol=1e-6)
+    # Without the padding attribute the border is just the darkest value of the range.
+    unpadded = normalize_radiograph(_gray(stored, photometric="MONOCHROME1"))
+    assert unpadded[8:-8, 8:-8].min() > 0.25
+
+
+def test_pixel_padding_is_black_whatever_its_value() -> None:
+    """A MONOCHROME1 image padded with 0 (white) under a window: the border still ends black."""
+    stored = _padded("MONOCHROME1", 0)
+    ds = _gray(stored, photometric="MONOCHROME1", PixelPaddingValue=0,
+               WindowCenter=2048, WindowWidth=4096)
+    out = normalize_radiograph(ds)
+    assert (out[:8] == 0.0).all() and (out[-8:] == 0.0).all()
+    del ds.PixelPaddingValue
+    assert (normalize_radiograph(ds)[:8] == 1.0).all()  # unmasked, 0 is white in MONOCHROME1
+
+
+def test_pixel_padding_range_limit_masks_the_range() -> None:
+    stored = _padded("MONOCHROME2", 0)
+    stored[:4] = 57  # a second padding value, inside 0 .. 99
+    stored[-4:] = 99
+    out = normalize_radiograph(_gray(stored, PixelPaddingValue=99, PixelPaddingRangeLimit=0))
+    assert (out[:8] == 0.0).all() and (out[-8:] == 0.0).all()
+    assert out[8:-8, 8:-8].min() == 0.0 and out[8:-8, 8:-8].max() == 1.0
+
+
+def test_all_padding_is_refused() -> None:
+    with pytest.raises(PixelDataError, match=r"^PixelPaddingValue: every pixel is padding$"):
+        normalize_radiograph(_gray(np.zeros((8, 8), np.uint16), PixelPaddingValue=0))
+
+
+def test_signed_pixels_match_their_unsigned_twin() -> None:
+    unsigned = _ramp12()
+    signed = (unsigned.astype(np.int32) - 2048).astype(np.int16)
+    a = normalize_radiograph(_gray(unsigned, WindowCenter=2548, WindowWidth=3001))
+    b = normalize_radiograph(_gray(signed, WindowCenter=500, WindowWidth=3001))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert b[0, 0] == 0.0 and b[-1, -1] == 1.0
+
+
+def test_signed_padding_value_written_as_us_is_two_complement() -> None:
+    """A Pixel Padding Value of 0xF830 (US) on signed 16-bit pixels is -2000."""
+    stored = np.full((16, 16), -2000, np.int16)
+    stored[4:-4, 4:-4] = np.arange(64, dtype=np.int16).reshape(8, 8) * 10 - 300
+    ds = _gray(stored, bits_stored=16)
+    ds.add(DataElement(0x00280120, "US", 0xF830))
+    out = normalize_radiograph(ds)
+    assert (out[:4] == 0.0).all()
+    assert out[4:-4, 4:-4].min() == 0.0 and out[4:-4, 4:-4].max() == 1.0
+
+
+def test_garbage_above_bits_stored_is_masked() -> None:
+    """pydicom keeps the low Bits Stored bits (PS3.5 8.1.1); the rest may hold anything."""
+    clean = _ramp12()
+    rng = np.random.default_rng(0)
+    dirty = clean | (rng.integers(1, 16, clean.shape, dtype=np.uint16) << 12)
+    assert (dirty >= 4096).all()
+    np.testing.assert_array_equal(
+        normalize_radiograph(_gray(dirty)), normalize_radiograph(_gray(clean))
+    )
+
+
+def test_garbage_above_bits_stored_is_masked_in_rle_too() -> None:
+    clean = _ramp12()
+    dirty = clean | np.uint16(0xA000)
+    ds = _gray(dirty, bits_stored=16)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.BitsStored, ds.HighBit = 12, 11  # the encoder saw 16 bits; the file says 12
+    np.testing.assert_array_equal(normalize_radiograph(ds), normalize_radiograph(_gray(clean)))
+
+
+def test_signed_pixels_below_bits_allocated_are_sign_extended() -> None:
+    values = np.array([[-2048, -5, 0, 2047]], np.int16)
+    raw = (values.astype(np.int32) & 0x0FFF) | 0x5000  # 12-bit two's complement + garbage
+    ds = _gray(values)
+    ds.PixelData = raw.astype("<u2").tobytes()
+    out = normalize_radiograph(ds)
+    np.testing.assert_allclose(out[0], (values[0] + 2048) / 4095, atol=1e-6)
+
+
+def test_syntax_without_a_decoder_is_named() -> None:
+    ds = _gray(_ramp12())
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    with pytest.raises(
+        PixelDataError,
+        match=r"^no decoder for MPEG2 Main Profile / Main Level \(1\.2\.840\.10008\.1\.2\.4\.100\)",
+    ):
+        check_pixel_module(ds)
+
+
+def test_missing_transfer_syntax_is_named() -> None:
+    ds = _gray(_ramp12())
+    del ds.file_meta.TransferSyntaxUID
+    with pytest.raises(PixelDataError, match=r"^TransferSyntaxUID \(0002,0010\) is missing"):
+        normalize_radiograph(ds)
+
+
+def test_corrupt_codestream_names_the_transfer_syntax() -> None:
+    ds = _gray(_ramp12())
+    ds.compress(JPEG2000Lossless)
+    frame = bytearray(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)
+                      .__next__())
+    frame[len(frame) // 3 :] = b"\xff" * (len(frame) - len(frame) // 3)
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(frame)])
+    check_pixel_module(ds)  # cheap: the attributes are fine
+    with pytest.raises(
+        PixelDataError,
+        match=r"^JPEG 2000 Image Compression \(Lossless Only\) \(1\.2\.840\.10008\.1\.2\.4\.90\)"
+        " pixel data cannot be decoded",
+    ):
+        normalize_radiograph(ds)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("SamplesPerPixel", 3, "^SamplesPerPixel is 3, not 1$"),
+        ("NumberOfFrames", 2, "^NumberOfFrames is 2; only single-frame images are read$"),
+        ("BitsStored", 17, r"^BitsStored is 17, not 1 to BitsAllocated \(16\)$"),
+    ],
+)
+def test_pixel_module_errors_name_the_attribute(keyword: str, value: int, message: str) -> None:
+    ds = _gray(_ramp12())
+    setattr(ds, keyword, value)
+    with pytest.raises(PixelDataError, match=message):
+        check_pixel_module(ds)
+
+
+def test_decoded_pixels_are_not_cached_on_the_dataset(
+    make_radiograph: Callable[..., Dataset],
+) -> None:
+    ds = make_radiograph(image=_ramp())
+    normalize_radiograph(ds)
+    assert getattr(ds, "_pixel_array", None) is None

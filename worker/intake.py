@@ -2,8 +2,10 @@
 
 An instance is accepted when the file is durably written *and* its row committed in the
 state store; only then does the C-STORE handler answer success. Objects Ossa produced
-itself (its SRs, later its secondary captures), which a PACS rule may forward back, are
-recognised and acknowledged without being stored or reported again.
+itself (its SRs and secondary captures), which a PACS rule may forward back, are recognised
+and acknowledged without being stored or reported again. Ossa's secondary captures share
+their SOP Class with digitised films, which Ossa reads, so the own-object check comes first
+(:meth:`Intake.classify`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ from pydicom.uid import (
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
     EnhancedSRStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    MultiFrameTrueColorSecondaryCaptureImageStorage,
     SecondaryCaptureImageStorage,
 )
 
@@ -33,27 +32,38 @@ from worker.store import StateStore
 
 logger = logging.getLogger(__name__)
 
-#: Storage SOP Classes Ossa reads: CR (PS3.4 B.5) and DX for presentation and processing.
+#: Storage SOP Classes Ossa reads: CR (PS3.4 B.5), DX for presentation and for processing,
+#: and single-frame Secondary Capture (digitised films; grayscale only, checked on receipt).
 RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
 )
-#: SOP Classes of objects Ossa produces (SR) or will (secondary capture): accepted on the
-#: listener only to recognise Ossa's own objects forwarded back.
+#: SOP Classes of the objects Ossa produces (SRs, secondary captures): an SR is accepted on
+#: the listener only to recognise Ossa's own forwarded back.
 OWN_OBJECT_SOP_CLASSES: tuple[str, ...] = (
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     EnhancedSRStorage,
     BasicTextSRStorage,
     SecondaryCaptureImageStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    MultiFrameTrueColorSecondaryCaptureImageStorage,
+)
+#: Every Storage SOP Class the listener negotiates; others are refused at association.
+STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
+    dict.fromkeys(RADIOGRAPH_SOP_CLASSES + OWN_OBJECT_SOP_CLASSES)
 )
 
 #: Calling AE title recorded for a file registered at start-up without one in its meta.
 UNKNOWN_AET = "UNKNOWN"
+
+
+class Kind(StrEnum):
+    """What a received object is to Ossa."""
+
+    OWN_OBJECT = "own object"  # Ossa's SR or secondary capture: acknowledged, not stored
+    RADIOGRAPH = "radiograph"  # an image to validate, store and report
+    NOT_READ = "not read"  # an SR (or other object) Ossa did not produce: refused
 
 
 class Accepted(StrEnum):
@@ -89,6 +99,21 @@ class Intake:
     def __init__(self, spool: Spool, store: StateStore) -> None:
         self.spool = spool
         self.store = store
+
+    def classify(self, received: Received) -> Kind:
+        """What ``received`` is: Ossa's own object first (its secondary capture shares the
+        SOP Class of a digitised film), then a radiograph by SOP Class, else not read.
+
+        Raises
+        ------
+        sqlite3.Error
+            If the state store cannot be read.
+        """
+        if received.sop_class_uid in OWN_OBJECT_SOP_CLASSES and self.is_own_object(received):
+            return Kind.OWN_OBJECT
+        if received.sop_class_uid in RADIOGRAPH_SOP_CLASSES:
+            return Kind.RADIOGRAPH
+        return Kind.NOT_READ
 
     def is_own_object(self, received: Received) -> bool:
         """Whether an SR or secondary capture is one Ossa produced (forwarded back by a
