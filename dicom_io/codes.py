@@ -60,6 +60,10 @@ QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluation
 COMMENT: Code = codes.DCM.Comment
 #: Observer type of the device observer context (PS3.16 CID 270).
 DEVICE_OBSERVER: Code = codes.cid270.Device
+#: Purpose of Reference of Ossa's Contributing Equipment item (PS3.16 CID 7005): equipment
+#: "that has processed composite instances to create new composite instances" (DCM 109102).
+#: Not 109103 "Modifying Equipment" (changes an instance in place) nor 109104 (de-identifying).
+PROCESSING_EQUIPMENT: Code = codes.cid7005.ProcessingEquipment
 
 #: Modality (0008,0060) to its coded concept for Image Library descriptors (PS3.16 CID 29).
 MODALITY: dict[str, Code] = {
@@ -87,3 +91,8 @@ IMAGING_MEASUREMENTS: Code = codes.DCM.ImagingMeasurements
 #: TID 1501 container and its TID 4108 human-readable identifier, used to find Ossa's groups.
 MEASUREMENT_GROUP: Code = codes.DCM.MeasurementGroup
 TRACKING_IDENTIFIER: Code = codes.DCM.TrackingIdentifier
+
+# --- Secondary Capture (dicom_io.secondary_capture) --------------------------------------------
+
+#: Purpose of Reference of the SC's Source Image Sequence item (PS3.16 CID 7202).
+SOURCE_IMAGE_FOR_PROCESSING: Code = codes.cid7202.SourceImageForImageProcessingOperation

@@ -20,6 +20,11 @@ PS3.16 TID 1500 "Measurement Report", built with highdicom:
 - "Qualitative Evaluations" (TID 1500 row 12): a TEXT comment saying that this is research
   software output and not a diagnosis. The Series Description says so too.
 
+The Contributing Equipment Sequence (0018,A001, SOP Common Module, PS3.3 C.12.1) names the
+algorithm and its version as Processing Equipment (DCM 109102, PS3.16 CID 7005), as the IHE AI
+Results (AIR) profile asks of every result object; :func:`algorithm_equipment` builds that item
+for the secondary capture too (:mod:`dicom_io.secondary_capture`).
+
 The SR joins the source study (same Study Instance UID, patient and study attributes copied
 from the sources) in a new series (Modality SR). It is COMPLETE, UNVERIFIED and PRELIMINARY
 (no person has verified it), and its Content Qualification (0018,9004, SOP Common Module,
@@ -29,6 +34,7 @@ PS3.3 C.12.1) is RESEARCH.
 from __future__ import annotations
 
 import copy
+import datetime
 import io
 import logging
 from collections.abc import Sequence
@@ -65,6 +71,11 @@ IMAGE_NOT_ASSESSED = "Not assessed"
 #: Start of the Comment of a study group that has no Finding (and of the Series Description's
 #: result), followed by the reason; also :attr:`StudyPrediction.verdict` of such a study.
 STUDY_NOT_ASSESSED = "NOT ASSESSED"
+#: Contribution Description (0018,A003) of Ossa's Contributing Equipment item in an SR.
+SR_CONTRIBUTION = (
+    "Ossa classified the study's radiographs and wrote this report "
+    "(research use, not for diagnosis)"
+)
 
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 #: Patient/study attributes highdicom reads from the first source; Type 2 in the SR IOD.
@@ -151,7 +162,7 @@ def build_sr(
         series_number=series_number,
         instance_number=instance_number,
     )
-    headers = [_header(ds) for ds in sources]
+    headers = [source_header(ds) for ds in sources]
     algorithm = prediction.algorithm
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, manufacturer=MANUFACTURER
@@ -195,6 +206,7 @@ def build_sr(
         series_description=series_description(prediction),
         institution_name=institution_name,
         previous_versions=list(previous_versions) or None,
+        contributing_equipment=[algorithm_equipment(algorithm, SR_CONTRIBUTION)],
         is_complete=True,
         is_final=False,
         is_verified=False,
@@ -215,6 +227,43 @@ def build_sr(
         _probability_note(prediction),
     )
     return sr
+
+
+def algorithm_equipment(
+    algorithm: AlgorithmInfo, description: str, *, when: datetime.datetime | None = None
+) -> hd.ContributingEquipment:
+    """Contributing Equipment Sequence item that names the algorithm (IHE AI Results profile).
+
+    Manufacturer "Ossa", Manufacturer's Model Name = algorithm name, Software Versions =
+    algorithm version (each clipped to the 64 characters of VR LO), Purpose of Reference =
+    (109102, DCM, "Processing Equipment"), the PS3.16 CID 7005 term for equipment that
+    processed composite instances to create new ones.
+
+    Parameters
+    ----------
+    algorithm : AlgorithmInfo
+        The model that produced the result.
+    description : str
+        Contribution Description (0018,A003), VR ST: what Ossa did to make the object.
+    when : datetime.datetime or None, optional
+        Contribution DateTime (0018,A002); now when not given.
+
+    Returns
+    -------
+    highdicom.ContributingEquipment
+        One item for the ``contributing_equipment`` argument of a highdicom SOP class (which
+        adds the source's acquisition equipment and highdicom itself beside it).
+    """
+    if not isinstance(algorithm, AlgorithmInfo):
+        raise TypeError(f"algorithm must be an AlgorithmInfo, got {type(algorithm)}")
+    return hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=_truncate(algorithm.name),
+        software_versions=_truncate(algorithm.version),
+        contribution_datetime=when or datetime.datetime.now(),
+        contribution_description=description,
+    )
 
 
 def report_uids(
@@ -413,12 +462,15 @@ def _validate(
             raise ValueError(f"sources[{i}] repeats the SOP Instance UID of sources[{first}]")
 
 
-def _header(source: Dataset) -> Dataset:
-    """A pixel-free deep copy of a source with the SR's Type 2 attributes made safe.
+def source_header(source: Dataset) -> Dataset:
+    """A pixel-free deep copy of a source with its Type 2 patient/study attributes made safe.
 
     highdicom reads Patient/Study attributes from the first evidence dataset without
     checking that they exist or are valid; real-world images lack some (or hold values such
     as Patient's Sex "Female"). Missing or invalid ones become empty (Type 2) in the copy.
+    The SR and the secondary capture copy their patient and study attributes from it, so
+    both say the same; Specific Character Set is copied as it is, and with it the encoding of
+    every name.
     """
     header = Dataset()
     for element in source:

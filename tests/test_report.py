@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import logging
 import shutil
@@ -20,7 +21,9 @@ from pydicom.uid import Comprehensive3DSRStorage
 from dicom_io import codes
 from dicom_io.report import (
     DISCLAIMER,
+    SR_CONTRIBUTION,
     STUDY_TRACKING_IDENTIFIER,
+    algorithm_equipment,
     build_sr,
     report_uids,
     series_description,
@@ -30,7 +33,7 @@ from dicom_io.report import (
 from dicom_io.synthetic import StudyIdentity
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.taxonomy import MURA_TAXONOMY, BodyPartClass, CodedConcept, Taxonomy
-from tests.conftest import dciodvfy_errors
+from tests.conftest import dciodvfy_errors, dcmtk
 
 ALGORITHM = AlgorithmInfo(name="Ossa two-stage MobileNetV2", version="mura-v1 3f2a9c1")
 OUT_OF_SCOPE = "body part OTHER is outside the assessed scope"
@@ -549,14 +552,16 @@ def _dsrdump(path: Path) -> str:
     if exe is None:
         pytest.fail("dsrdump (Debian package dcmtk) is not installed; run `make test`")
     proc = subprocess.run(
-        [exe, "+Pl", str(path)], capture_output=True, text=True, timeout=60, check=False
+        [exe, "+Pl", str(path)], capture_output=True, timeout=60, check=False
     )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", errors="replace")
+    # Without +U8, dsrdump prints values in the file's character set (here ASCII or UTF-8).
+    return proc.stdout.decode("utf-8")
 
 
 VARIANTS: dict[str, tuple[Callable[[], StudyPrediction], Taxonomy]] = {
     "assessed": (_prediction, MURA_TAXONOMY),
+    "normal": (lambda: _prediction(0.7), MURA_TAXONOMY),
     "mixed": (_mixed, MURA_TAXONOMY),
     "not-assessed": (_not_assessed, MURA_TAXONOMY),
     "custom-taxonomy": (_custom, CUSTOM_TAXONOMY),
@@ -587,6 +592,7 @@ def test_every_variant_is_valid_and_readable_by_dcmtk(
     parsed = hd.sr.srread(path)
     assert isinstance(parsed.content, hd.sr.MeasurementReport)
     assert len(parsed.content.get_image_measurement_groups()) == len(sources) + 1
+    assert _ossa_equipment(pydicom.dcmread(path)).SoftwareVersions == ALGORITHM.version
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -738,6 +744,9 @@ def test_long_algorithm_identity_is_clipped_in_header_only(
     sr = pydicom.dcmread(path)
     assert sr.ManufacturerModelName == algorithm.name[:64]
     assert sr.SoftwareVersions == algorithm.version[:64]
+    item = _ossa_equipment(sr)
+    assert (item.ManufacturerModelName, item.SoftwareVersions) == (
+        algorithm.name[:64], algorithm.version[:64])
     texts = {item.TextValue for item in _walk(sr.ContentSequence) if item.ValueType == "TEXT"}
     assert {algorithm.name, algorithm.version} <= texts
 
@@ -777,3 +786,91 @@ def test_superseding_sr_references_its_predecessor(sources: list[Dataset], tmp_p
     assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (
         first.SOPClassUID, first.SOPInstanceUID)
     assert dciodvfy_errors(_write(second, tmp_path / "second.dcm")) == []
+    dump = _dsrdump(tmp_path / "second.dcm")
+    assert "Predecessor Docs    : 1" in dump
+    assert '"Abnormal"' in dump
+
+
+# --- Contributing Equipment (IHE AI Results) --------------------------------------------------
+
+
+def _ossa_equipment(sr: Dataset) -> Dataset:
+    """The one Contributing Equipment Sequence item whose Manufacturer is Ossa."""
+    (item,) = [i for i in sr.ContributingEquipmentSequence if i.Manufacturer == "Ossa"]
+    return item
+
+
+def test_contributing_equipment_names_the_algorithm_and_its_version(
+    sources: list[Dataset],
+) -> None:
+    before = datetime.datetime.now()
+    sr = _read(_build(sources, _prediction()))
+    after = datetime.datetime.now()
+    item = _ossa_equipment(sr)
+    assert item.ManufacturerModelName == "Ossa two-stage MobileNetV2"
+    assert item.SoftwareVersions == "mura-v1 3f2a9c1"
+    (purpose,) = item.PurposeOfReferenceCodeSequence
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning) == (
+        "109102", "DCM", "Processing Equipment")
+    assert item.ContributionDescription == SR_CONTRIBUTION
+    assert "not for diagnosis" in item.ContributionDescription
+    when = pydicom.valuerep.DT(item.ContributionDateTime)
+    assert before - datetime.timedelta(seconds=1) <= when <= after
+    # Beside it: the source's acquisition equipment and highdicom, as highdicom adds them.
+    manufacturers = [i.Manufacturer for i in sr.ContributingEquipmentSequence]
+    assert manufacturers == ["Ossa phantom", "Ossa", "Highdicom open-source contributors"]
+    acquisition = sr.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0]
+    assert acquisition.CodeValue == "109101"
+
+
+def test_algorithm_equipment_clips_long_identities_and_takes_a_time() -> None:
+    algorithm = AlgorithmInfo(name="N" * 80, version="v" * 70)
+    when = datetime.datetime(2024, 5, 6, 7, 8, 9)
+    item = algorithm_equipment(algorithm, "made it", when=when)
+    assert (item.ManufacturerModelName, item.SoftwareVersions) == ("N" * 64, "v" * 64)
+    assert str(item.ContributionDateTime) == "20240506070809"
+    assert item.ContributionDescription == "made it"
+    with pytest.raises(TypeError, match="algorithm must be an AlgorithmInfo"):
+        algorithm_equipment("Ossa", "made it")  # type: ignore[arg-type]
+
+
+# --- Specific Character Set -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "raw"),
+    [
+        ("ISO_IR 192", "Müller^Zoë", b"M\xc3\xbcller^Zo\xc3\xab"),
+        ("ISO_IR 192", "山田^太郎", b"\xe5\xb1\xb1\xe7\x94\xb0^\xe5\xa4\xaa\xe9\x83\x8e "),
+        (
+            "ISO_IR 192",
+            "Yamada^Tarou=山田^太郎=やまだ^たろう",
+            "Yamada^Tarou=山田^太郎=やまだ^たろう".encode(),
+        ),
+        ("ISO_IR 192", "Müller Zoë", b"M\xc3\xbcller Zo\xc3\xab"),  # caret-less
+        ("ISO_IR 100", "Müller^Zoë", b"M\xfcller^Zo\xeb"),
+    ],
+)
+def test_patient_name_survives_byte_for_byte(
+    make_radiograph: MakeRadiograph, tmp_path: Path, charset: str, name: str, raw: bytes
+) -> None:
+    """The SR keeps the source's Specific Character Set and Patient's Name bytes, is valid
+    and reads back with DCMTK, which prints the name."""
+    source = make_radiograph(_identity())
+    source.SpecificCharacterSet = charset
+    source.PatientName = name
+    source_path = tmp_path / "source.dcm"
+    source_path.write_bytes(_part10(source))
+    received = pydicom.dcmread(source_path)  # as the worker reads it from its spool
+    path = _write(build_sr([received], _single("WRIST"), taxonomy=MURA_TAXONOMY),
+                  tmp_path / "sr.dcm")
+    sr, original = pydicom.dcmread(path), pydicom.dcmread(source_path)
+    # The undecoded bytes of Patient's Name, as they lie in the files.
+    assert sr.get_item("PatientName").value == original.get_item("PatientName").value == raw
+    assert sr.SpecificCharacterSet == original.SpecificCharacterSet == charset
+    assert sr.PatientName == name
+    assert dciodvfy_errors(path) == []
+    dump = subprocess.run([dcmtk("dsrdump"), "+U8", str(path)],
+                          capture_output=True, timeout=60, check=True).stdout.decode("utf-8")
+    assert f"Patient             : {name} (#PID-REPORT-7)" in dump
+    assert '"Normal"' in dump  # p=0.2 below the threshold 0.5
