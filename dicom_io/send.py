@@ -66,21 +66,25 @@ class SendOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class SendResult:
-    """The result of one C-STORE.
+    """The result of one C-STORE (or STOW-RS, :mod:`dicom_io.stow`).
 
     Parameters
     ----------
     outcome : SendOutcome
         What happened.
     status : int or None
-        The DIMSE status the peer returned, if any.
+        The DIMSE status the peer returned, if any; for STOW-RS, the instance's Failure or
+        Warning Reason (PS3.18 Table 10.5.3-1), which uses the same codes.
     detail : str
-        A human-readable explanation (no patient data).
+        A human-readable explanation (no patient data, no secret).
+    http_status : int or None
+        The HTTP status code of a DICOMweb answer; ``None`` for DIMSE or without an answer.
     """
 
     outcome: SendOutcome
     status: int | None
     detail: str
+    http_status: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -166,7 +166,9 @@ class OrthancPeer:
 
     aet = "ORTHANC"
 
-    def __init__(self, workdir: Path, ossa_port: int) -> None:
+    def __init__(
+        self, workdir: Path, ossa_port: int, extra_config: dict[str, Any] | None = None
+    ) -> None:
         import json
 
         exe = shutil.which("Orthanc")
@@ -189,6 +191,7 @@ class OrthancPeer:
             "DicomModalities": {"ossa": ["OSSA", "127.0.0.1", ossa_port]},
             "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            **(extra_config or {}),
         }
         self.exe = exe
         self.config_path = workdir / "orthanc.json"

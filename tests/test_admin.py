@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from tests.conftest import free_port
+from tests.conftest import OrthancPeer, free_port
 from tests.test_delivery import record_object
+from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc
 from worker.admin import format_summary
 from worker.spool import Spool
 from worker.store import DeliveryState, FailedDelivery, StateStore, Summary
@@ -228,3 +229,48 @@ def test_check_config_names_an_invalid_key(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "listener.port" in proc.stdout + proc.stderr
     assert "FAIL" in proc.stdout
+
+
+def _stowrs(name: str, url: str, secret: Path | None = None) -> str:
+    auth = (f'auth = "basic"\nusername = "{ORTHANC_USER}"\nsecret_file = "{secret}"\n'
+            if secret is not None else "")
+    return f"""
+[[destinations]]
+name = "{name}"
+type = "stowrs"
+url = "{url}"
+timeout_s = 10
+{auth}"""
+
+
+def test_check_config_of_stow_rs_destinations(tmp_path: Path, orthanc: OrthancPeer) -> None:
+    right, wrong = tmp_path / "right.secret", tmp_path / "wrong.secret"
+    right.write_text(ORTHANC_PASSWORD + "\n", encoding="utf-8")
+    wrong.write_text("guess-0f-4-password\n", encoding="utf-8")
+    secured = AuthOrthanc(tmp_path / "orthanc-auth", free_port())
+    try:
+        config = _config(
+            tmp_path,
+            _stowrs("web", orthanc.url + "/dicom-web"),
+            _stowrs("authed", secured.url + "/dicom-web", right),
+            _stowrs("wrong", secured.url + "/dicom-web", wrong),
+            _stowrs("nowhere", orthanc.url + "/no-such-root"),
+        )
+        proc = _ossa("check-config", "--config", config)
+        count = len(secured.get("/instances"))
+    finally:
+        secured.stop()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = {line.split()[1]: line for line in proc.stdout.splitlines()
+             if line.startswith("destination")}
+    assert lines.keys() == {"web", "authed", "wrong", "nowhere"}
+    assert lines["web"].split()[2] == "ok"
+    assert lines["web"].endswith(f"QIDO-RS: {orthanc.url}/dicom-web answered HTTP 200 OK")
+    assert lines["authed"].split()[2] == "ok"
+    assert lines["wrong"].split()[2] == "FAIL"
+    assert lines["wrong"].endswith(
+        f"QIDO-RS: {secured.url}/dicom-web answered HTTP 401 Unauthorized (credentials refused)")
+    assert lines["nowhere"].split()[2] == "FAIL"
+    assert "HTTP 404 Not Found" in lines["nowhere"]
+    assert "guess-0f-4-password" not in proc.stdout + proc.stderr
+    assert count == 0  # checking stored nothing

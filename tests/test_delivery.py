@@ -19,9 +19,17 @@ from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 from pynetdicom import AE, evt
 
 from dicom_io.send import SendOutcome, SendResult
-from tests.conftest import T0, FakeClock, free_port, wait_until
-from worker.config import DeliveryConfig, DimseDestination
-from worker.delivery import DeliveryWorker, DimseSender, RetryPolicy, is_permanent
+from tests.conftest import T0, FakeClock, OrthancPeer, free_port, wait_until
+from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc, ossa_sr, secret_file
+from worker.config import DeliveryConfig, DimseDestination, StowRsDestination
+from worker.delivery import (
+    DeliveryWorker,
+    DimseSender,
+    RetryPolicy,
+    StowRsSender,
+    is_permanent,
+    make_sender,
+)
 from worker.spool import Spool
 from worker.store import NewObject, StateStore
 
@@ -508,3 +516,131 @@ def test_damaged_object_file_fails_without_blocking_the_next(
     assert worker.run_once() is True
     assert sender.sent == [intact.SOPInstanceUID]
     assert outbox.store.summary().deliveries == {"archive": {"failed": 1, "delivered": 1}}
+
+
+# --- STOW-RS destinations ---------------------------------------------------------------
+
+
+def test_make_sender_by_destination_type() -> None:
+    dimse = DimseDestination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104)
+    web = StowRsDestination(name="web", type="stowrs", url="https://pacs.example.org/dicom-web")
+    assert make_sender(dimse, calling_ae_title="OSSA") == DimseSender(dimse, "OSSA")
+    assert make_sender(web, calling_ae_title="OSSA") == StowRsSender(web)
+    assert make_sender(web, calling_ae_title="OSSA").name == "web"
+
+
+def test_stow_rs_destination_the_peer_refuses_is_a_refusal(
+    make_radiograph: Callable[..., Dataset],
+) -> None:
+    # The configuration refuses a port out of range; a destination built without validation
+    # still does not make the send raise: it says so.
+    web = StowRsDestination.model_construct(
+        name="web", type="stowrs", url="http://127.0.0.1:99999/dicom-web", auth="none",
+        username=None, secret_file=None, secret_env=None, verify_tls=True, ca_bundle=None,
+        timeout_s=30.0,
+    )
+    result = StowRsSender(web).send(make_radiograph())
+    assert result == SendResult(
+        SendOutcome.REFUSED, None,
+        "destination web: url must be an http:// or https:// URL with a host and valid port",
+    )
+    assert is_permanent(result)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "http_status", "permanent"),
+    [
+        (SendOutcome.REFUSED, None, 401, True),
+        (SendOutcome.REFUSED, None, 404, True),
+        (SendOutcome.REFUSED, 0xA900, 409, True),  # Failure Reason: does not match SOP Class
+        (SendOutcome.REFUSED, 0xA700, 409, False),  # Failure Reason: out of resources
+        (SendOutcome.REFUSED, None, None, True),  # no usable secret
+        (SendOutcome.ABORTED, None, 429, False),
+        (SendOutcome.UNREACHABLE, None, 503, False),
+        (SendOutcome.UNREACHABLE, None, None, False),  # TLS verification failed
+        (SendOutcome.WARNING, 0xB000, 202, False),
+    ],
+)
+def test_is_permanent_of_http_results(
+    outcome: SendOutcome, status: int | None, http_status: int | None, permanent: bool
+) -> None:
+    result = SendResult(outcome, status, "detail", http_status=http_status)
+    assert is_permanent(result) is permanent
+
+
+@pytest.fixture(scope="module")
+def auth_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthOrthanc]:
+    """An Orthanc with HTTP Basic authentication, for this module."""
+    peer = AuthOrthanc(tmp_path_factory.mktemp("orthanc-auth"), free_port())
+    yield peer
+    peer.stop()
+
+
+def _stow_worker(outbox: Outbox, destination: StowRsDestination) -> DeliveryWorker:
+    return DeliveryWorker(make_sender(destination, calling_ae_title="OSSA"), outbox.store,
+                          outbox.spool, POLICY, outbox.stop, rng=_Top())
+
+
+def test_delivers_an_sr_to_orthanc_with_stow_rs(
+    outbox: Outbox, orthanc: OrthancPeer, make_radiograph: Callable[..., Dataset]
+) -> None:
+    sr = ossa_sr(make_radiograph())
+    path = record_object(outbox.store, outbox.spool, sr, ["web"])
+    worker = _stow_worker(
+        outbox, StowRsDestination(name="web", type="stowrs", url=orthanc.url + "/dicom-web")
+    )
+    assert worker.run_once() is True
+
+    row = delivery_rows(outbox.store)["web"]
+    assert (row["state"], row["attempts"], row["last_outcome"]) == ("delivered", 1, "success")
+    assert row["last_detail"] == f"{orthanc.url}/dicom-web answered HTTP 200 OK: stored"
+    assert orthanc.sr_sop_uids(str(sr.StudyInstanceUID)) == [sr.SOPInstanceUID]
+    (item,) = orthanc.instances_of_study(str(sr.StudyInstanceUID))
+    back = pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{item['ID']}/file")))
+    assert back == pydicom.dcmread(outbox.spool.path(path))
+    assert worker.run_once() is False
+
+
+def test_stow_rs_wrong_password_fails_at_once_until_fixed(
+    outbox: Outbox, auth_orthanc: AuthOrthanc, make_radiograph: Callable[..., Dataset],
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    sr = ossa_sr(make_radiograph())
+    record_object(outbox.store, outbox.spool, sr, ["web"])
+    wrong = "wr0ng-pa55"
+    destination = StowRsDestination(
+        name="web", type="stowrs", url=auth_orthanc.url + "/dicom-web", auth="basic",
+        username=ORTHANC_USER, secret_file=secret_file(tmp_path, wrong), timeout_s=10,
+    )
+    worker = _stow_worker(outbox, destination)
+    with caplog.at_level("DEBUG"):
+        assert worker.run_once() is True
+    row = delivery_rows(outbox.store)["web"]
+    assert (row["state"], row["attempts"], row["last_outcome"]) == ("failed", 1, "refused")
+    assert row["last_detail"] == (
+        f"{auth_orthanc.url}/dicom-web answered HTTP 401 Unauthorized (credentials refused)")
+    assert "refused by the destination" in caplog.text
+    assert wrong not in caplog.text and wrong not in row["last_detail"]
+    outbox.clock.advance(POLICY.give_up_after_s / 2)
+    assert worker.run_once() is False  # not retried by itself
+
+    secret_file(tmp_path, ORTHANC_PASSWORD)  # the operator fixes the secret, then retries
+    assert outbox.store.retry(destination="web") == 1
+    assert worker.run_once() is True
+    row = delivery_rows(outbox.store)["web"]
+    assert (row["state"], row["attempts"], row["last_outcome"]) == ("delivered", 2, "success")
+    assert sr.SOPInstanceUID in auth_orthanc.sop_uids()
+
+
+def test_stow_rs_unreachable_destination_stays_pending(
+    outbox: Outbox, make_radiograph: Callable[..., Dataset]
+) -> None:
+    record_object(outbox.store, outbox.spool, ossa_sr(make_radiograph()), ["web"])
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    worker = _stow_worker(outbox, StowRsDestination(name="web", type="stowrs", url=url,
+                                                    timeout_s=5))
+    assert worker.run_once() is True
+    row = delivery_rows(outbox.store)["web"]
+    assert (row["state"], row["attempts"], row["last_outcome"]) == ("pending", 1, "unreachable")
+    assert row["last_detail"] == f"{url}: Connection refused"
+    assert row["next_attempt"] == T0 + 10.0

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from worker.config import Config, ConfigError, load_config
+from worker.config import Config, ConfigError, DimseDestination, load_config
 from worker.schema import SCHEMA_VERSION, SchemaError
 from worker.store import STORE_FILE, DeliveryState, JobState, StateStore, StudyState, Summary
 
@@ -131,9 +131,15 @@ class Check:
 
 
 def run_checks(config: Config, config_path: Path) -> list[Check]:
-    """Check the model bundle, the storage root and every destination (C-ECHO)."""
+    """Check the model bundle, the storage root and every destination.
+
+    A DIMSE destination gets a C-ECHO; a STOW-RS one a QIDO-RS ``GET {url}/studies?limit=1``
+    with its credentials and TLS settings, which checks both and stores nothing.
+    """
     from dicom_io.send import DimsePeer, send_c_echo
+    from dicom_io.stow import probe_dicomweb
     from models.manifest import BundleError, open_bundle
+    from worker.delivery import stow_rs_peer
 
     checks = [Check("config", True, str(config_path))]
     try:
@@ -149,6 +155,15 @@ def run_checks(config: Config, config_path: Path) -> list[Check]:
     if not config.destinations:
         checks.append(Check("destinations", True, "none configured: SRs stay on disk"))
     for destination in config.destinations:
+        if not isinstance(destination, DimseDestination):
+            try:
+                result = probe_dicomweb(stow_rs_peer(destination))
+            except ValueError as exc:  # e.g. a port out of range
+                checks.append(Check(f"destination {destination.name}", False, str(exc)))
+                continue
+            checks.append(Check(f"destination {destination.name}", result.ok,
+                                f"QIDO-RS: {result.detail}"))
+            continue
         peer = DimsePeer(destination.ae_title, destination.host, destination.port,
                          destination.timeout_s)
         result = send_c_echo(peer, calling_ae_title=config.listener.ae_title)

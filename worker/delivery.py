@@ -5,9 +5,8 @@ per destination takes its due deliveries one at a time, so a slow or dead destin
 delays only its own. A failed attempt is retried with exponential backoff and jitter
 (:class:`RetryPolicy`, ``[delivery]`` in the configuration) until ``give_up_after_s`` has
 passed since it was queued; then it is ``failed`` (shown by ``ossa status``) until
-``ossa retry``. A destination that answers a failure status other than "Out of Resources"
-(PS3.4 B.2.3) refuses the object itself, and a retry of the same bytes would be refused
-again: that delivery is ``failed`` at once.
+``ossa retry``. A destination that refuses the object itself (:func:`is_permanent`) would
+refuse a retry of the same bytes again: that delivery is ``failed`` at once.
 
 The object is sent with the SOP Instance UID it was recorded with, so an attempt repeated
 after a crash (sent, not yet recorded) gives the PACS the same object again, which it keeps
@@ -28,7 +27,8 @@ import pydicom
 from pydicom import Dataset
 
 from dicom_io.send import DimsePeer, SendOutcome, SendResult, send_c_store
-from worker.config import DeliveryConfig, DimseDestination
+from dicom_io.stow import StowRsPeer, send_stow_rs
+from worker.config import DeliveryConfig, Destination, DimseDestination, StowRsDestination
 from worker.spool import Spool
 from worker.store import Delivery, DeliveryState, StateStore
 
@@ -72,6 +72,53 @@ class DimseSender:
             timeout_s=self.destination.timeout_s,
         )
         return send_c_store(dataset, peer, calling_ae_title=self.calling_ae_title)
+
+
+def stow_rs_peer(destination: StowRsDestination) -> StowRsPeer:
+    """The DICOMweb service of a ``type = "stowrs"`` destination."""
+    return StowRsPeer(
+        url=destination.url,
+        auth=destination.auth,
+        username=destination.username,
+        secret_file=destination.secret_file,
+        secret_env=destination.secret_env,
+        verify_tls=destination.verify_tls,
+        ca_bundle=destination.ca_bundle,
+        timeout_s=destination.timeout_s,
+    )
+
+
+@dataclass(frozen=True)
+class StowRsSender:
+    """A ``type = "stowrs"`` destination: STOW-RS to a DICOMweb service (PS3.18 10.5).
+
+    The secret is read at each send (:mod:`dicom_io.stow`), so a rotated one is picked up.
+    """
+
+    destination: StowRsDestination
+
+    @property
+    def name(self) -> str:
+        """The destination's name."""
+        return self.destination.name
+
+    def send(self, dataset: Dataset) -> SendResult:
+        """STOW-RS ``dataset`` to the destination."""
+        try:
+            peer = stow_rs_peer(self.destination)
+        except ValueError as exc:  # e.g. a port out of range, which the config lets through
+            return SendResult(SendOutcome.REFUSED, None, f"destination {self.name}: {exc}")
+        return send_stow_rs(dataset, peer)
+
+
+def make_sender(destination: Destination, *, calling_ae_title: str) -> Sender:
+    """The sender of a ``[[destinations]]`` entry, by its ``type``.
+
+    ``calling_ae_title`` is our AE title for DIMSE destinations; STOW-RS has none.
+    """
+    if isinstance(destination, StowRsDestination):
+        return StowRsSender(destination)
+    return DimseSender(destination, calling_ae_title)
 
 
 @dataclass(frozen=True)
@@ -121,7 +168,15 @@ class RetryPolicy:
 
 
 def is_permanent(result: SendResult) -> bool:
-    """Whether a failed send is the destination refusing the object itself (not retried)."""
+    """Whether a failed send is the destination refusing the object itself (not retried).
+
+    One rule for both protocols: an outcome ``REFUSED`` whose status is not "Refused: Out
+    of Resources" (``0xA7xx``, PS3.4 Table B.2-1). For C-STORE the status is the DIMSE
+    status; for STOW-RS it is the instance's Failure Reason (same codes) or ``None``, and
+    :mod:`dicom_io.stow` already maps the HTTP answers that mean "try later" (408, 429, 5xx
+    but 501 and 505) and every network or TLS failure to ``ABORTED`` or ``UNREACHABLE``, so
+    a ``REFUSED`` HTTP answer (400, 401, 403, 404, 409, 413, 415...) needs an operator.
+    """
     return result.outcome is SendOutcome.REFUSED and (
         result.status is None or result.status not in _TRANSIENT_STATUSES
     )
