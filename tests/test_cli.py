@@ -137,6 +137,18 @@ def test_storescu_to_orthanc_end_to_end(
     # it (Orthanc's job succeeds) and reports nothing new.
     orthanc.post("/modalities/ossa/store", {"Resources": [sr_ids[0]], "Synchronous": True})
     assert f"Acknowledged SOP Instance {sr.SOPInstanceUID}" in served.text()
+
+    # The secondary captures (one per assessed image) reach Orthanc too, and forwarded back
+    # are acknowledged the same way.
+    captures = wait_until(lambda: [
+        item["ID"] for item in orthanc.instances_of_study(identity.study_instance_uid)
+        if orthanc.get(f"/instances/{item['ID']}/simplified-tags").get("SOPClassUID")
+        == "1.2.840.10008.5.1.4.1.1.7"], timeout=60, what="the secondary captures in Orthanc")
+    assert 1 <= len(captures) <= len(sources)  # type: ignore[arg-type]
+    capture = pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{captures[0]}/file")))  # type: ignore[index]
+    assert capture.BurnedInAnnotation == "YES" and "not for diagnosis" in capture.SeriesDescription
+    orthanc.post("/modalities/ossa/store", {"Resources": captures[:1], "Synchronous": True})  # type: ignore[index]
+    assert f"Acknowledged SOP Instance {capture.SOPInstanceUID}" in served.text()
     status = subprocess.run([OSSA, "status", "--json", "--config", str(tmp_path / "config.toml")],
                             capture_output=True, text=True, timeout=60)
     assert json.loads(status.stdout)["jobs"] == {"done": 1}

@@ -122,3 +122,41 @@ def test_example_config_toml_is_valid_and_sets_the_outbox() -> None:
     assert config.delivery.retry_max_interval_s == 300
     assert config.delivery.give_up_after_s == 86400
     assert config.storage.retention_days == 30
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://user:pw@pacs.example/dicom-web", "credentials"),
+        ("http://pacs.example:99999/dicom-web", "invalid port"),
+        ("ftp://pacs.example/dicom-web", "url"),
+    ],
+)
+def test_stowrs_url_is_checked(tmp_path: Path, url: str, message: str) -> None:
+    text = VALID + f'''
+[[destinations]]
+name = "web"
+type = "stowrs"
+url = "{url}"
+'''
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(_write(tmp_path, text))
+    assert "destinations.1.url" in str(info.value)
+
+
+def test_stowrs_destination_with_basic_auth(tmp_path: Path) -> None:
+    text = VALID + '''
+[[destinations]]
+name = "web"
+type = "stowrs"
+url = "https://pacs.example/dicom-web/"
+auth = "basic"
+username = "ossa"
+secret_file = "secrets/pacs.txt"
+'''
+    config = load_config(_write(tmp_path, text))
+    web = config.destinations[1]
+    assert web.type == "stowrs" and web.url == "https://pacs.example/dicom-web"
+    assert web.secret_file == tmp_path / "secrets" / "pacs.txt"  # relative to the file
+    with pytest.raises(ConfigError, match=r"destinations\.1.*needs username"):
+        load_config(_write(tmp_path, text.replace('username = "ossa"\n', "")))

@@ -42,6 +42,8 @@ completion_timeout_s = 1.0
 root = "var"
 [model]
 bundle = "{bundle}"
+[results]
+secondary_capture = false  # one object per study keeps the counting simple
 [delivery]
 retry_initial_interval_s = 1
 retry_max_interval_s = 4

@@ -16,6 +16,7 @@ from pydicom.uid import (
     Comprehensive3DSRStorage,
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE
 
@@ -28,6 +29,7 @@ from worker.config import (
     DeliveryConfig,
     DimseDestination,
     ListenerConfig,
+    ResultsConfig,
     StorageConfig,
     StudyConfig,
 )
@@ -65,9 +67,11 @@ def start_service(
     started: list[Service] = []
 
     def _start(
-        destinations: list[DimseDestination], *, completion_s: float = 0.5
+        destinations: list[DimseDestination], *, completion_s: float = 0.5,
+        secondary_capture: bool = False,
     ) -> Service:
         config = Config(
+            results=ResultsConfig(secondary_capture=secondary_capture),
             listener=ListenerConfig(port=free_port(), allowed_calling_aets=("STORESCU",)),
             study=StudyConfig(completion_timeout_s=completion_s),
             storage=StorageConfig(root=tmp_path / "var"),
@@ -203,6 +207,36 @@ def test_own_sr_forwarded_back_is_acknowledged_and_not_reported(
     summary = service.intake.store.summary()
     assert summary.instances == {"stored": 1} and summary.studies == {"reported": 1}
     assert summary.jobs == {"done": 1}
+
+
+def test_secondary_captures_go_out_with_the_sr_and_are_not_reprocessed(
+    start_service: Callable[..., Service],
+    storescp: tuple[int, Path],
+    make_radiograph: Callable[..., Dataset],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    pacs_port, pacs_dir = storescp
+    service = start_service([_destination("pacs", pacs_port)], secondary_capture=True)
+    study = _phantom_study("WRIST", True, 81, make_radiograph, n_images=2)
+    assert _store(service.port, study) == [0, 0]
+    wait_until(lambda: service.intake.store.summary().jobs == {"done": 1}, timeout=120,
+               what="the study reported")
+    summary = service.intake.store.summary()
+    total = summary.deliveries["pacs"].get("pending", 0) + _delivered(service)
+    assert total >= 2  # the SR and a secondary capture per assessed image
+    wait_until(lambda: _delivered(service) == total, timeout=60, what="every object delivered")
+    received = [pydicom.dcmread(p) for p in pacs_dir.iterdir()]
+    captures = [ds for ds in received if ds.SOPClassUID == SecondaryCaptureImageStorage]
+    assert len([ds for ds in received if ds.Modality == "SR"]) == 1
+    assert len(captures) == total - 1
+    assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in captures} <= {
+        ds.SOPInstanceUID for ds in study}
+
+    # A PACS forwarding the secondary capture back: acknowledged, not a new image.
+    assert _store(service.port, captures[:1], sop_class=SecondaryCaptureImageStorage) == [0]
+    assert f"Acknowledged SOP Instance {captures[0].SOPInstanceUID}" in caplog.text
+    assert service.intake.store.summary().instances == {"stored": 2}
 
 
 def test_blackholed_destination_does_not_delay_another(

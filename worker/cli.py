@@ -62,6 +62,12 @@ def configure_logging(level: str) -> None:
             "loggers": {
                 "pynetdicom": {"level": "WARNING"},
                 "highdicom": {"level": "WARNING"},
+                # Each decoder plugin that fails logs a traceback; Ossa logs one line naming
+                # the instance and the transfer syntax instead.
+                "pydicom.pixels": {"level": "CRITICAL"},
+                # dicomweb-client's retry helper logs a traceback per network failure; the
+                # outbox logs one line per attempt.
+                "retrying": {"level": "ERROR"},
             },
             "root": {"level": level, "handlers": ["stderr"]},
         }

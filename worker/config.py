@@ -11,16 +11,20 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from dicom_io.scope import DEFAULT_ASSESSED, DEFAULT_NOT_ASSESSED, ScopeTable
 from models.engine import Backend
 
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash or control
@@ -58,6 +62,8 @@ class ListenerConfig(_Section):
     max_pdu_size: int = Field(default=0, ge=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     dimse_timeout_s: float = Field(default=30.0, gt=0)
+    # A Deflated Explicit VR Little Endian data set that inflates past this is refused.
+    max_inflated_mb: int = Field(default=256, ge=1, le=4096)
 
     @field_validator("ae_title")
     @classmethod
@@ -114,6 +120,29 @@ class ModelConfig(_Section):
     batch_size: int = Field(default=32, ge=1, le=1024)
 
 
+class ScopeConfig(_Section):
+    """``[scope]``: Body Part Examined terms and ``SCT:<code>`` anatomic regions that Ossa
+    does not assess (:mod:`dicom_io.scope`); each list replaces the built-in one."""
+
+    not_assessed: tuple[str, ...] = DEFAULT_NOT_ASSESSED
+    assessed: tuple[str, ...] = DEFAULT_ASSESSED
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> ScopeConfig:
+        ScopeTable(self.not_assessed, self.assessed)  # raises, naming the values in both
+        return self
+
+    def table(self) -> ScopeTable:
+        """The scope table of this section."""
+        return ScopeTable(self.not_assessed, self.assessed)
+
+
+class ResultsConfig(_Section):
+    """``[results]``: the objects Ossa writes besides the SR."""
+
+    secondary_capture: bool = True
+
+
 class DimseDestination(_Section):
     """``[[destinations]]`` with ``type = "dimse"``: a C-STORE SCP that receives the SRs."""
 
@@ -130,6 +159,77 @@ class DimseDestination(_Section):
         return _check_ae_title(value)
 
 
+class StowRsDestination(_Section):
+    """``[[destinations]]`` with ``type = "stowrs"``: a DICOMweb STOW-RS service (PS3.18 10.5).
+
+    The secret (password or bearer token) is read when a request is made, from the file
+    ``secret_file`` or the environment variable ``secret_env``; it is never in the
+    configuration file and never logged.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["stowrs"]
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    secret_file: Path | None = None
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials: use auth, username and secret_file")
+        if not parts.hostname:
+            raise ValueError(f"needs a host, got {value!r}")
+        try:
+            parts.port  # noqa: B018 - raises for a port outside 0-65535
+        except ValueError as exc:
+            raise ValueError(f"invalid port in {value!r}") from exc
+        return value.rstrip("/")
+
+    @field_validator("username")
+    @classmethod
+    def _check_username(cls, value: str | None) -> str | None:
+        if value is not None and (":" in value or not value.strip()):
+            raise ValueError("must be non-empty and without ':' (HTTP basic authentication)")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> StowRsDestination:
+        has_secret = self.secret_file is not None or self.secret_env is not None
+        if self.secret_file is not None and self.secret_env is not None:
+            raise ValueError("give secret_file or secret_env, not both")
+        if self.auth == "none" and (has_secret or self.username):
+            raise ValueError('username/secret_file/secret_env need auth = "basic" or "bearer"')
+        if self.auth != "none" and not has_secret:
+            raise ValueError(f'auth = "{self.auth}" needs secret_file or secret_env')
+        if self.auth == "basic" and not self.username:
+            raise ValueError('auth = "basic" needs username')
+        return self
+
+
+def _destination_type(value: object) -> str:
+    """The ``type`` of a destination table; ``dimse`` when absent."""
+    if isinstance(value, dict):
+        return str(value.get("type", "dimse"))
+    return str(getattr(value, "type", "dimse"))
+
+
+Destination = Annotated[
+    Annotated[DimseDestination, Tag("dimse")] | Annotated[StowRsDestination, Tag("stowrs")],
+    Discriminator(
+        _destination_type,
+        custom_error_type="destination_type",
+        custom_error_message='type must be "dimse" or "stowrs"',
+    ),
+]
+
+
 class LoggingConfig(_Section):
     """``[logging]``: log level of the service."""
 
@@ -143,8 +243,10 @@ class Config(_Section):
     study: StudyConfig = StudyConfig()
     storage: StorageConfig = StorageConfig()
     model: ModelConfig = ModelConfig()
+    scope: ScopeConfig = ScopeConfig()
+    results: ResultsConfig = ResultsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
-    destinations: tuple[DimseDestination, ...] = ()
+    destinations: tuple[Destination, ...] = ()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
@@ -165,14 +267,29 @@ class Config(_Section):
             update={
                 "storage": self.storage.model_copy(update={"root": _resolve(self.storage.root)}),
                 "model": self.model.model_copy(update={"bundle": _resolve(self.model.bundle)}),
+                "destinations": tuple(
+                    d.model_copy(update={
+                        key: _resolve(getattr(d, key))
+                        for key in ("secret_file", "ca_bundle")
+                        if getattr(d, key, None) is not None
+                    })
+                    for d in self.destinations
+                ),
             }
         )
 
 
 def _format_error(error: ValidationError) -> str:
+    """``key.path: message; ...``, keys as written in the file (a destination's type tag,
+    which pydantic adds to the location, is left out)."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = list(item["loc"])
+        if len(loc) > 2 and loc[0] == "destinations" and loc[2] in ("dimse", "stowrs"):
+            del loc[2]
+        if item["type"] == "destination_type":
+            loc.append("type")
+        key = ".".join(str(part) for part in loc) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"

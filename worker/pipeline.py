@@ -28,7 +28,11 @@ from pydicom import Dataset
 
 from dicom_io.pixels import PixelDataError, normalize_radiograph
 from dicom_io.report import build_sr, report_uids, sr_to_bytes
-from models.results import AlgorithmInfo, StudyPrediction
+from dicom_io.scope import ScopeTable
+from dicom_io.secondary_capture import build_secondary_capture, sc_label, secondary_capture_uids
+from models.engine import EngineOutput
+from models.enhance import Preprocessing
+from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.taxonomy import Taxonomy
 from worker.spool import Spool
 from worker.store import ClaimedJob, NewObject, ObjectRef, StateStore
@@ -49,29 +53,60 @@ class StudyClassifier(Protocol):
         """Name and version of the model; the version enters the SR's UIDs."""
         ...
 
-    def predict_studies(self, studies: Sequence[Sequence[NDArray[np.float32]]]
-                        ) -> list[StudyPrediction]:
-        """Predict several studies from their normalized images, in shared batches."""
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become network inputs (the input size places a CAM on its image)."""
+        ...
+
+    def preprocess(self, images: Sequence[NDArray[np.floating]]) -> NDArray[np.float32]:
+        """Network inputs of normalized images."""
+        ...
+
+    def predict_arrays(self, inputs: NDArray[np.float32], *, cams: bool = False
+                       ) -> tuple[EngineOutput, list[ImagePrediction]]:
+        """Raw output (with class-activation maps when asked) and one prediction per input."""
+        ...
+
+    def study(self, images: Sequence[ImagePrediction]) -> StudyPrediction:
+        """The study result of its images' predictions."""
         ...
 
 
 @dataclass
 class LoadedStudy:
-    """A claimed job's readable instances and their normalized images."""
+    """A claimed job's readable instances, and what the classifier gets of them.
+
+    ``sources[i]`` is the i-th readable instance (every one is referenced by the SR);
+    ``images[i]`` its normalized image, or None when it is not given to the model, in which
+    case ``verdicts[i]`` says why it was not assessed (out of scope, undecodable pixels).
+    """
 
     job: ClaimedJob
     sources: list[Dataset] = field(default_factory=list)
-    images: list[NDArray[np.float32]] = field(default_factory=list)
+    images: list[NDArray[np.float32] | None] = field(default_factory=list)
+    verdicts: list[ImagePrediction | None] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+    def add(self, ds: Dataset, image: NDArray[np.float32] | None,
+            verdict: ImagePrediction | None = None) -> None:
+        """Add a source with its image, or with the verdict that replaces the model's."""
+        self.sources.append(ds)
+        self.images.append(image)
+        self.verdicts.append(verdict)
 
 
 @dataclass(frozen=True)
 class Classified:
-    """What the classify stage hands to the report stage for one job."""
+    """What the classify stage hands to the report stage for one job.
+
+    ``cams[i]`` is the class-activation map of ``study.sources[i]`` when it was assessed and
+    maps were asked for (secondary captures), else None.
+    """
 
     study: LoadedStudy
     prediction: StudyPrediction | None
     error: str | None = None
+    cams: tuple[NDArray[np.float32] | None, ...] = ()
 
 
 class Scheduler:
@@ -130,6 +165,8 @@ class ClassifyStage:
         out: queue.Queue[Classified | None],
         stop: threading.Event,
         *,
+        scope: ScopeTable | None = None,
+        cams: bool = False,
         max_batch_studies: int = 16,
     ) -> None:
         if max_batch_studies < 1:
@@ -139,6 +176,8 @@ class ClassifyStage:
         self.classifier = classifier
         self.out = out
         self.stop = stop
+        self.scope = scope or ScopeTable()
+        self.cams = cams
         self.max_batch_studies = max_batch_studies
 
     def run_once(self) -> int:
@@ -147,26 +186,49 @@ class ClassifyStage:
         if not jobs:
             return 0
         loaded = [self._load(job) for job in jobs]
-        ready = [s for s in loaded if s.sources]
+        flat = [image for study in loaded for image in study.images if image is not None]
         try:
-            images = [s.images for s in ready]
-            predictions = self.classifier.predict_studies(images) if ready else []
-            by_job = {s.job.job_id: p for s, p in zip(ready, predictions, strict=True)}
+            predictions, maps = self._predict(flat)
             error = None
         except Exception as exc:  # one bad batch must not stop the stage
             logger.exception("Classifying studies %s failed", [j.study_uid for j in jobs])
-            by_job, error = {}, f"classifier failed: {type(exc).__name__}: {exc}"
+            predictions, maps = [], []
+            error = f"classifier failed: {type(exc).__name__}: {exc}"
+        results, cams = iter(predictions), iter(maps)
         for study in loaded:
-            prediction = by_job.get(study.job.job_id)
-            if prediction is not None:
-                item = Classified(study, prediction)
-            elif study.sources:
+            if not study.sources:
+                item = Classified(study, None, f"no readable instance in {study.job.study_uid}")
+            elif error is not None:
                 item = Classified(study, None, error)
             else:
-                item = Classified(study, None, f"no usable image in study {study.job.study_uid}")
+                images: list[ImagePrediction] = []
+                study_cams: list[NDArray[np.float32] | None] = []
+                for image, verdict in zip(study.images, study.verdicts, strict=True):
+                    if image is None:
+                        assert verdict is not None
+                        images.append(verdict)
+                        study_cams.append(None)
+                    else:
+                        images.append(next(results))
+                        study_cams.append(next(cams, None))
+                item = Classified(study, self.classifier.study(images), cams=tuple(study_cams))
             if not self._hand_over(item):
                 break
         return len(jobs)
+
+    def _predict(self, images: Sequence[NDArray[np.float32]]
+                 ) -> tuple[list[ImagePrediction], list[NDArray[np.float32] | None]]:
+        """Every image's prediction and, when asked for, its class-activation map."""
+        if not images:
+            return [], []
+        output, predictions = self.classifier.predict_arrays(
+            self.classifier.preprocess(images), cams=self.cams
+        )
+        if not self.cams:
+            return predictions, []
+        maps = [None if not p.assessed or np.isnan(cam).all() else cam
+                for p, cam in zip(predictions, output.cams, strict=True)]
+        return predictions, maps
 
     def _hand_over(self, item: Classified) -> bool:
         """Queue ``item`` for the report stage, waiting while the queue is full; give up
@@ -180,29 +242,48 @@ class ClassifyStage:
                     return False
 
     def _load(self, job: ClaimedJob) -> LoadedStudy:
-        """Read and normalize a job's instances; unusable ones are logged and skipped."""
+        """Read a job's instances; decide which the model sees.
+
+        An instance that is not DICOM at all cannot be referenced and is skipped (logged).
+        One outside the scope of Body Part Examined / Anatomic Region (:mod:`dicom_io.scope`),
+        or whose pixel data cannot be decoded, is kept as a source that was *not assessed*,
+        with the reason, so that the report says so.
+        """
         loaded = LoadedStudy(job)
         for instance in job.instances:
             try:
                 ds = pydicom.dcmread(self.spool.path(instance.path))
-                image = normalize_radiograph(ds)
-            except (PixelDataError, pydicom.errors.InvalidDicomError, ValueError, OSError) as exc:
-                logger.warning("Skipping SOP Instance %s: %s", instance.sop_uid, exc)
+                ds.SOPInstanceUID  # noqa: B018 - a data set without its UIDs cannot be reported
+                ds.StudyInstanceUID  # noqa: B018
+            except Exception as exc:  # pydicom raises many types for a damaged file
+                logger.warning("Skipping SOP Instance %s: unreadable (%s: %s)",
+                               instance.sop_uid, type(exc).__name__, exc)
                 loaded.skipped.append(instance.sop_uid)
+                continue
+            decision = self.scope.decide(ds)
+            if decision.out_of_scope:
+                logger.info("SOP Instance %s not assessed: %s", instance.sop_uid, decision.reason)
+                loaded.add(ds, None, ImagePrediction.not_assessed(decision.reason))
+                continue
+            try:
+                image = normalize_radiograph(ds)
+            except PixelDataError as exc:
+                logger.warning("SOP Instance %s not assessed: %s", instance.sop_uid, exc)
+                loaded.add(ds, None, ImagePrediction.not_assessed(
+                    f"pixel data could not be decoded: {exc}"))
                 continue
             except Exception as exc:  # a decoder's own error type must not strand the job
-                logger.warning(
-                    "Skipping SOP Instance %s: %s: %s", instance.sop_uid, type(exc).__name__, exc
-                )
-                loaded.skipped.append(instance.sop_uid)
+                logger.warning("SOP Instance %s not assessed: %s: %s", instance.sop_uid,
+                               type(exc).__name__, exc)
+                loaded.add(ds, None, ImagePrediction.not_assessed(
+                    f"pixel data could not be decoded: {type(exc).__name__}"))
                 continue
-            loaded.sources.append(ds)
-            loaded.images.append(image)
+            loaded.add(ds, image)
         return loaded
 
 
 class ReportStage:
-    """Builds, writes and records the SR of each classified study.
+    """Builds, writes and records the SR (and the secondary captures) of each classified study.
 
     Parameters
     ----------
@@ -211,9 +292,13 @@ class ReportStage:
     taxonomy : Taxonomy
         The classifier's classes (the SR's Finding Sites).
     algorithm : AlgorithmInfo
-        The model's name and version (the SR's UIDs derive from the version).
+        The model's name and version (the objects' UIDs derive from the version).
     destinations : sequence of str
-        Names of the destinations; each SR gets one pending delivery to each.
+        Names of the destinations; each object gets one pending delivery to each.
+    input_size : int, optional
+        The networks' input size, which places a class-activation map on its image; with it,
+        each assessed image that has a map gets a secondary capture
+        (:mod:`dicom_io.secondary_capture`). None: SR only.
     """
 
     def __init__(
@@ -223,28 +308,72 @@ class ReportStage:
         taxonomy: Taxonomy,
         algorithm: AlgorithmInfo,
         destinations: Sequence[str],
+        *,
+        input_size: int | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.taxonomy = taxonomy
         self.algorithm = algorithm
         self.destinations = tuple(destinations)
+        self.input_size = input_size
 
     def handle(self, item: Classified) -> NewObject | None:
-        """Report one study; return the SR recorded, or None when the job failed."""
+        """Report one study; return the SR recorded, or None when the job failed.
+
+        Every object is written durably first, then all are recorded, with their
+        deliveries, in one transaction. A secondary capture that cannot be built is logged
+        and left out; the SR is what must reach the radiologist.
+        """
         job = item.study.job
         if item.prediction is None:
             logger.error("Study %s failed: %s", job.study_uid, item.error)
             self.store.finish_job(job.job_id, error=item.error or "failed")
             return None
         try:
-            obj = self._write_sr(item.study, item.prediction)
+            sr = self._write_sr(item.study, item.prediction)
         except Exception as exc:  # a study that cannot be reported must not stop the stage
             logger.exception("Could not build the SR of study %s", job.study_uid)
             self.store.finish_job(job.job_id, error=f"SR not built: {type(exc).__name__}: {exc}")
             return None
-        self.store.finish_job(job.job_id, objects=[obj], destinations=self.destinations)
-        return obj
+        captures = self._write_captures(item) if self.input_size is not None else []
+        self.store.finish_job(job.job_id, objects=[sr, *captures], destinations=self.destinations)
+        return sr
+
+    def _write_captures(self, item: Classified) -> list[NewObject]:
+        """One secondary capture per assessed image with a class-activation map."""
+        assert item.prediction is not None and self.input_size is not None
+        study, prediction = item.study, item.prediction
+        thresholds = dict(prediction.thresholds)
+        written = []
+        for number, (source, image, verdict, cam) in enumerate(zip(
+            study.sources, study.images, prediction.images, item.cams, strict=True
+        ), start=1):
+            if image is None or cam is None or not verdict.assessed:
+                continue
+            source_uid = str(source.SOPInstanceUID)
+            series_uid, sop_uid = secondary_capture_uids(
+                study.job.study_uid, source_uid, self.algorithm.version
+            )
+            try:
+                capture = build_secondary_capture(
+                    source, image, cam, input_size=self.input_size,
+                    label=sc_label(verdict, thresholds[verdict.body_part]),
+                    series_instance_uid=series_uid, sop_instance_uid=sop_uid,
+                    instance_number=number, algorithm=self.algorithm,
+                )
+                path = self.spool.object_path(study.job.study_uid, sop_uid)
+                self.spool.write(path, sr_to_bytes(capture))
+            except Exception:  # logged; the SR still goes out
+                logger.exception("Could not build the secondary capture of SOP Instance %s",
+                                 source_uid)
+                continue
+            written.append(NewObject(kind="sc", sop_uid=sop_uid,
+                                     sop_class_uid=str(capture.SOPClassUID),
+                                     series_uid=series_uid, path=path))
+        if written:
+            logger.info("Study %s: %d secondary capture(s)", study.job.study_uid, len(written))
+        return written
 
     def _write_sr(self, study: LoadedStudy, prediction: StudyPrediction) -> NewObject:
         job = study.job

@@ -17,15 +17,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from worker.config import Config, ListenerConfig
-from worker.delivery import DeliveryWorker, DimseSender, RetryPolicy
+from worker.delivery import DeliveryWorker, RetryPolicy, make_sender
 from worker.handlers import handle_echo, handle_store
-from worker.intake import OWN_OBJECT_SOP_CLASSES, RADIOGRAPH_SOP_CLASSES, Intake
+from worker.intake import STORAGE_SOP_CLASSES, Intake
 from worker.pipeline import (
     Classified,
     ClassifyStage,
@@ -39,12 +39,6 @@ from worker.store import StateStore
 
 logger = logging.getLogger(__name__)
 
-#: Uncompressed transfer syntaxes (PS3.5 A.1, A.2, A.3).
-TRANSFER_SYNTAXES: tuple[str, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-)
 #: How often finished studies are checked against ``storage.retention_days``.
 RETENTION_INTERVAL_S = 3600.0
 #: Most studies classified together in one shared batch, and so also the size of the queue
@@ -64,7 +58,7 @@ def build_ae(listener: ListenerConfig) -> AE:
     ae.acse_timeout = listener.network_timeout_s
     ae.require_calling_aet = list(listener.allowed_calling_aets)
     ae.add_supported_context(Verification)
-    for sop_class in RADIOGRAPH_SOP_CLASSES + OWN_OBJECT_SOP_CLASSES:
+    for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
     return ae
 
@@ -136,7 +130,8 @@ class Service:
             )
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.intake]),
+            (evt.EVT_C_STORE, handle_store,
+             [self.intake, self.listener.max_inflated_mb * 1024 * 1024]),
         ]
         self._server = self._ae.start_server(
             (self.listener.host, self.listener.port), block=False, evt_handlers=handlers
@@ -250,7 +245,7 @@ def build_service(
     policy = RetryPolicy.from_config(config.delivery)
     deliveries = [
         DeliveryWorker(
-            DimseSender(destination, calling_ae_title=config.listener.ae_title),
+            make_sender(destination, calling_ae_title=config.listener.ae_title),
             store,
             spool,
             policy,
@@ -265,11 +260,14 @@ def build_service(
         Intake(spool, store),
         Scheduler(store, config.study.completion_timeout_s, max_queued=MAX_QUEUED_JOBS),
         ClassifyStage(
-            store, spool, classifier, results, stop_event, max_batch_studies=MAX_BATCH_STUDIES
+            store, spool, classifier, results, stop_event, scope=config.scope.table(),
+            cams=config.results.secondary_capture, max_batch_studies=MAX_BATCH_STUDIES,
         ),
         ReportStage(
             store, spool, classifier.taxonomy, classifier.algorithm,
             [d.name for d in config.destinations],
+            input_size=classifier.preprocessing.input_size
+            if config.results.secondary_capture else None,
         ),
         deliveries,
         stop_event=stop_event,
