@@ -1,7 +1,8 @@
 """C-STORE SCU: send one dataset to a DICOM peer and say clearly what happened.
 
 Implements the SCU side of the Storage Service Class (PS3.4 B) over an association negotiated
-per PS3.7 and PS3.8. Every outcome, including refusal, rejection, abort and timeouts, is a
+per PS3.7 and PS3.8, over TCP or DICOM TLS (TLS 1.2 or later, :mod:`dicom_io.tls`). Every
+outcome, including refusal, rejection, abort, timeouts and unusable TLS files, is a
 :class:`SendResult` value; nothing raises for a network problem.
 """
 
@@ -17,6 +18,8 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
+
+from dicom_io.tls import ClientTls, TlsFileError
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +37,17 @@ class DimsePeer:
     port : int
         TCP port, 1-65535.
     timeout_s : float
-        Used for the TCP connection, ACSE, DIMSE and network timeouts.
+        Used for the TCP connection (and TLS handshake), ACSE, DIMSE and network timeouts.
+    tls : ClientTls, optional
+        Connect with DICOM TLS; ``None`` (default) for plain TCP. The peer's certificate is
+        verified, and also its host name unless ``tls.verify_hostname`` is false.
     """
 
     ae_title: str
     host: str
     port: int
     timeout_s: float = 30.0
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.ae_title.strip()) <= 16:
@@ -94,8 +101,9 @@ class SendResult:
 
 def _associate(
     peer: DimsePeer, calling_ae_title: str, contexts: list[tuple[str, list[str]]]
-) -> tuple[Association, str, SendResult | None]:
-    """Request an association with ``peer``; the failure result if there is none."""
+) -> tuple[str, Association | SendResult]:
+    """Request an association with ``peer``: a description of the peer, and the
+    established association or the failure result."""
     ae = AE(ae_title=calling_ae_title)
     ae.connection_timeout = peer.timeout_s
     ae.acse_timeout = peer.timeout_s
@@ -103,26 +111,34 @@ def _associate(
     ae.network_timeout = peer.timeout_s
     for abstract, syntaxes in contexts:
         ae.add_requested_context(abstract, syntaxes)
-    target = f"{peer.ae_title}@{peer.host}:{peer.port}"
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    target = f"{peer.ae_title}@{peer.host}:{peer.port}" + (" (TLS)" if peer.tls else "")
+    tls_args = None
+    if peer.tls is not None:
+        try:
+            tls_args = (peer.tls.context(), peer.host)
+        except (TlsFileError, ValueError) as exc:
+            # Our own certificate, key or CA file: no attempt is made, an operator must act.
+            return target, SendResult(SendOutcome.REFUSED, None, f"{target}: tls.{exc}")
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if assoc.is_established:
-        return assoc, target, None
+        return target, assoc
     if assoc.is_rejected:
-        return assoc, target, SendResult(
+        return target, SendResult(
             SendOutcome.REJECTED, None, f"{target} rejected the association"
         )
     if assoc.rejected_contexts:
         # The peer accepted the association but none of our presentation contexts (e.g.
         # it does not store this SOP Class); pynetdicom then aborts the association itself.
-        return assoc, target, SendResult(
+        return target, SendResult(
             SendOutcome.REJECTED, None, f"{target} accepted no presentation context"
         )
-    # pynetdicom reports a refused connection, an ACSE timeout and an abort before
-    # association acceptance all as an abort.
-    return assoc, target, SendResult(
+    # pynetdicom reports a refused connection, a failed TLS handshake (its log has the
+    # reason), an ACSE timeout and an abort before association acceptance all as an abort.
+    failures = "connection refused, TLS handshake failed" if peer.tls else "connection refused"
+    return target, SendResult(
         SendOutcome.UNREACHABLE,
         None,
-        f"no association with {target}: connection refused, timed out or aborted",
+        f"no association with {target}: {failures}, timed out or aborted",
     )
 
 
@@ -144,13 +160,13 @@ def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) ->
     SendResult
     """
     sop_uid = dataset.SOPInstanceUID
-    assoc, target, failed = _associate(
+    target, assoc = _associate(
         peer, calling_ae_title,
         [(dataset.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
     )
-    if failed is not None:
-        logger.warning("C-STORE of %s to %s: %s", sop_uid, target, failed.detail)
-        return failed
+    if isinstance(assoc, SendResult):
+        logger.warning("C-STORE of %s to %s: %s", sop_uid, target, assoc.detail)
+        return assoc
     try:
         response = assoc.send_c_store(dataset)
         result = _result_from_response(response, target)
@@ -180,11 +196,11 @@ def send_c_echo(peer: DimsePeer, *, calling_ae_title: str) -> SendResult:
     SendResult
         ``SUCCESS`` when the peer answered the C-ECHO with success.
     """
-    assoc, target, failed = _associate(
+    target, assoc = _associate(
         peer, calling_ae_title, [(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
     )
-    if failed is not None:
-        return failed
+    if isinstance(assoc, SendResult):
+        return assoc
     try:
         return _result_from_response(assoc.send_c_echo(), target)
     finally:

@@ -136,10 +136,10 @@ def run_checks(config: Config, config_path: Path) -> list[Check]:
     A DIMSE destination gets a C-ECHO; a STOW-RS one a QIDO-RS ``GET {url}/studies?limit=1``
     with its credentials and TLS settings, which checks both and stores nothing.
     """
-    from dicom_io.send import DimsePeer, send_c_echo
+    from dicom_io.send import send_c_echo
     from dicom_io.stow import probe_dicomweb
     from models.manifest import BundleError, open_bundle
-    from worker.delivery import stow_rs_peer
+    from worker.delivery import dimse_peer, stow_rs_peer
 
     checks = [Check("config", True, str(config_path))]
     try:
@@ -164,9 +164,7 @@ def run_checks(config: Config, config_path: Path) -> list[Check]:
             checks.append(Check(f"destination {destination.name}", result.ok,
                                 f"QIDO-RS: {result.detail}"))
             continue
-        peer = DimsePeer(destination.ae_title, destination.host, destination.port,
-                         destination.timeout_s)
-        result = send_c_echo(peer, calling_ae_title=config.listener.ae_title)
+        result = send_c_echo(dimse_peer(destination), calling_ae_title=config.listener.ae_title)
         checks.append(Check(f"destination {destination.name}", result.ok,
                             f"C-ECHO: {result.detail}"))
     return checks

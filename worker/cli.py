@@ -27,12 +27,14 @@ Sub-commands:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import logging.config
 import signal
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -40,21 +42,58 @@ from types import FrameType
 logger = logging.getLogger(__name__)
 
 
-def configure_logging(level: str) -> None:
+#: Attributes every :class:`logging.LogRecord` has; the others came with ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, the fields given with ``extra=`` (the audit line's ``calling_ae``,
+    ``outcome``, ...) as keys of their own, and ``exception`` with a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """UTC with milliseconds: ``2024-05-01T12:00:00.123Z``."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+def configure_logging(level: str, fmt: str = "plain") -> None:
     """Configure logging for the process; only the entry point does this.
 
+    ``fmt`` is ``logging.format``: ``"plain"`` lines or ``"json"`` (:class:`JsonFormatter`).
     pynetdicom and highdicom are kept at WARNING: at lower levels they dump DIMSE messages
     and source attributes, and Ossa's logs must not carry patient data.
     """
+    if fmt not in ("plain", "json"):
+        raise ValueError(f"logging.format must be 'plain' or 'json', got {fmt!r}")
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "formatters": {
+                "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+                "json": {"()": JsonFormatter},
+            },
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
-                    "formatter": "plain",
+                    "formatter": fmt,
                     "stream": "ext://sys.stderr",
                 }
             },
@@ -91,7 +130,7 @@ def serve(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, config.logging.format)
 
     try:
         classifier = TwoStageClassifier.from_bundle(
@@ -118,6 +157,8 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         service.start()
+    except ConfigError as exc:  # e.g. a [listener.tls] file that cannot be used
+        return _fail(str(exc))
     except OSError as exc:
         return _fail(
             f"listener: cannot listen on {config.listener.host}:{config.listener.port}: {exc}", 1

@@ -28,6 +28,7 @@ from pydicom import Dataset
 
 from dicom_io.send import DimsePeer, SendOutcome, SendResult, send_c_store
 from dicom_io.stow import StowRsPeer, send_stow_rs
+from dicom_io.tls import ClientTls
 from worker.config import DeliveryConfig, Destination, DimseDestination, StowRsDestination
 from worker.spool import Spool
 from worker.store import Delivery, DeliveryState, StateStore
@@ -64,14 +65,27 @@ class DimseSender:
         return self.destination.name
 
     def send(self, dataset: Dataset) -> SendResult:
-        """C-STORE ``dataset`` to the destination."""
-        peer = DimsePeer(
-            ae_title=self.destination.ae_title,
-            host=self.destination.host,
-            port=self.destination.port,
-            timeout_s=self.destination.timeout_s,
-        )
-        return send_c_store(dataset, peer, calling_ae_title=self.calling_ae_title)
+        """C-STORE ``dataset`` to the destination (over DICOM TLS with ``[destinations.tls]``)."""
+        return send_c_store(dataset, dimse_peer(self.destination),
+                            calling_ae_title=self.calling_ae_title)
+
+
+def dimse_peer(destination: DimseDestination) -> DimsePeer:
+    """The Storage SCP of a ``type = "dimse"`` destination, with its TLS settings if any.
+
+    The TLS files are read at each association (:class:`dicom_io.tls.ClientTls`), so a
+    renewed certificate is used without a restart.
+    """
+    tls = destination.tls
+    return DimsePeer(
+        ae_title=destination.ae_title,
+        host=destination.host,
+        port=destination.port,
+        timeout_s=destination.timeout_s,
+        tls=None if tls is None else ClientTls(
+            ca=tls.ca, cert=tls.cert, key=tls.key, verify_hostname=tls.verify_hostname
+        ),
+    )
 
 
 def stow_rs_peer(destination: StowRsDestination) -> StowRsPeer:
