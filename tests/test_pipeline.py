@@ -19,7 +19,7 @@ from dicom_io.synthetic import StudyIdentity
 from models.phantom import render_study
 from models.predict import TwoStageClassifier
 from tests.conftest import FakeClock, dciodvfy_errors, evidence_sop_uids
-from worker.pipeline import Classified, ClassifyStage, ReportStage, Scheduler
+from worker.pipeline import Classified, ClassifyStage, ReportStage, Scheduler, study_result
 from worker.spool import Spool
 from worker.store import STORE_FILE, StateStore
 
@@ -188,3 +188,22 @@ def test_secondary_capture_per_assessed_image_recorded_with_the_sr(
     assert sc.StudyInstanceUID == wrist.StudyInstanceUID
     assert dciodvfy_errors(sc_path) == []
     assert stages.store.is_own_object(sc.SOPInstanceUID, sc.SeriesInstanceUID)
+
+
+def test_inference_time_is_observed_and_the_result_recorded_with_the_job(
+    stages: Stages, make_radiograph: Callable[..., Dataset], classifier: TwoStageClassifier
+) -> None:
+    from worker.http.metrics import Metrics
+
+    metrics = Metrics()
+    stages.classify.metrics = metrics
+    stages.receive(_wrist(make_radiograph, _identity(), n=2))
+    (item,) = stages.classify_all()
+    assert metrics.registry.get_sample_value("ossa_inference_seconds_count") == 1
+    assert metrics.registry.get_sample_value("ossa_inference_images_total") == 2
+    assert (metrics.registry.get_sample_value("ossa_inference_seconds_sum") or 0) > 0
+    assert stages.report.handle(item) is not None
+    assert item.prediction is not None
+    (row,) = stages.store.list_studies()
+    assert row.result == study_result(item.prediction)
+    assert row.result.startswith(item.prediction.verdict + " (p=")

@@ -118,7 +118,7 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path: Path) -> None:
         assert store.path == tmp_path / "root" / STORE_FILE
     db = sqlite3.connect(tmp_path / "root" / STORE_FILE)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {"studies", "jobs", "instances", "job_instances", "objects", "deliveries"}
@@ -214,9 +214,10 @@ def test_two_processes_creating_the_store_at_once_migrate_it_once(tmp_path: Path
         # The other connection has read version 0 and waits for the write lock.
         wait_until(lambda: "BEGIN IMMEDIATE" in statements, timeout=10,
                    what="the second connection to wait for the write lock")
-        for statement in schema.MIGRATIONS[0].split(";"):
-            if statement.strip():
-                holder.execute(statement)
+        for migration in schema.MIGRATIONS:
+            for statement in migration.split(";"):
+                if statement.strip():
+                    holder.execute(statement)
         holder.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         holder.execute("COMMIT")
         thread.join(timeout=30)
@@ -875,3 +876,138 @@ def test_resent_instance_whose_file_was_lost_is_reported_again(tmp_path: Path) -
         (again,) = store.claim_jobs(4)
         assert again.revision == 2
         assert [i.sop_uid for i in again.instances] == ["1.2.3.1", "1.2.3.2"]
+
+
+# --- reads for the status page and the API --------------------------------------------------
+
+
+def test_a_version_1_store_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / STORE_FILE
+    with raw(path) as db:
+        for statement in schema.MIGRATIONS[0].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute("INSERT INTO studies (calling_aet, study_uid, state, first_received,"
+                   " last_received, updated) VALUES ('CR', '1.2.3', 'reported', 1, 2, 3)")
+        db.execute("INSERT INTO jobs (study_id, revision, state, created) VALUES (1, 1, 'done', 2)")
+    with StateStore(path) as store:
+        (row,) = store.list_studies()
+        assert row.study_uid == "1.2.3" and row.revision == 1 and row.result is None
+    with raw(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert "result" in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+
+
+def test_finish_job_records_the_result_shown_for_the_study(
+    store: StateStore, clock: FakeClock
+) -> None:
+    assert add(store)
+    assert schedule(store, clock) == 1
+    job = claim_one(store)
+    store.finish_job(job.job_id, objects=[sr()], destinations=("PACS",),
+                     result="ABNORMAL (p=0.87)")
+    (row,) = store.list_studies()
+    assert row.result == "ABNORMAL (p=0.87)" and row.state == "reported"
+    assert add(store, sop="1.2.3.2")  # a late instance: the first result stands meanwhile
+    (row,) = store.list_studies()
+    assert row.state == "receiving" and row.result == "ABNORMAL (p=0.87)"
+    assert schedule(store, clock) == 1
+    second = claim_one(store)
+    store.finish_job(second.job_id, objects=[sr(n=2)], destinations=("PACS",),
+                     result="NORMAL (p=0.10)")
+    (row,) = store.list_studies()
+    assert row.result == "NORMAL (p=0.10)" and row.revision == 2
+
+
+def test_list_studies_newest_first_paged_and_by_state(store: StateStore, clock: FakeClock) -> None:
+    for i in range(5):
+        clock.advance(1)
+        assert add(store, f"1.2.{i}", f"1.2.{i}.1")
+    assert add(store, "1.2.0", "1.2.0.1", aet="OTHER")  # the same study from another sender
+    report_first = [r.study_uid for r in store.list_studies()]
+    assert report_first == ["1.2.0", "1.2.4", "1.2.3", "1.2.2", "1.2.1", "1.2.0"]
+    assert [r.study_uid for r in store.list_studies(limit=2, offset=1)] == ["1.2.4", "1.2.3"]
+    assert store.list_studies(offset=10) == []
+    assert store.count_studies() == 6
+    assert schedule(store, clock) == 6
+    for job in store.claim_jobs(2):
+        store.finish_job(job.job_id, error="no usable image")
+    failed = store.list_studies(state="failed")
+    assert len(failed) == 2 == store.count_studies("failed")
+    assert all(r.state == "failed" and r.instances == 1 for r in failed)
+    with pytest.raises(ValueError, match="limit and offset must be >= 0"):
+        store.list_studies(limit=-1)
+
+
+def test_study_detail_lists_jobs_objects_and_deliveries_per_sender(
+    store: StateStore, clock: FakeClock
+) -> None:
+    assert add(store, "1.2.3", "1.2.3.1")
+    assert add(store, "1.2.3", "1.2.3.2")
+    report(store, clock, destinations=("PACS", "ARCHIVE"))
+    pacs = store.due_delivery("PACS")
+    assert pacs is not None
+    clock.advance(3)
+    store.record_attempt(pacs.delivery_id, state=DeliveryState.FAILED, outcome="refused",
+                         detail="status 0xC000")
+    assert add(store, "1.2.3", "1.2.3.1", aet="OTHER")
+
+    details = store.study_detail("1.2.3")
+    assert [d.study.calling_aet for d in details] == ["MODALITY", "OTHER"]
+    first = details[0]
+    assert first.study.instances == 2 and first.study.state == "reported"
+    assert first.study.deliveries == {"failed": 1, "pending": 1}
+    (job,) = first.jobs
+    assert job.revision == 1 and job.state == "done" and job.error is None
+    (obj,) = first.objects
+    assert obj.kind == "sr" and obj.sop_uid == f"{SR_SERIES}.1" and obj.revision == 1
+    archive, failed = first.deliveries
+    assert (archive.destination, archive.state, archive.attempts) == ("ARCHIVE", "pending", 0)
+    assert (failed.destination, failed.state, failed.attempts) == ("PACS", "failed", 1)
+    assert failed.last_outcome == "refused" and failed.last_detail == "status 0xC000"
+    assert failed.last_attempt == clock.now
+    other = details[1]
+    assert other.study.state == "receiving" and other.jobs == () and other.deliveries == ()
+    assert store.study_detail("9.9.9") == []
+
+
+def test_delivery_stats_by_destination(store: StateStore, clock: FakeClock) -> None:
+    assert add(store, "1.2.3", "1.2.3.1")
+    report(store, clock, destinations=("PACS", "ARCHIVE"))
+    queued_at = clock.now
+    assert add(store, "1.2.4", "1.2.4.1")
+    clock.advance(10)
+    report(store, clock, "1.2.4", n=2, destinations=("PACS", "ARCHIVE"))
+    first = store.due_delivery("PACS")
+    assert first is not None
+    store.record_attempt(first.delivery_id, state=DeliveryState.DELIVERED, outcome="success",
+                         detail="0x0000")
+    clock.advance(5)
+    second = store.due_delivery("PACS")
+    assert second is not None
+    store.record_attempt(second.delivery_id, state=DeliveryState.PENDING, outcome="unreachable",
+                         detail="connection refused", next_attempt=clock.now + 60)
+
+    pacs, archive = sorted(store.delivery_stats(), key=lambda s: s.destination != "PACS")
+    assert pacs.destination == "PACS"
+    assert pacs.states == {"delivered": 1, "pending": 1}
+    assert pacs.outcomes == {"success": 1, "unreachable": 1}
+    assert pacs.last_attempt == clock.now and pacs.last_outcome == "unreachable"
+    assert pacs.last_detail == "connection refused"
+    assert pacs.oldest_pending == queued_at + QUIET_S + 10
+    assert archive.states == {"pending": 2} and archive.outcomes == {}
+    assert archive.oldest_pending == queued_at and archive.last_attempt is None
+
+
+def test_stored_bytes_and_ping(tmp_path: Path, clock: FakeClock) -> None:
+    store = StateStore(tmp_path / STORE_FILE, clock=clock)
+    assert store.stored_bytes() == 0
+    assert add(store, "1.2.3", "1.2.3.1") and add(store, "1.2.3", "1.2.3.2")
+    assert store.stored_bytes() == 2000
+    store.mark_lost("instances/MODALITY/1.2.3/1.2.3.1.dcm")
+    assert store.stored_bytes() == 1000
+    store.ping()
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        store.ping()

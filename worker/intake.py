@@ -11,6 +11,7 @@ their SOP Class with digitised films, which Ossa reads, so the own-object check 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -94,11 +95,21 @@ class Intake:
         Where the bytes go.
     store : StateStore
         Where the rows go.
+    observer : callable, optional
+        Told ``(protocol, outcome, refusal reason or "")`` of each instance that C-STORE or
+        STOW-RS delivers (:func:`worker.admission.admit`); the service's metrics count them.
     """
 
-    def __init__(self, spool: Spool, store: StateStore) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        store: StateStore,
+        *,
+        observer: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self.spool = spool
         self.store = store
+        self.observer = observer
 
     def classify(self, received: Received) -> Kind:
         """What ``received`` is: Ossa's own object first (its secondary capture shares the

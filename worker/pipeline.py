@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -38,6 +39,14 @@ from worker.spool import Spool
 from worker.store import ClaimedJob, NewObject, ObjectRef, StateStore
 
 logger = logging.getLogger(__name__)
+
+
+class InferenceMetrics(Protocol):
+    """Where the classify stage reports how long inference took (``worker.http.metrics``)."""
+
+    def observe_inference(self, seconds: float, images: int) -> None:
+        """One shared batch of ``images`` images preprocessed and classified in ``seconds``."""
+        ...
 
 
 class StudyClassifier(Protocol):
@@ -155,6 +164,8 @@ class ClassifyStage:
         start).
     max_batch_studies : int
         Most studies classified in one shared batch.
+    metrics : InferenceMetrics, optional
+        Told the duration of each classifier call.
     """
 
     def __init__(
@@ -168,6 +179,7 @@ class ClassifyStage:
         scope: ScopeTable | None = None,
         cams: bool = False,
         max_batch_studies: int = 16,
+        metrics: InferenceMetrics | None = None,
     ) -> None:
         if max_batch_studies < 1:
             raise ValueError(f"max_batch_studies must be >= 1, got {max_batch_studies!r}")
@@ -179,6 +191,7 @@ class ClassifyStage:
         self.scope = scope or ScopeTable()
         self.cams = cams
         self.max_batch_studies = max_batch_studies
+        self.metrics = metrics
 
     def run_once(self) -> int:
         """Classify every job that is ready now (up to ``max_batch_studies``); return how many."""
@@ -221,9 +234,12 @@ class ClassifyStage:
         """Every image's prediction and, when asked for, its class-activation map."""
         if not images:
             return [], []
+        started = time.perf_counter()
         output, predictions = self.classifier.predict_arrays(
             self.classifier.preprocess(images), cams=self.cams
         )
+        if self.metrics is not None:
+            self.metrics.observe_inference(time.perf_counter() - started, len(images))
         if not self.cams:
             return predictions, []
         maps = [None if not p.assessed or np.isnan(cam).all() else cam
@@ -337,7 +353,8 @@ class ReportStage:
             self.store.finish_job(job.job_id, error=f"SR not built: {type(exc).__name__}: {exc}")
             return None
         captures = self._write_captures(item) if self.input_size is not None else []
-        self.store.finish_job(job.job_id, objects=[sr, *captures], destinations=self.destinations)
+        self.store.finish_job(job.job_id, objects=[sr, *captures], destinations=self.destinations,
+                              result=study_result(item.prediction))
         return sr
 
     def _write_captures(self, item: Classified) -> list[NewObject]:
@@ -411,6 +428,13 @@ class ReportStage:
             series_uid=series_uid,
             path=path,
         )
+
+
+def study_result(prediction: StudyPrediction) -> str:
+    """The short result the state store keeps for the status page: ``"ABNORMAL (p=0.87)"``,
+    ``"NORMAL (p=0.12)"`` or ``"NOT ASSESSED"`` (as the SR's Series Description says it)."""
+    probability = prediction.abnormal_probability
+    return prediction.verdict + ("" if probability is None else f" (p={probability:.2f})")
 
 
 def _reference(ref: ObjectRef) -> Dataset:

@@ -16,7 +16,8 @@ Tables
     job that covered it (NULL: not yet reported, a new or late instance).
 ``jobs``, ``job_instances``
     A run of the classifier over a study's instances; ``revision`` counts the runs of a
-    study (1 for the first report, 2 after a late instance...).
+    study (1 for the first report, 2 after a late instance...); ``result`` is the study's
+    short verdict (``ABNORMAL (p=0.87)``, ``NOT ASSESSED``), no patient data.
 ``objects``
     What Ossa produced (SRs; later secondary captures), by SOP Instance UID.
 ``deliveries``
@@ -103,6 +104,12 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (object_id, destination)
     );
     CREATE INDEX deliveries_due ON deliveries (destination, state, next_attempt);
+    """,
+    # 2: a job's short result ("ABNORMAL (p=0.87)"), shown by the status page and the API;
+    # newest studies first for their listing.
+    """
+    ALTER TABLE jobs ADD COLUMN result TEXT;
+    CREATE INDEX studies_received ON studies (last_received, id);
     """,
 )
 

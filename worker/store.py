@@ -175,6 +175,92 @@ class PrunableStudy:
     paths: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class StudyRow:
+    """A study as the status page and the API list it: UIDs, states and counts only.
+
+    ``revision`` and ``result`` are those of its latest job (``result``: of the latest job
+    that produced one, e.g. ``"ABNORMAL (p=0.87)"``); None before the first report.
+    ``deliveries`` counts its objects' deliveries by state. Times are wall-clock seconds.
+    """
+
+    study_uid: str
+    calling_aet: str
+    state: str
+    instances: int
+    revision: int | None
+    result: str | None
+    first_received: float
+    last_received: float
+    updated: float
+    deliveries: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One run of the classifier over a study."""
+
+    revision: int
+    state: str
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    result: str | None
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    """An object a job of the study produced (``kind``: ``sr`` or ``sc``)."""
+
+    kind: str
+    sop_uid: str
+    sop_class_uid: str
+    series_uid: str
+    revision: int
+    created: float
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One object's delivery to one destination."""
+
+    destination: str
+    sop_uid: str
+    kind: str
+    state: str
+    attempts: int
+    queued_at: float
+    next_attempt: float
+    last_attempt: float | None
+    last_outcome: str | None
+    last_detail: str | None
+
+
+@dataclass(frozen=True)
+class StudyDetail:
+    """A study (as one calling AE title sent it) with its jobs, objects and deliveries."""
+
+    study: StudyRow
+    jobs: tuple[JobRow, ...]
+    objects: tuple[ObjectRow, ...]
+    deliveries: tuple[DeliveryRow, ...]
+
+
+@dataclass(frozen=True)
+class DestinationStats:
+    """A destination's deliveries: counts by state and by last outcome, the oldest pending
+    one (when it was queued) and the latest attempt."""
+
+    destination: str
+    states: dict[str, int]
+    outcomes: dict[str, int]
+    oldest_pending: float | None
+    last_attempt: float | None
+    last_outcome: str | None
+    last_detail: str | None
+
+
 class StateStore:
     """The SQLite state store under the storage root.
 
@@ -506,11 +592,14 @@ class StateStore:
         objects: Sequence[NewObject] = (),
         destinations: Sequence[str] = (),
         error: str | None = None,
+        result: str | None = None,
     ) -> None:
         """Record a job's outcome, its objects and one pending delivery per destination.
 
         One transaction: after a crash either all of it is recorded or the job runs again
-        (and, its UIDs being derived from its inputs, produces the same objects).
+        (and, its UIDs being derived from its inputs, produces the same objects). ``result``
+        is the study's short verdict (``"ABNORMAL (p=0.87)"``), shown by the status page;
+        never patient data.
         """
         now = self._clock()
         with self._tx() as db:
@@ -532,8 +621,9 @@ class StateStore:
                         (object_id, destination, DeliveryState.PENDING, now, now),
                     )
             db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, error = ? WHERE id = ?",
-                (JobState.FAILED if error else JobState.DONE, now, error, job_id),
+                "UPDATE jobs SET state = ?, finished = ?, error = ?, result = ? WHERE id = ?",
+                (JobState.FAILED if error else JobState.DONE, now, error,
+                 None if result is None else result[:200], job_id),
             )
             late = db.execute(
                 "SELECT 1 FROM instances WHERE study_id = ? AND job_id IS NULL AND state = ?"
@@ -681,6 +771,179 @@ class StateStore:
         )
         return Summary(studies, jobs, instances, deliveries, failed, next_attempts)
 
+    def ping(self) -> None:
+        """Run a trivial query (the health check).
+
+        Raises
+        ------
+        sqlite3.Error
+            If the store is closed or the query fails.
+        """
+        if self._closed:
+            raise sqlite3.ProgrammingError("the state store is closed")
+        self._read("SELECT 1 FROM studies LIMIT 1")
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: its queries see one consistent state of the database."""
+        with self._connection() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
+
+    _STUDY_COLUMNS = (
+        "SELECT s.id, s.study_uid, s.calling_aet, s.state, s.first_received, s.last_received,"
+        " s.updated,"
+        " (SELECT COUNT(*) FROM instances i WHERE i.study_id = s.id AND i.state = 'stored'),"
+        " (SELECT MAX(j.revision) FROM jobs j WHERE j.study_id = s.id),"
+        " (SELECT j.result FROM jobs j WHERE j.study_id = s.id AND j.result IS NOT NULL"
+        "  ORDER BY j.revision DESC LIMIT 1)"
+        " FROM studies s"
+    )
+
+    @staticmethod
+    def _study_rows(db: sqlite3.Connection, rows: list[Any]) -> list[tuple[int, StudyRow]]:
+        """``(study id, StudyRow)`` of :attr:`_STUDY_COLUMNS` rows, with delivery counts."""
+        ids = [int(r[0]) for r in rows]
+        counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+        if ids:
+            for study_id, state, n in db.execute(
+                "SELECT o.study_id, d.state, COUNT(*) FROM deliveries d"
+                " JOIN objects o ON o.id = d.object_id"
+                f" WHERE o.study_id IN ({', '.join('?' * len(ids))})"
+                " GROUP BY o.study_id, d.state",
+                ids,
+            ):
+                counts[int(study_id)][str(state)] = int(n)
+        return [
+            (int(i), StudyRow(
+                study_uid=str(uid), calling_aet=str(aet), state=str(state),
+                instances=int(instances), revision=None if revision is None else int(revision),
+                result=None if result is None else str(result), first_received=float(first),
+                last_received=float(last), updated=float(updated), deliveries=counts[int(i)],
+            ))
+            for i, uid, aet, state, first, last, updated, instances, revision, result in rows
+        ]
+
+    def count_studies(self, state: str | None = None) -> int:
+        """How many studies there are (in ``state``, when given)."""
+        if state is None:
+            return int(self._read("SELECT COUNT(*) FROM studies")[0][0])
+        return int(self._read("SELECT COUNT(*) FROM studies WHERE state = ?", (state,))[0][0])
+
+    def list_studies(
+        self, *, limit: int = 50, offset: int = 0, state: str | None = None
+    ) -> list[StudyRow]:
+        """Studies, most recently received first (``state``: only those in it).
+
+        Parameters
+        ----------
+        limit, offset : int
+            Paging: at most ``limit`` studies, after skipping ``offset``.
+        state : str, optional
+            One of :class:`StudyState`.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must be >= 0, got {limit!r}, {offset!r}")
+        where, params = ("", []) if state is None else (" WHERE s.state = ?", [state])
+        with self._snapshot() as db:
+            rows = db.execute(
+                f"{self._STUDY_COLUMNS}{where}"
+                " ORDER BY s.last_received DESC, s.id DESC LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+            return [row for _, row in self._study_rows(db, rows)]
+
+    def study_detail(self, study_uid: str) -> list[StudyDetail]:
+        """A study's state, jobs, objects and deliveries; one entry per calling AE title
+        that sent it (Ossa assembles and reports a study per sender); [] if unknown."""
+        details = []
+        with self._snapshot() as db:
+            rows = db.execute(
+                f"{self._STUDY_COLUMNS} WHERE s.study_uid = ? ORDER BY s.calling_aet",
+                (study_uid,),
+            ).fetchall()
+            for study_id, row in self._study_rows(db, rows):
+                jobs = tuple(
+                    JobRow(int(rev), str(state), float(created), _opt_float(started),
+                           _opt_float(finished), _opt_str(error), _opt_str(result))
+                    for rev, state, created, started, finished, error, result in db.execute(
+                        "SELECT revision, state, created, started, finished, error, result"
+                        " FROM jobs WHERE study_id = ? ORDER BY revision",
+                        (study_id,),
+                    )
+                )
+                objects = tuple(
+                    ObjectRow(str(kind), str(sop), str(cls), str(series), int(rev),
+                              float(created))
+                    for kind, sop, cls, series, rev, created in db.execute(
+                        "SELECT o.kind, o.sop_uid, o.sop_class_uid, o.series_uid, j.revision,"
+                        " o.created FROM objects o JOIN jobs j ON j.id = o.job_id"
+                        " WHERE o.study_id = ? ORDER BY j.revision, o.kind DESC, o.sop_uid",
+                        (study_id,),
+                    )
+                )
+                deliveries = tuple(
+                    DeliveryRow(str(dest), str(sop), str(kind), str(state), int(attempts),
+                                float(queued), float(next_at), _opt_float(last),
+                                _opt_str(outcome), _opt_str(detail))
+                    for dest, sop, kind, state, attempts, queued, next_at, last, outcome, detail
+                    in db.execute(
+                        "SELECT d.destination, o.sop_uid, o.kind, d.state, d.attempts,"
+                        " d.queued_at, d.next_attempt, d.last_attempt, d.last_outcome,"
+                        " d.last_detail FROM deliveries d JOIN objects o ON o.id = d.object_id"
+                        " WHERE o.study_id = ? ORDER BY d.destination, o.kind DESC, o.sop_uid",
+                        (study_id,),
+                    )
+                )
+                details.append(StudyDetail(row, jobs, objects, deliveries))
+        return details
+
+    def delivery_stats(self) -> list[DestinationStats]:
+        """Per destination that has deliveries: counts by state and by last outcome, the
+        oldest pending delivery's queued time and the latest attempt, by name."""
+        stats: dict[str, dict[str, Any]] = {}
+
+        def entry(name: object) -> dict[str, Any]:
+            return stats.setdefault(str(name), {
+                "states": {}, "outcomes": {}, "oldest_pending": None, "last_attempt": None,
+                "last_outcome": None, "last_detail": None,
+            })
+
+        with self._snapshot() as db:
+            for dest, state, n in db.execute(
+                "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY 1, 2"
+            ):
+                entry(dest)["states"][str(state)] = int(n)
+            for dest, outcome, n in db.execute(
+                "SELECT destination, last_outcome, COUNT(*) FROM deliveries"
+                " WHERE last_outcome IS NOT NULL GROUP BY 1, 2"
+            ):
+                entry(dest)["outcomes"][str(outcome)] = int(n)
+            for dest, oldest in db.execute(
+                "SELECT destination, MIN(queued_at) FROM deliveries WHERE state = ?"
+                " GROUP BY 1",
+                (DeliveryState.PENDING,),
+            ):
+                entry(dest)["oldest_pending"] = float(oldest)
+            # SQLite takes the bare columns of a MAX() aggregate from the row holding the max.
+            for dest, last, outcome, detail in db.execute(
+                "SELECT destination, MAX(last_attempt), last_outcome, last_detail"
+                " FROM deliveries WHERE last_attempt IS NOT NULL GROUP BY destination"
+            ):
+                entry(dest).update(last_attempt=float(last), last_outcome=_opt_str(outcome),
+                                   last_detail=_opt_str(detail))
+        return [DestinationStats(name, **values) for name, values in sorted(stats.items())]
+
+    def stored_bytes(self) -> int:
+        """Total size of the instances whose files are in the spool."""
+        return int(self._read(
+            "SELECT COALESCE(SUM(size), 0) FROM instances WHERE state = ?",
+            (InstanceState.STORED,),
+        )[0][0])
+
     def prunable(self, older_than: float) -> list[PrunableStudy]:
         """Finished studies (reported or failed, nothing pending) last changed before
         ``older_than``, with every file of theirs."""
@@ -705,3 +968,11 @@ class StateStore:
         """Delete a study's rows (its files are deleted first, by the caller)."""
         with self._tx() as db:
             db.execute("DELETE FROM studies WHERE id = ?", (study_id,))
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)

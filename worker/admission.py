@@ -1,0 +1,365 @@
+"""Admission: the one protocol-neutral step that decides whether a received instance is kept.
+
+C-STORE (:mod:`worker.handlers`) and STOW-RS (:mod:`worker.http.stow`) are two thin adapters
+over :func:`admit`: each turns what arrived into a :class:`Submission` (the File Meta
+Information, the data set encoded as the sender sent it, the sender's name) and gets back a
+:class:`Decision`. :func:`admit` decodes the data set (a deflated one inflated within a
+bound), checks its UIDs, recognises Ossa's own objects, checks the pixel module, then writes
+the file durably and records it (:meth:`worker.intake.Intake.accept`) before it answers
+success, so both protocols accept and refuse exactly the same things. It never raises and
+never runs inference.
+
+The status of a decision is a DIMSE C-STORE status (PS3.4 Table B.2-1); STOW-RS answers the
+same code as the instance's Failure Reason (PS3.18 Table 10.5.3-1 uses these codes). Each
+decision is told to :attr:`worker.intake.Intake.observer` (the metrics), once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from io import BytesIO
+
+from pydicom import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pynetdicom.dsutils import decode
+from pynetdicom.status import Status
+
+from dicom_io.pixels import PixelDataError, check_pixel_module
+from dicom_io.transfer_syntax import TRANSFER_SYNTAXES, InflateLimitError, inflate
+from worker.intake import Accepted, Intake, Kind, Received
+
+logger = logging.getLogger(__name__)
+
+
+class StoreStatus(IntEnum):
+    """Statuses of a storage request (PS3.4 Table B.2-1; PS3.18 Table 10.5.3-1)."""
+
+    SUCCESS = Status.SUCCESS
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.4 "Refused: SOP Class not supported"
+    # Also for a deflated data set that inflates past listener.max_inflated_mb: a limit of
+    # this receiver, not a defect of the data set, lifted by raising the setting.
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    # STOW-RS only (PS3.18 Table 10.5.3-1): DIMSE negotiates transfer syntaxes beforehand.
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+
+
+class StoreOutcome(StrEnum):
+    """What became of one received instance (the association audit and metrics count them)."""
+
+    STORED = "stored"  # a new instance, durable and recorded
+    DUPLICATE = "duplicate"  # its SOP Instance UID was already stored: acknowledged
+    OWN_OBJECT = "own"  # an SR or capture Ossa produced, forwarded back: acknowledged
+    REFUSED = "refused"  # answered with a failure status
+
+
+class Refusal(StrEnum):
+    """Why an instance was refused (a metrics label; the status says it to the sender)."""
+
+    UNDECODABLE = "undecodable"  # not DICOM, or the data set cannot be parsed
+    INFLATE_LIMIT = "inflate_limit"  # deflated past listener.max_inflated_mb
+    TRANSFER_SYNTAX = "transfer_syntax"  # a transfer syntax Ossa does not decode
+    MISSING_UIDS = "missing_uids"  # no Study or SOP Instance UID
+    UID_MISMATCH = "uid_mismatch"  # the data set's SOP Instance UID is not the one sent
+    SOP_CLASS = "sop_class"  # not a radiograph Ossa reads (a foreign SR, a CT...)
+    PIXEL_DATA = "pixel_data"  # unusable image pixel module
+    STORE_UNAVAILABLE = "store_unavailable"  # the state store could not be read
+    WRITE_FAILED = "write_failed"  # the file or its row could not be written
+    ERROR = "error"  # an unexpected error (logged with its traceback)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """An instance as it arrived, whatever the protocol.
+
+    Parameters
+    ----------
+    protocol : str
+        ``"dimse"`` or ``"stowrs"`` (a metrics label).
+    calling_aet : str
+        The sender: the calling AE title, or ``"STOW-RS"`` (recorded in the state store and
+        in the file's Source Application Entity Title).
+    file_meta : pydicom.FileMetaDataset
+        File Meta Information; its Transfer Syntax UID is the encoding of ``encoded``.
+    encoded : bytes
+        The data set as sent (still deflated for Deflated Explicit VR Little Endian).
+    sop_class_uid : str
+        The SOP Class the sender named (C-STORE's Affected SOP Class UID, STOW-RS's Media
+        Storage SOP Class UID).
+    sop_uid : str or None
+        The SOP Instance UID the sender named, which the data set must carry; None when
+        the sender named none.
+    """
+
+    protocol: str
+    calling_aet: str
+    file_meta: FileMetaDataset
+    encoded: bytes
+    sop_class_uid: str
+    sop_uid: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`admit` decided: the status to answer, the outcome and the UIDs known."""
+
+    status: StoreStatus
+    comment: str
+    outcome: StoreOutcome
+    reason: Refusal | None = None
+    sop_class_uid: str = ""
+    sop_uid: str = ""
+    study_uid: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the instance was acknowledged (stored, re-sent or Ossa's own)."""
+        return self.outcome is not StoreOutcome.REFUSED
+
+
+def read_part10(data: bytes) -> tuple[FileMetaDataset, bytes]:
+    """Split a DICOM file (PS3.10: preamble, ``DICM``, File Meta Information) into its
+    meta and the data set bytes that follow, which are not decoded here.
+
+    The preamble and ``DICM`` may be missing (dicomweb-client with pydicom 3 sends the meta
+    without them, and DCMTK and Orthanc read such files); the File Meta Information with its
+    Transfer Syntax UID may not: without it the encoding of the data set is unknown. The
+    file Ossa writes always has all three (:func:`part10_bytes`).
+
+    Raises
+    ------
+    ValueError
+        If ``data`` has no File Meta Information with a Transfer Syntax UID.
+    """
+    buffer = BytesIO(data)
+    try:
+        read_preamble(buffer, True)  # past "DICM", or back at the start when it is missing
+        # pydicom's own reader of the meta group (dcmread uses it); it leaves the position
+        # at the first element of the data set.
+        meta = _read_file_meta_info(buffer)
+    except Exception as exc:  # pydicom raises several types for a file that is not DICOM
+        raise ValueError(f"not a DICOM file ({type(exc).__name__})") from None
+    if "TransferSyntaxUID" not in meta:
+        raise ValueError("not a DICOM file: no File Meta Information with a Transfer Syntax UID")
+    return meta, data[buffer.tell():]
+
+
+def part10_bytes(meta: FileMetaDataset, calling_aet: str, encoded: bytes) -> bytes:
+    """The data set as a DICOM file (PS3.10 7.1) whose meta names the sender."""
+    meta.SourceApplicationEntityTitle = calling_aet
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    buffer.write(encoded)
+    return bytes(buffer.getvalue())
+
+
+def refuse(
+    intake: Intake,
+    protocol: str,
+    status: StoreStatus,
+    reason: Refusal,
+    comment: str,
+    *,
+    sop_class_uid: str = "",
+    sop_uid: str = "",
+    study_uid: str = "",
+) -> Decision:
+    """A refusal decided by an adapter before :func:`admit` (e.g. a STOW-RS part that is
+    not a DICOM file), told to the observer like every decision."""
+    decision = Decision(status, comment, StoreOutcome.REFUSED, reason, sop_class_uid,
+                        sop_uid, study_uid)
+    _observe(intake, protocol, decision)
+    return decision
+
+
+def admit(intake: Intake, submission: Submission, *, max_inflated_bytes: int) -> Decision:
+    """Decide on one instance: write and record it, acknowledge it, or refuse it.
+
+    Parameters
+    ----------
+    intake : Intake
+        Writes (fsync + rename) and records the instance before success is returned;
+        recognises Ossa's own objects forwarded back.
+    submission : Submission
+        The instance as it arrived.
+    max_inflated_bytes : int
+        Largest size a Deflated Explicit VR Little Endian data set may inflate to
+        (``listener.max_inflated_mb``).
+
+    Returns
+    -------
+    Decision
+        Acknowledged (``STORED``, ``DUPLICATE``, ``OWN_OBJECT``) with ``SUCCESS``; or
+        refused with ``CANNOT_UNDERSTAND`` (a data set that cannot be decoded or has
+        unusable pixel data), ``DATASET_DOES_NOT_MATCH_SOP_CLASS`` (missing or mismatched
+        UIDs), ``SOP_CLASS_NOT_SUPPORTED`` (not a radiograph Ossa reads),
+        ``TRANSFER_SYNTAX_NOT_SUPPORTED`` or ``OUT_OF_RESOURCES`` (not written or recorded,
+        or a deflated data set past ``max_inflated_bytes``). Never raises.
+    """
+    try:
+        decision = _admit(intake, submission, max_inflated_bytes)
+    except Exception:  # an adapter must never see an exception (a DIMSE handler must not raise)
+        logger.exception("Storage of SOP Instance %s failed unexpectedly", submission.sop_uid)
+        decision = Decision(StoreStatus.CANNOT_UNDERSTAND, "unexpected error processing data set",
+                            StoreOutcome.REFUSED, Refusal.ERROR, submission.sop_class_uid,
+                            submission.sop_uid or "")
+    _observe(intake, submission.protocol, decision)
+    return decision
+
+
+def _observe(intake: Intake, protocol: str, decision: Decision) -> None:
+    if intake.observer is None:
+        return
+    try:
+        intake.observer(protocol, decision.outcome.value,
+                        "" if decision.reason is None else decision.reason.value)
+    except Exception:  # metrics must never change what the sender is told
+        logger.exception("Admission observer failed")
+
+
+def _decode(submission: Submission, max_inflated_bytes: int) -> Dataset:
+    """The submitted data set, decoded from its bytes in its transfer syntax.
+
+    A deflated one is inflated within ``max_inflated_bytes`` and parsed as Explicit VR
+    Little Endian (PS3.5 A.5); pydicom and pynetdicom would inflate it without a bound.
+
+    Raises
+    ------
+    InflateLimitError
+        If a deflated data set inflates past the bound.
+    """
+    syntax = UID(submission.file_meta.TransferSyntaxUID)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        inflated = inflate(submission.encoded, max_inflated_bytes)
+        ds = decode(BytesIO(inflated), is_implicit_vr=False, is_little_endian=True)
+    else:
+        ds = decode(BytesIO(submission.encoded), is_implicit_vr=syntax.is_implicit_VR,
+                    is_little_endian=syntax.is_little_endian)
+    ds.file_meta = submission.file_meta
+    return ds
+
+
+def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> Decision:
+    sent_uid = submission.sop_uid or ""
+    sop_class = submission.sop_class_uid
+
+    def refused(status: StoreStatus, reason: Refusal, comment: str, study_uid: str = "",
+                sop_uid: str = sent_uid) -> Decision:
+        return Decision(status, comment, StoreOutcome.REFUSED, reason, sop_class, sop_uid,
+                        study_uid)
+
+    syntax = str(submission.file_meta.get("TransferSyntaxUID", "") or "")
+    if syntax not in TRANSFER_SYNTAXES:
+        logger.warning("Refused SOP Instance %s: transfer syntax %s is not supported",
+                       sent_uid, syntax or "(none)")
+        return refused(StoreStatus.TRANSFER_SYNTAX_NOT_SUPPORTED, Refusal.TRANSFER_SYNTAX,
+                       "transfer syntax not supported")
+    try:
+        ds = _decode(submission, max_inflated_bytes)
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        manufacturer = str(ds.get("Manufacturer", "") or "")
+    except InflateLimitError:
+        logger.warning(
+            "Refused SOP Instance %s: deflated data set inflates past listener.max_inflated_mb"
+            " (%d bytes)",
+            sent_uid,
+            max_inflated_bytes,
+        )
+        return refused(StoreStatus.OUT_OF_RESOURCES, Refusal.INFLATE_LIMIT,
+                       "deflated data set exceeds listener.max_inflated_mb")
+    except Exception as exc:  # pydicom decodes lazily and raises many types
+        logger.warning(
+            "Refused SOP Instance %s: data set cannot be decoded (%s)", sent_uid,
+            type(exc).__name__,
+        )
+        return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.UNDECODABLE,
+                       "data set cannot be decoded")
+
+    if not study_uid or not sop_uid:
+        logger.warning("Refused SOP Instance %s: Study or SOP Instance UID is missing", sent_uid)
+        return refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, Refusal.MISSING_UIDS,
+                       "Study/SOP Instance UID missing", study_uid, sop_uid or sent_uid)
+    if submission.sop_uid is not None and sop_uid != submission.sop_uid:
+        logger.warning(
+            "Refused SOP Instance %s: data set carries SOP Instance UID %s", sent_uid, sop_uid
+        )
+        return refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, Refusal.UID_MISMATCH,
+                       "SOP Instance UID differs from request", study_uid)
+    received = Received(
+        calling_aet=submission.calling_aet,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        sop_class_uid=sop_class,
+        manufacturer=manufacturer,
+    )
+
+    def done(outcome: StoreOutcome) -> Decision:
+        return Decision(StoreStatus.SUCCESS, "", outcome, None, sop_class, sop_uid, study_uid)
+
+    try:
+        kind = intake.classify(received)
+    except sqlite3.Error as exc:
+        logger.error("Could not look up SOP Instance %s: %s", sop_uid, exc)
+        return refused(StoreStatus.OUT_OF_RESOURCES, Refusal.STORE_UNAVAILABLE,
+                       "state store unavailable", study_uid, sop_uid)
+    if kind is Kind.OWN_OBJECT:
+        logger.info(
+            "Acknowledged SOP Instance %s of study %s: an object Ossa produced; not reported",
+            sop_uid,
+            study_uid,
+        )
+        return done(StoreOutcome.OWN_OBJECT)
+    if kind is Kind.NOT_READ:
+        logger.warning(
+            "Refused SOP Instance %s of study %s: not a radiograph Ossa reads", sop_uid, study_uid
+        )
+        return refused(StoreStatus.SOP_CLASS_NOT_SUPPORTED, Refusal.SOP_CLASS,
+                       "Ossa reads CR, DX and SC images", study_uid, sop_uid)
+    try:
+        check_pixel_module(ds)
+    except PixelDataError as exc:
+        logger.warning("Refused SOP Instance %s of study %s: %s", sop_uid, study_uid, exc)
+        return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.PIXEL_DATA, str(exc), study_uid,
+                       sop_uid)
+    except Exception as exc:
+        logger.warning(
+            "Refused SOP Instance %s of study %s: malformed image attributes (%s)",
+            sop_uid,
+            study_uid,
+            type(exc).__name__,
+        )
+        return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.PIXEL_DATA,
+                       "malformed image pixel attributes", study_uid, sop_uid)
+
+    meta = submission.file_meta
+    if "MediaStorageSOPClassUID" not in meta:
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+    if "MediaStorageSOPInstanceUID" not in meta:
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    try:
+        accepted = intake.accept(
+            received, part10_bytes(meta, submission.calling_aet, submission.encoded)
+        )
+    except (OSError, sqlite3.Error) as exc:
+        logger.error("Could not store SOP Instance %s of study %s: %s", sop_uid, study_uid, exc)
+        return refused(StoreStatus.OUT_OF_RESOURCES, Refusal.WRITE_FAILED,
+                       "instance could not be written to disk", study_uid, sop_uid)
+    if accepted is Accepted.DUPLICATE:
+        logger.info(
+            "SOP Instance %s of study %s was already stored; not a new instance", sop_uid, study_uid
+        )
+        return done(StoreOutcome.DUPLICATE)
+    logger.info("Stored SOP Instance %s of study %s from %s", sop_uid, study_uid,
+                submission.calling_aet)
+    return done(StoreOutcome.STORED)

@@ -1,0 +1,81 @@
+"""The status page: one server-rendered HTML page (Jinja2, every value escaped), no scripts.
+
+It shows the health checks, studies by state, each destination's deliveries, the failed
+deliveries with a retry form per study, and the most recent studies with their result. The
+retry form posts the token the operator types (``POST /studies/{uid}/retry``); a cross-site
+page cannot forge it without the token, and the browser keeps no credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from worker.http.health import HealthProbe
+from worker.http.views import iso_time, study_json
+from worker.store import DeliveryState, FailedDelivery, StateStore, StudyState
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+class StatusPage:
+    """Renders ``GET /``.
+
+    Parameters
+    ----------
+    store : StateStore
+        Where studies and deliveries are read.
+    health : HealthProbe
+        Its checks head the page.
+    destinations : sequence of str
+        Configured destination names (shown before their first delivery).
+    """
+
+    def __init__(self, store: StateStore, health: HealthProbe,
+                 destinations: Sequence[str] = ()) -> None:
+        self.store = store
+        self.health = health
+        self.destinations = tuple(destinations)
+        self._env = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=select_autoescape(["html"]),
+            undefined=StrictUndefined,
+        )
+        self._env.filters["pathquote"] = lambda value: quote(str(value), safe="")
+
+    def render(self, *, limit: int = 50, offset: int = 0, notice: str | None = None,
+               error: str | None = None) -> str:
+        """The page's HTML (blocking: store queries and the health checks)."""
+        summary = self.store.summary()
+        stats = {s.destination: s for s in self.store.delivery_stats()}
+        names = list(dict.fromkeys([*self.destinations, *stats]))
+        destinations: list[dict[str, Any]] = []
+        for name in names:
+            entry = stats.get(name)
+            destinations.append({
+                "name": name if name in self.destinations else f"{name} (not configured)",
+                "states": {} if entry is None else entry.states,
+                "last_attempt": None if entry is None else iso_time(entry.last_attempt),
+                "last_outcome": None if entry is None else entry.last_outcome,
+            })
+        failed: dict[str, list[FailedDelivery]] = {}
+        for item in summary.failed:
+            failed.setdefault(item.study_uid, []).append(item)
+        rows = [study_json(row) for row in self.store.list_studies(limit=limit, offset=offset)]
+        return self._env.get_template("status.html").render(
+            health=self.health.run(),
+            studies_by_state=[(s.value, summary.studies.get(s.value, 0)) for s in StudyState],
+            delivery_states=[s.value for s in DeliveryState],
+            destinations=destinations,
+            failed=list(failed.items()),
+            rows=rows,
+            total=self.store.count_studies(),
+            limit=limit,
+            offset=offset,
+            notice=notice,
+            error=error,
+        )
