@@ -28,6 +28,7 @@ from worker.config import (
     Config,
     DeliveryConfig,
     DimseDestination,
+    HttpConfig,
     ListenerConfig,
     ResultsConfig,
     StorageConfig,
@@ -77,6 +78,7 @@ def start_service(
             storage=StorageConfig(root=tmp_path / "var"),
             delivery=DeliveryConfig(retry_initial_interval_s=0.2, retry_max_interval_s=1),
             destinations=tuple(destinations),
+            http=HttpConfig(enabled=False),  # tests/test_http.py covers it
         )
         service = build_service(
             config, classifier, stop_event=threading.Event(), poll_interval_s=0.05,

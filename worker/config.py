@@ -7,6 +7,7 @@ environment at import.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -51,6 +52,36 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ListenerTlsConfig(_Section):
+    """``[listener.tls]``: DICOM TLS on the listener (PS3.15 B.1, TLS 1.2 or later)."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None  # CA certificates that sign client certificates
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> ListenerTlsConfig:
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs ca (the CA that signs client certificates)")
+        return self
+
+
+class DestinationTlsConfig(_Section):
+    """``[destinations.tls]``: DICOM TLS to a C-STORE destination (TLS 1.2 or later)."""
+
+    ca: Path | None = None  # CA certificates to verify the destination; None: the system's
+    cert: Path | None = None  # our client certificate, when the destination asks for one
+    key: Path | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> DestinationTlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
 class ListenerConfig(_Section):
     """``[listener]``: the C-STORE SCP that the PACS forwards radiographs to."""
 
@@ -64,6 +95,10 @@ class ListenerConfig(_Section):
     dimse_timeout_s: float = Field(default=30.0, gt=0)
     # A Deflated Explicit VR Little Endian data set that inflates past this is refused.
     max_inflated_mb: int = Field(default=256, ge=1, le=4096)
+    # Calling AE title -> IP addresses or networks it may connect from; an AE not listed is
+    # not bound to an address (allowed_calling_aets still applies).
+    allowed_peers: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    tls: ListenerTlsConfig | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -74,6 +109,19 @@ class ListenerConfig(_Section):
     @classmethod
     def _check_allowed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_ae_title(v) for v in value)
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _check_peers(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        checked = {}
+        for aet, networks in value.items():
+            for network in networks:
+                try:
+                    ipaddress.ip_network(network, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{aet}: {network!r} is not an IP address or network") from exc
+            checked[_check_ae_title(aet)] = tuple(networks)
+        return checked
 
 
 class StudyConfig(_Section):
@@ -152,6 +200,7 @@ class DimseDestination(_Section):
     host: str
     port: Port
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    tls: DestinationTlsConfig | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -231,9 +280,25 @@ Destination = Annotated[
 
 
 class LoggingConfig(_Section):
-    """``[logging]``: log level of the service."""
+    """``[logging]``: log level and format of the service."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["plain", "json"] = "plain"  # json: one JSON object per line
+
+
+class HttpConfig(_Section):
+    """``[http]``: health, metrics, the status page, the JSON API and STOW-RS inbound.
+
+    Write actions (retry) and STOW-RS need the bearer token held in ``token_file``; without
+    one they are refused. Reads are open when ``host`` is a loopback address, and need the
+    token otherwise.
+    """
+
+    enabled: bool = False  # the example config.toml enables it
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    token_file: Path | None = None
+    max_upload_mb: int = Field(default=512, ge=1, le=16384)  # one STOW-RS request
 
 
 class Config(_Section):
@@ -248,6 +313,7 @@ class Config(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     destinations: tuple[Destination, ...] = ()
     logging: LoggingConfig = LoggingConfig()
+    http: HttpConfig = HttpConfig()
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
@@ -258,25 +324,24 @@ class Config(_Section):
         return self
 
     def resolve_paths(self, base: Path) -> Config:
-        """Return a copy whose relative paths are taken relative to ``base``."""
+        """Return a copy whose relative paths (every ``Path`` value, in every section and
+        destination) are taken relative to ``base``."""
+        resolved = _resolve_paths(self, base)
+        assert isinstance(resolved, Config)
+        return resolved
 
-        def _resolve(path: Path) -> Path:
-            return path if path.is_absolute() else (base / path)
 
-        return self.model_copy(
-            update={
-                "storage": self.storage.model_copy(update={"root": _resolve(self.storage.root)}),
-                "model": self.model.model_copy(update={"bundle": _resolve(self.model.bundle)}),
-                "destinations": tuple(
-                    d.model_copy(update={
-                        key: _resolve(getattr(d, key))
-                        for key in ("secret_file", "ca_bundle")
-                        if getattr(d, key, None) is not None
-                    })
-                    for d in self.destinations
-                ),
-            }
-        )
+def _resolve_paths(value: object, base: Path) -> object:
+    """``value`` with each relative Path in it made relative to ``base`` (recursively)."""
+    if isinstance(value, Path):
+        return value if value.is_absolute() else base / value
+    if isinstance(value, tuple):
+        return tuple(_resolve_paths(v, base) for v in value)
+    if isinstance(value, BaseModel):
+        return value.model_copy(update={
+            name: _resolve_paths(getattr(value, name), base) for name in type(value).model_fields
+        })
+    return value
 
 
 def _format_error(error: ValidationError) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,10 +22,15 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_io.tls import TlsFileError, server_context, start_server
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
-from worker.config import Config, ListenerConfig
+from worker.access import PeerBindings
+from worker.audit import AssociationAudit
+from worker.config import Config, ConfigError, ListenerConfig
 from worker.delivery import DeliveryWorker, RetryPolicy, make_sender
 from worker.handlers import handle_echo, handle_store
+from worker.http.metrics import Metrics
+from worker.http.server import HttpServer, build_http_server
 from worker.intake import STORAGE_SOP_CLASSES, Intake
 from worker.pipeline import (
     Classified,
@@ -57,10 +63,31 @@ def build_ae(listener: ListenerConfig) -> AE:
     ae.dimse_timeout = listener.dimse_timeout_s
     ae.acse_timeout = listener.network_timeout_s
     ae.require_calling_aet = list(listener.allowed_calling_aets)
+    ae.require_called_aet = True  # A-ASSOCIATE-RJ "called AE title not recognised" otherwise
     ae.add_supported_context(Verification)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
     return ae
+
+
+def listener_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``[listener.tls]``; ``None`` without that section.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key (``listener.tls.cert``, ``.key`` or ``.ca``) of a file that is
+        missing, unreadable, not PEM, or a key that does not match the certificate.
+    """
+    tls = listener.tls
+    if tls is None:
+        return None
+    try:
+        return server_context(
+            tls.cert, tls.key, ca=tls.ca, require_client_cert=tls.require_client_cert
+        )
+    except TlsFileError as exc:
+        raise ConfigError(f"listener.tls.{exc}") from None
 
 
 class Service:
@@ -110,6 +137,8 @@ class Service:
         self._ae = build_ae(listener)
         self._server: ThreadedAssociationServer | None = None
         self._threads: list[threading.Thread] = []
+        #: Health, metrics, status page, API and STOW-RS (``[http]``); None when disabled.
+        self.http: HttpServer | None = None
 
     @property
     def port(self) -> int:
@@ -119,7 +148,28 @@ class Service:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        """Reconcile, recover interrupted work, bind the listener and start the threads."""
+        """Reconcile, recover interrupted work, bind the listener and start the threads.
+
+        The HTTP server (when enabled) starts first: a port in use fails the start before
+        anything else runs, and ``/healthz`` answers 503 until the listener is up.
+        """
+        tls_context = listener_tls_context(self.listener)  # a bad file: nothing has started
+        if self.http is not None:
+            try:
+                self.http.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"http: cannot listen on {self.http.host}:{self.http.requested_port}: {exc}"
+                ) from None
+        try:
+            self._start_dicom(tls_context)
+        except BaseException:
+            if self.http is not None:
+                self.http.stop()  # a failed start leaves nothing running
+            raise
+
+    def _start_dicom(self, tls_context: ssl.SSLContext | None) -> None:
+        """Reconcile, re-queue, bind the DICOM listener and start the pipeline threads."""
         store = self.intake.store
         registered, lost = self.intake.reconcile()
         requeued = store.requeue_interrupted()
@@ -128,24 +178,43 @@ class Service:
                 "Start-up: %d file(s) registered, %d lost, %d interrupted job(s) re-queued",
                 registered, lost, requeued,
             )
+        audit = AssociationAudit(PeerBindings(self.listener.allowed_peers))
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store,
-             [self.intake, self.listener.max_inflated_mb * 1024 * 1024]),
+             [self.intake, self.listener.max_inflated_mb * 1024 * 1024, audit.count_store]),
+            *audit.handlers(),
         ]
-        self._server = self._ae.start_server(
-            (self.listener.host, self.listener.port), block=False, evt_handlers=handlers
+        self._server = start_server(
+            self._ae, (self.listener.host, self.listener.port), evt_handlers=handlers,
+            tls_context=tls_context, handshake_timeout_s=self.listener.network_timeout_s,
+            on_handshake_failed=audit.handshake_failed,
         )
         if not self.listener.allowed_calling_aets:
             logger.warning("allowed_calling_aets is empty: any calling AE title is accepted")
         logger.info(
-            "Listening as %s on %s:%d", self.listener.ae_title, self.listener.host, self.port
+            "Listening as %s on %s:%d%s", self.listener.ae_title, self.listener.host, self.port,
+            " (DICOM TLS)" if tls_context is not None else "",
         )
         self._spawn(self._schedule, "ossa-scheduler")
         self._spawn(self._classify, "ossa-classify")
         self._spawn(self._report, "ossa-report")
         for worker in self.deliveries:
             self._spawn(worker.run, f"ossa-deliver-{worker.name}")
+
+    def listener_status(self) -> tuple[bool, str]:
+        """Whether the DICOM listener is bound and serving (a health check)."""
+        server = self._server
+        if server is None or server.socket is None or server.socket.fileno() < 0:
+            return False, "not listening"
+        host, port = server.server_address[:2]
+        return True, f"{self.listener.ae_title} on {host}:{port}"
+
+    def model_status(self) -> tuple[bool, str]:
+        """Whether the model is loaded and its stage running (a health check)."""
+        algorithm = self.classify.classifier.algorithm
+        alive = any(t.name == "ossa-classify" and t.is_alive() for t in self._threads)
+        return alive, f"{algorithm.version}" + ("" if alive else ": classify stage not running")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -173,6 +242,8 @@ class Service:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self.http is not None:  # no more STOW-RS, retry or scrape
+            self.http.stop()
         end = time.monotonic() + deadline_s
         unfinished = []
         for thread in self._threads:
@@ -242,6 +313,8 @@ def build_service(
     """
     spool = Spool(config.storage.root)
     store = StateStore.in_root(config.storage.root)
+    metrics = Metrics() if config.http.enabled else None
+    intake = Intake(spool, store, observer=metrics.instance_admitted if metrics else None)
     policy = RetryPolicy.from_config(config.delivery)
     deliveries = [
         DeliveryWorker(
@@ -255,13 +328,14 @@ def build_service(
         for destination in config.destinations
     ]
     results: queue.Queue[Classified | None] = queue.Queue(maxsize=MAX_BATCH_STUDIES)
-    return Service(
+    service = Service(
         config.listener,
-        Intake(spool, store),
+        intake,
         Scheduler(store, config.study.completion_timeout_s, max_queued=MAX_QUEUED_JOBS),
         ClassifyStage(
             store, spool, classifier, results, stop_event, scope=config.scope.table(),
             cams=config.results.secondary_capture, max_batch_studies=MAX_BATCH_STUDIES,
+            metrics=metrics,
         ),
         ReportStage(
             store, spool, classifier.taxonomy, classifier.algorithm,
@@ -274,3 +348,9 @@ def build_service(
         retention_days=config.storage.retention_days,
         poll_interval_s=poll_interval_s,
     )
+    if metrics is not None:
+        service.http = build_http_server(
+            config, intake=intake, metrics=metrics, listener=service.listener_status,
+            model=service.model_status, report_queue=results,
+        )
+    return service
