@@ -12,7 +12,8 @@ Conversion Type WSD (workstation), Burned In Annotation YES, Content Qualificati
 a Derivation Description and Source Image Sequence naming the radiograph, Manufacturer
 "Ossa", the algorithm in the Contributing Equipment Sequence, no Pixel Spacing (nothing to
 measure on it), and the research-use notice in the Series Description and the pixels.
-:func:`is_ossa_secondary_capture` recognises it when a PACS forwards it back.
+The listener recognises it when a PACS forwards it back
+(:meth:`worker.intake.Intake.is_own_object`).
 
 Geometry. :func:`models.enhance.preprocess` resizes the image so that its longest side is the
 network's input size and pads it to a centred square; the CAM (``h x w``, usually smaller)
@@ -34,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import DataElement, Dataset
-from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
 from dicom_io import codes
 from dicom_io.report import MANUFACTURER, algorithm_equipment, source_header
@@ -308,21 +309,6 @@ def build_secondary_capture(
         "with heatmap" if cam is not None else "without heatmap",
     )
     return sc
-
-
-def is_ossa_secondary_capture(dataset: Dataset) -> bool:
-    """Whether ``dataset`` is an SC written by :func:`build_secondary_capture`.
-
-    True for a Secondary Capture Image whose Manufacturer is "Ossa" and whose Image Type is
-    DERIVED; such an instance is Ossa's own output coming back and must not be assessed.
-    """
-    image_type = dataset.get("ImageType") or []
-    return (
-        dataset.get("SOPClassUID") == SecondaryCaptureImageStorage
-        and dataset.get("Manufacturer") == MANUFACTURER
-        and len(image_type) > 0
-        and image_type[0] == "DERIVED"
-    )
 
 
 # --- geometry ---------------------------------------------------------------------------------

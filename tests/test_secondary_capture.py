@@ -27,7 +27,6 @@ from dicom_io.secondary_capture import (
     build_secondary_capture,
     display_size,
     input_region,
-    is_ossa_secondary_capture,
     label_band,
     sc_label,
     secondary_capture_uids,
@@ -186,7 +185,6 @@ def test_identity_marks_it_as_derived_research_output(source: Dataset) -> None:
     assert ossa.ContributionDescription == SC_CONTRIBUTION
     assert [i.Manufacturer for i in sc.ContributingEquipmentSequence] == [
         "Ossa phantom", "Ossa", "Highdicom open-source contributors"]
-    assert is_ossa_secondary_capture(sc)
 
 
 def test_same_study_own_series_and_references_its_source(source: Dataset) -> None:
@@ -262,18 +260,6 @@ def test_lossy_source_stays_marked_lossy(make_radiograph: MakeRadiograph) -> Non
     assert "LossyImageCompression" not in _build(source, _grey(), None)
     source.LossyImageCompression = "01"
     assert _build(source, _grey(), None).LossyImageCompression == "01"
-
-
-def test_is_ossa_secondary_capture_only_for_ossa_output(source: Dataset) -> None:
-    sc = _build(source, _grey(), None)
-    assert is_ossa_secondary_capture(sc)
-    assert not is_ossa_secondary_capture(source)
-    other = copy.deepcopy(sc)
-    other.Manufacturer = "Film digitiser Inc."
-    assert not is_ossa_secondary_capture(other)
-    original = copy.deepcopy(sc)
-    original.ImageType = ["ORIGINAL", "PRIMARY"]
-    assert not is_ossa_secondary_capture(original)
 
 
 def test_real_cr_from_pydicom_data(tmp_path: Path) -> None:
