@@ -364,6 +364,23 @@ class Served:
         return int(self.proc.returncode)
 
 
+@pytest.fixture
+def serve() -> Iterator[Callable[[Path, int], Served]]:
+    """Start ``ossa serve`` subprocesses; any still running when the test ends is killed,
+    whatever the test's outcome (no service outlives its test)."""
+    started: list[Served] = []
+
+    def _serve(config: Path, port: int) -> Served:
+        served = Served(config, port)
+        started.append(served)
+        return served
+
+    yield _serve
+    for served in started:
+        if served.proc.poll() is None:
+            served.kill()
+
+
 # --- models: a phantom in the MURA-v1.1 layout and a bundle trained on it (session-scoped) ---
 
 #: Studies per class (7 bone types + OTHER) of the tests' phantom; the `test` training preset

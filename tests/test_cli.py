@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,10 +174,10 @@ def _mapped_libraries(pid: int) -> set[str]:
 
 
 def test_serve_runs_on_onnxruntime_without_torch_and_sigterm_exits_zero(
-    tmp_path: Path, trained_bundle: Path
+    tmp_path: Path, trained_bundle: Path, serve: Callable[[Path, int], Served]
 ) -> None:
     port = free_port()
-    running = Served(_config(tmp_path, port, trained_bundle, None), port)
+    running = serve(_config(tmp_path, port, trained_bundle, None), port)
     libraries = _mapped_libraries(running.proc.pid)
     assert any("onnxruntime" in lib for lib in libraries)
     assert not [lib for lib in libraries if "libtorch" in lib or "/torch/" in lib]

@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +106,12 @@ def pacs(tmp_path: Path) -> Iterator[OrthancPeer]:
 
 
 def test_pacs_down_for_a_minute_gets_exactly_one_sr_when_back(
-    tmp_path: Path, trained_bundle: Path, pacs: OrthancPeer
+    tmp_path: Path, trained_bundle: Path, pacs: OrthancPeer,
+    serve: Callable[[Path, int], Served],
 ) -> None:
     port = free_port()
     config = _config(tmp_path, port, trained_bundle, ("pacs", pacs.aet, pacs.dicom_port))
-    served = Served(config, port)
+    served = serve(config, port)
     try:
         pacs.stop()
         down_since = time.monotonic()
@@ -136,11 +137,12 @@ def test_pacs_down_for_a_minute_gets_exactly_one_sr_when_back(
 
 
 def test_kill_9_after_sending_before_recording_still_one_sr(
-    tmp_path: Path, trained_bundle: Path, pacs: OrthancPeer
+    tmp_path: Path, trained_bundle: Path, pacs: OrthancPeer,
+    serve: Callable[[Path, int], Served],
 ) -> None:
     port = free_port()
     config = _config(tmp_path, port, trained_bundle, ("pacs", pacs.aet, pacs.dicom_port))
-    served = Served(config, port)
+    served = serve(config, port)
     pacs.stop()
     study_uid = _send_study(port, tmp_path / "study", 2)
     wait_until(lambda: (_delivery(tmp_path) or ("", 0))[1] >= 1, timeout=120,
@@ -161,7 +163,7 @@ def test_kill_9_after_sending_before_recording_still_one_sr(
     assert sr_uids == [sr_uid]
     assert state == "pending"  # sent, never recorded
 
-    restarted = Served(config, port)
+    restarted = serve(config, port)
     try:
         wait_until(lambda: (_delivery(tmp_path) or ("",))[0] == "delivered", timeout=60,
                    what="the re-sent SR recorded")
@@ -195,11 +197,13 @@ class RefusingScp:
         return 0x0000
 
 
-def test_refused_sr_is_failed_until_ossa_retry(tmp_path: Path, trained_bundle: Path) -> None:
+def test_refused_sr_is_failed_until_ossa_retry(
+    tmp_path: Path, trained_bundle: Path, serve: Callable[[Path, int], Served]
+) -> None:
     peer = RefusingScp()
     port = free_port()
     config = _config(tmp_path, port, trained_bundle, ("picky", peer.aet, peer.port))
-    served = Served(config, port)
+    served = serve(config, port)
     try:
         study_uid = _send_study(port, tmp_path / "study", 3)
         wait_until(lambda: (_delivery(tmp_path) or ("",))[0] == "failed", timeout=120,
