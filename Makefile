@@ -75,11 +75,14 @@ test-deps:
 test: $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m pytest
 
-bench: $(TRAIN_STAMP)
-	$(BIN)/python bench/bench_inference.py --bundle var/models/fracatlas
+# Benchmarks (issue 11; bench/README.md): ingest, inference, end to end and scaling, under
+# 20 minutes on 2 CPU cores. Figures, plots and the table land in bench/results/; generated
+# DICOM files are kept in var/bench/. `make bench BENCH_ARGS=--quick`: seconds, not figures.
+bench: $(TRAIN_STAMP) test-deps
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(TRAIN_STAMP)
-	$(BIN)/ruff check worker dicom_io models tests
+	$(BIN)/ruff check worker dicom_io models tests bench
 	$(BIN)/mypy
 
 clean:

@@ -20,6 +20,8 @@ def main() -> None:
     args = parser.parse_args()
     for name in FILES:
         raw = get_testdata_file(name)
+        if not isinstance(raw, str):
+            raise SystemExit(f"{name} is not in pydicom-data (pip install pydicom-data)")
         times = []
         for _ in range(args.repeat):
             ds = pydicom.dcmread(raw)  # fresh dataset: decoding is part of the cost

@@ -1,0 +1,338 @@
+"""The programs a benchmark starts and drives: receivers, Orthanc, and DCMTK ``storescu``.
+
+Every peer runs in its own process group (``start_new_session``), on a free loopback port,
+with its log in its work folder, and is stopped by its own process group id when the
+benchmark is done with it (``with`` block), also when the benchmark fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+#: Debian's DCMTK keeps Nagle's algorithm on unless this is set; with it on, every small
+#: instance waits for a delayed ACK (about 40 ms on loopback) whoever the receiver is.
+NO_NAGLE = {"TCP_NODELAY": "1"}
+#: Calling AE title of every ``storescu`` (Ossa's configuration allows it).
+CALLING_AET = "STORESCU"
+#: The shipped real model, served by the Ossa under test.
+SHIPPED_BUNDLE = Path("bundles/fracatlas")
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+class PeerError(RuntimeError):
+    """A peer program is missing, did not start, or failed."""
+
+
+def executable(name: str) -> str:
+    """Path of program ``name`` (raises :class:`PeerError` naming the Debian package)."""
+    found = shutil.which(name)
+    if found is None:
+        package = {"Orthanc": "orthanc"}.get(name, "dcmtk")
+        raise PeerError(f"{name} is not installed (Debian package {package}; `make test-deps`)")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float, what: str,
+               interval: float = 0.05) -> object:
+    """Poll ``condition`` until it is truthy; :class:`PeerError` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise PeerError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def echo(port: int, called: str) -> bool:
+    """Whether a DICOM C-ECHO to ``called`` on 127.0.0.1:``port`` succeeds (DCMTK echoscu)."""
+    proc = subprocess.run(
+        [executable("echoscu"), "-to", "5", "-aet", CALLING_AET, "-aec", called, "127.0.0.1",
+         str(port)], capture_output=True, timeout=30,
+    )
+    return proc.returncode == 0
+
+
+class Peer:
+    """A program started in its own process group; a context manager that stops it."""
+
+    label = "peer"
+
+    def __init__(self, command: Sequence[str], workdir: Path, *,
+                 env: dict[str, str] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.command = list(command)
+        self.log_path = workdir / f"{self.label}.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def check_alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise PeerError(f"{self.label} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return True
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def peak_rss_mib(self) -> float | None:
+        """Peak resident set size of the main process so far (VmHWM), MiB."""
+        return _status_kib(self.pid, "VmHWM")
+
+    def rss_mib(self) -> float | None:
+        """Resident set size of the main process now (VmRSS), MiB."""
+        return _status_kib(self.pid, "VmRSS")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM to the peer's process group, SIGKILL after ``timeout`` s."""
+        if self.proc.poll() is None:
+            _signal_group(self.proc, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        _signal_group(self.proc, signal.SIGKILL)  # children (storescp --fork) left behind
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the group this Popen created (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _status_kib(pid: int, key: str) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+# --- receivers ----------------------------------------------------------------------------
+
+
+class Receiver(Peer):
+    """A C-STORE SCP writing what it receives under ``self.storage``."""
+
+    called_aet = "STORESCP"
+
+    def __init__(self, command: Sequence[str], workdir: Path, port: int, storage: Path,
+                 **kwargs: Any) -> None:
+        self.port = port
+        self.storage = storage
+        super().__init__(command, workdir, **kwargs)
+        wait_until(lambda: self.check_alive() and echo(port, self.called_aet), timeout=180,
+                   what=f"{self.label} to answer C-ECHO", interval=0.2)
+
+    def stored_files(self) -> int:
+        """How many files the receiver wrote (a check that it really received everything)."""
+        return sum(1 for p in self.storage.rglob("*") if p.is_file()
+                   and p.suffix not in (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".log"))
+
+
+class DcmtkStorescp(Receiver):
+    """DCMTK ``storescp``: one child process per association (``--fork``), largest PDU."""
+
+    label = "dcmtk"
+
+    def __init__(self, workdir: Path) -> None:
+        workdir = workdir.resolve()
+        port = free_port()
+        storage = workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        super().__init__([executable("storescp"), "--fork", "-pdu", "131072", "-aet",
+                          self.called_aet, "-od", str(storage), str(port)],
+                         workdir, port, storage, env=NO_NAGLE)
+
+
+class PynetdicomStorescp(Receiver):
+    """pynetdicom's ``storescp`` app (threads, one per association), unlimited PDU."""
+
+    label = "pynetdicom"
+
+    def __init__(self, workdir: Path) -> None:
+        workdir = workdir.resolve()
+        port = free_port()
+        storage = workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        super().__init__([sys.executable, "-m", "pynetdicom", "storescp", "-q", "-pdu", "0",
+                          "-aet", self.called_aet, "-od", str(storage), str(port)],
+                         workdir, port, storage)
+
+
+def ossa_config(workdir: Path, port: int, *, bundle: Path = SHIPPED_BUNDLE,
+                completion_timeout_s: float = 86400.0,
+                destination: tuple[str, int] | None = None, log_level: str = "INFO") -> Path:
+    """Write ``workdir/config.toml`` for ``ossa serve``: loopback listener, HTTP off, storage
+    in ``workdir/var``, and at most one DIMSE destination (AE title, port on loopback)."""
+    destinations = ""
+    if destination is not None:
+        destinations = (f'[[destinations]]\nname = "pacs"\ntype = "dimse"\n'
+                        f'ae_title = "{destination[0]}"\nhost = "127.0.0.1"\n'
+                        f"port = {destination[1]}\ntimeout_s = 30\n")
+    path = workdir / "config.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"""[listener]
+ae_title = "OSSA"
+host = "127.0.0.1"
+port = {port}
+allowed_calling_aets = ["{CALLING_AET}"]
+[study]
+completion_timeout_s = {completion_timeout_s}
+[storage]
+root = "var"
+retention_days = 0
+[model]
+bundle = "{bundle.resolve()}"
+[http]
+enabled = false
+[logging]
+level = "{log_level}"
+{destinations}""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class Ossa(Receiver):
+    """``ossa serve`` with a config written by :func:`ossa_config`.
+
+    ``wrapper`` (such as ``["py-spy", "record", ...]``) runs before the command, to profile.
+    """
+
+    label = "ossa"
+    called_aet = "OSSA"
+
+    def __init__(self, workdir: Path, *, wrapper: Sequence[str] = (), **config: Any) -> None:
+        workdir = workdir.resolve()
+        port = free_port()
+        self.config = ossa_config(workdir, port, **config)
+        ossa = str(Path(sys.executable).with_name("ossa"))
+        super().__init__([*wrapper, ossa, "serve", "--config", str(self.config)], workdir,
+                         port, workdir / "var" / "instances")
+
+    @property
+    def state_store(self) -> Path:
+        return self.workdir / "var" / "state.sqlite3"
+
+
+RECEIVERS: dict[str, Callable[[Path], Receiver]] = {
+    "ossa": Ossa,
+    "dcmtk": DcmtkStorescp,
+    "pynetdicom": PynetdicomStorescp,
+}
+
+
+# --- Orthanc as the PACS ------------------------------------------------------------------
+
+
+class Orthanc(Peer):
+    """A real Orthanc on loopback, the PACS that Ossa sends its SRs to."""
+
+    label = "orthanc"
+    aet = "ORTHANC"
+
+    def __init__(self, workdir: Path) -> None:
+        workdir = workdir.resolve()
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "OssaBenchPACS",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": True,  # C-STORE from Ossa without a modality entry
+        }
+        path = workdir / "orthanc.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        super().__init__([executable("Orthanc"), str(path)], workdir)
+        wait_until(self._ready, timeout=60, what="Orthanc to answer on its REST API",
+                   interval=0.2)
+
+    def _ready(self) -> bool:
+        self.check_alive()
+        try:
+            return bool(self.get("/system")["DicomPort"] == self.dicom_port)
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        """GET a REST resource and decode its JSON."""
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+
+# --- the sender ---------------------------------------------------------------------------
+
+
+def storescu(files: Sequence[Path], port: int, called: str, *, parallel: int = 1,
+             env: dict[str, str] | None = None) -> float:
+    """Send ``files`` with ``parallel`` DCMTK ``storescu`` processes (one association each,
+    the files dealt round-robin) started together; wall-clock seconds until all are done.
+    ``env`` is added to their environment (default :data:`NO_NAGLE`).
+
+    Raises :class:`PeerError` if a ``storescu`` fails (a refused instance included).
+    """
+    exe = executable("storescu")
+    chunks = [list(files[i::parallel]) for i in range(parallel)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen([exe, "-aet", CALLING_AET, "-aec", called, "127.0.0.1", str(port),
+                          *map(str, chunk)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={**os.environ, **(env if env is not None else NO_NAGLE)})
+        for chunk in chunks if chunk
+    ]
+    outputs = [proc.communicate(timeout=1800)[0] for proc in procs]
+    elapsed = time.perf_counter() - start
+    for proc, out in zip(procs, outputs, strict=True):
+        if proc.returncode != 0:
+            raise PeerError(f"storescu to {called} exited {proc.returncode}: "
+                            f"{out.decode(errors='replace')[-2000:]}")
+    return elapsed
