@@ -143,7 +143,7 @@ def build_sr(
     Returns
     -------
     highdicom.sr.Comprehensive3DSR
-        The SR, with file meta information; see :func:`sr_to_bytes`.
+        The SR, with file meta information; see :func:`encode_file`.
 
     Raises
     ------
@@ -329,21 +329,22 @@ def series_description(prediction: StudyPrediction) -> str:
     return f"Ossa: {result} - research use, not for diagnosis"
 
 
-def sr_to_bytes(sr: Dataset) -> bytes:
-    """Encode an SR as a DICOM Part 10 file (PS3.10 Section 7: preamble, "DICM", file meta).
+def encode_file(dataset: Dataset) -> bytes:
+    """Encode a dataset as a DICOM Part 10 file (PS3.10 Section 7: preamble, "DICM", file
+    meta): the SR and the secondary captures Ossa writes, or any instance.
 
     Parameters
     ----------
-    sr : pydicom.Dataset
+    dataset : pydicom.Dataset
         A dataset with file meta information, such as the result of :func:`build_sr`.
 
     Returns
     -------
     bytes
-        The file's bytes, in the transfer syntax of ``sr.file_meta``.
+        The file's bytes, in the transfer syntax of ``dataset.file_meta``.
     """
     buffer = io.BytesIO()
-    sr.save_as(buffer, enforce_file_format=True)
+    dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 

@@ -224,7 +224,7 @@ def build_secondary_capture(
     -------
     highdicom.sc.SCImage
         An RGB SC (MONOCHROME2 without ``cam``), 8 bit, explicit VR little endian, with file
-        meta information; :func:`dicom_io.report.sr_to_bytes` encodes it.
+        meta information; :func:`dicom_io.report.encode_file` encodes it.
 
     Raises
     ------

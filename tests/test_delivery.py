@@ -18,6 +18,7 @@ from pydicom import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 from pynetdicom import AE, evt
 
+from dicom_io.report import encode_file
 from dicom_io.send import SendOutcome, SendResult
 from tests.conftest import T0, FakeClock, OrthancPeer, free_port, wait_until
 from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc, ossa_sr, secret_file
@@ -34,13 +35,6 @@ from worker.spool import Spool
 from worker.store import NewObject, StateStore
 
 # --- helpers shared with test_handlers and test_admin -------------------------------------
-
-
-def dataset_bytes(ds: Dataset) -> bytes:
-    """``ds`` as a DICOM file (PS3.10), File Meta Information included."""
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def record_object(
@@ -72,7 +66,7 @@ def record_object(
     (job,) = store.claim_jobs(1)
     assert job.study_uid == study_uid
     path = spool.object_path(study_uid, str(ds.SOPInstanceUID))
-    spool.write(path, dataset_bytes(ds))
+    spool.write(path, encode_file(ds))
     store.finish_job(
         job.job_id,
         objects=[
@@ -503,7 +497,7 @@ def test_damaged_object_file_fails_without_blocking_the_next(
     path = record_object(outbox.store, outbox.spool, damaged, ["archive"])
     record_object(outbox.store, outbox.spool, intact, ["archive"])
     # Cut short after the File Meta Information: pydicom still reads it, as an empty data set.
-    outbox.spool.write(path, dataset_bytes(damaged)[:300])
+    outbox.spool.write(path, encode_file(damaged)[:300])
     sender = _Recording()
     worker = DeliveryWorker(sender, outbox.store, outbox.spool, POLICY, outbox.stop)
 

@@ -14,7 +14,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
-from dicom_io.report import sr_to_bytes, study_finding
+from dicom_io.report import encode_file, study_finding
 from dicom_io.synthetic import StudyIdentity
 from models.phantom import render_study
 from models.predict import TwoStageClassifier
@@ -37,7 +37,7 @@ class Stages:
     def receive(self, datasets: list[Dataset], *, calling_aet: str = "CR1") -> None:
         for ds in datasets:
             path = self.spool.instance_path(calling_aet, ds.StudyInstanceUID, ds.SOPInstanceUID)
-            data = _bytes(ds)
+            data = encode_file(ds)
             self.spool.write(path, data)
             self.store.add_instance(calling_aet=calling_aet, study_uid=ds.StudyInstanceUID,
                                     sop_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
@@ -53,14 +53,6 @@ class Stages:
             assert item is not None
             items.append(item)
         return items
-
-
-def _bytes(ds: Dataset) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -121,7 +113,7 @@ def test_out_of_scope_and_undecodable_images_are_reported_as_not_assessed(
     assert "Not assessed: Body Part Examined CHEST" in text
     assert "Not assessed: pixel data could not be decoded" in text
     path = tmp_path / "sr.dcm"
-    path.write_bytes(sr_to_bytes(sr))
+    path.write_bytes(encode_file(sr))
     assert dciodvfy_errors(path) == []
 
 

@@ -25,9 +25,9 @@ from dicom_io.report import (
     STUDY_TRACKING_IDENTIFIER,
     algorithm_equipment,
     build_sr,
+    encode_file,
     report_uids,
     series_description,
-    sr_to_bytes,
     study_finding,
 )
 from dicom_io.synthetic import StudyIdentity
@@ -137,7 +137,7 @@ def _build(
 
 def _read(sr: Dataset) -> Dataset:
     """The SR as a PACS would hand it back: encoded and decoded again."""
-    return pydicom.dcmread(io.BytesIO(sr_to_bytes(sr)))
+    return pydicom.dcmread(io.BytesIO(encode_file(sr)))
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def sources(make_radiograph: MakeRadiograph) -> list[Dataset]:
 
 
 def _write(sr: Dataset, path: Path) -> Path:
-    path.write_bytes(sr_to_bytes(sr))
+    path.write_bytes(encode_file(sr))
     return path
 
 
@@ -239,13 +239,13 @@ def test_sr_passes_dciodvfy(sources: list[Dataset], tmp_path: Path) -> None:
 
 def test_part10_bytes_round_trip(sources: list[Dataset]) -> None:
     sr = _build(sources, _prediction())
-    data = sr_to_bytes(sr)
+    data = encode_file(sr)
     assert data[128:132] == b"DICM"
     read = pydicom.dcmread(io.BytesIO(data))
     assert read.file_meta.MediaStorageSOPClassUID == Comprehensive3DSRStorage
     assert read.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
     # Re-encoding what was read gives the same bytes: nothing was lost or changed.
-    assert sr_to_bytes(read) == data
+    assert encode_file(read) == data
     # highdicom parses it back as a TID 1500 report with all four groups.
     parsed = hd.sr.srread(io.BytesIO(data))
     assert isinstance(parsed, hd.sr.Comprehensive3DSR)
@@ -254,7 +254,7 @@ def test_part10_bytes_round_trip(sources: list[Dataset]) -> None:
 
 
 def test_identity_study_and_series(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, _prediction()))))
     source = sources[0]
     assert sr.SOPClassUID == Comprehensive3DSRStorage
     assert sr.Modality == "SR"
@@ -291,7 +291,7 @@ def test_uids_and_numbers_can_be_given(sources: list[Dataset]) -> None:
 
 
 def test_every_source_is_evidence_and_in_content(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, _prediction()))))
     expected = {ds.SOPInstanceUID for ds in sources}
     (study,) = sr.CurrentRequestedProcedureEvidenceSequence
     assert study.StudyInstanceUID == sources[0].StudyInstanceUID
@@ -310,7 +310,7 @@ def test_every_source_is_evidence_and_in_content(sources: list[Dataset]) -> None
 
 
 def test_image_library_lists_every_source(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, _prediction()))))
     (library,) = [i for i in sr.ContentSequence if _concept(i) == _key(codes.IMAGE_LIBRARY)]
     entries = [i for i in _walk(library.ContentSequence) if i.ValueType == "IMAGE"]
     assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [
@@ -329,7 +329,7 @@ def test_image_library_lists_every_source(sources: list[Dataset]) -> None:
 
 def test_one_group_per_image(sources: list[Dataset]) -> None:
     prediction = _prediction()
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, prediction))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, prediction))))
     groups = _groups(sr)
     assert len(groups) == len(sources) + 1
     expected_findings = [codes.ABNORMAL, codes.NORMAL, codes.ABNORMAL]
@@ -350,7 +350,7 @@ def test_one_group_per_image(sources: list[Dataset]) -> None:
 
 
 def test_groups_carry_tracking_and_algorithm(sources: list[Dataset]) -> None:
-    data = sr_to_bytes(_build(sources, _prediction()))
+    data = encode_file(_build(sources, _prediction()))
     report = hd.sr.srread(io.BytesIO(data)).content
     assert isinstance(report, hd.sr.MeasurementReport)
     groups = report.get_image_measurement_groups()
@@ -373,7 +373,7 @@ def test_study_group_matches_prediction(
 ) -> None:
     prediction = _prediction(threshold)
     assert prediction.abnormal == (finding == codes.ABNORMAL)
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, prediction))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, prediction))))
     study = _groups(sr)[-1]
     assert _tracking_identifier(study) == STUDY_TRACKING_IDENTIFIER
     assert _code(study, codes.FINDING) == _key(finding)
@@ -389,7 +389,7 @@ def test_study_group_matches_prediction(
 def test_study_finding_rejects_other_documents(sources: list[Dataset]) -> None:
     with pytest.raises(ValueError, match="no Ossa study-level group"):
         study_finding(sources[0])
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, _prediction()))))
     study = _groups(sr)[-1]
     (tracking,) = [i for i in study.ContentSequence if _concept(i) == ("112039", "DCM")]
     tracking.TextValue = "someone else's group"
@@ -399,7 +399,7 @@ def test_study_finding_rejects_other_documents(sources: list[Dataset]) -> None:
 
 def test_image_finding_uses_the_threshold(sources: list[Dataset]) -> None:
     """At threshold 0.9 the image with p=0.87 is Normal and the one with p=0.93 Abnormal."""
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction(0.9)))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, _prediction(0.9)))))
     findings = [_code(group, codes.FINDING) for group in _groups(sr)[:3]]
     assert findings == [_key(codes.NORMAL), _key(codes.NORMAL), _key(codes.ABNORMAL)]
 
@@ -428,7 +428,7 @@ def test_series_description_states_result_and_research_use(sources: list[Dataset
 
 
 def test_content_says_research_not_diagnosis(sources: list[Dataset]) -> None:
-    sr = pydicom.dcmread(io.BytesIO(sr_to_bytes(_build(sources, _prediction()))))
+    sr = pydicom.dcmread(io.BytesIO(encode_file(_build(sources, _prediction()))))
     texts = [item.TextValue for item in _walk(sr.ContentSequence) if item.ValueType == "TEXT"]
     assert DISCLAIMER in texts
     assert "not a diagnosis" in DISCLAIMER

@@ -18,7 +18,7 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-from dicom_io.report import sr_to_bytes
+from dicom_io.report import encode_file
 from dicom_io.secondary_capture import (
     DERIVATION_DESCRIPTION,
     RESEARCH_NOTICE,
@@ -85,11 +85,11 @@ def _build(
         instance_number=1,
         algorithm=ALGORITHM,
     )
-    return pydicom.dcmread(io.BytesIO(sr_to_bytes(sc)))
+    return pydicom.dcmread(io.BytesIO(encode_file(sc)))
 
 
 def _write(ds: Dataset, path: Path) -> Path:
-    path.write_bytes(sr_to_bytes(ds))
+    path.write_bytes(encode_file(ds))
     return path
 
 

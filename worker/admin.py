@@ -11,33 +11,28 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from worker.cli import fail
 from worker.config import Config, ConfigError, DimseDestination, load_config
 from worker.schema import SCHEMA_VERSION, SchemaError
 from worker.store import STORE_FILE, DeliveryState, JobState, StateStore, StudyState, Summary
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"ossa: error: {message}", file=sys.stderr)
-    return code
 
 
 def _open(args: argparse.Namespace) -> tuple[Config, StateStore] | int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     path = config.storage.root / STORE_FILE
     if not path.exists():
-        return _fail(f"storage.root: no state store at {path} (has `ossa serve` run?)", 1)
+        return fail(f"storage.root: no state store at {path} (has `ossa serve` run?)", 1)
     try:
         return config, StateStore(path)
     except (SchemaError, sqlite3.Error) as exc:
-        return _fail(f"storage.root: {exc}", 1)
+        return fail(f"storage.root: {exc}", 1)
 
 
 def _when(timestamp: float | None, now: float) -> str:
@@ -113,7 +108,7 @@ def retry(args: argparse.Namespace) -> int:
     config, store = opened
     with store:
         if args.destination and args.destination not in {d.name for d in config.destinations}:
-            return _fail(f"--destination: {args.destination!r} is not a configured destination")
+            return fail(f"--destination: {args.destination!r} is not a configured destination")
         count = store.retry(
             study_uid=args.study, destination=args.destination, all_failed=args.all_failed
         )

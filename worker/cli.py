@@ -113,7 +113,8 @@ def configure_logging(level: str, fmt: str = "plain") -> None:
     )
 
 
-def _fail(message: str, code: int = 2) -> int:
+def fail(message: str, code: int = 2) -> int:
+    """Print ``ossa: error: <message>`` on standard error; return the exit status ``code``."""
     print(f"ossa: error: {message}", file=sys.stderr)
     return code
 
@@ -129,7 +130,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     configure_logging(config.logging.level, config.logging.format)
 
     try:
@@ -138,7 +139,7 @@ def serve(args: argparse.Namespace) -> int:
             batch_size=config.model.batch_size,
         )
     except (BundleError, OSError) as exc:
-        return _fail(f"model.bundle: {exc}")
+        return fail(f"model.bundle: {exc}")
     logger.info("Loaded model bundle %s", config.model.bundle)
     if not config.destinations:
         logger.warning("No [[destinations]] configured: SRs are written to disk only")
@@ -147,7 +148,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         service = build_service(config, classifier, stop_event=stop)
     except (SchemaError, OSError, sqlite3.Error) as exc:
-        return _fail(f"storage.root: {exc}", 1)
+        return fail(f"storage.root: {exc}", 1)
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         logger.info("Received signal %d; stopping", signum)
@@ -158,9 +159,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         service.start()
     except ConfigError as exc:  # e.g. a [listener.tls] file that cannot be used
-        return _fail(str(exc))
+        return fail(str(exc))
     except OSError as exc:
-        return _fail(
+        return fail(
             f"listener: cannot listen on {config.listener.host}:{config.listener.port}: {exc}", 1
         )
     service.run()
@@ -192,11 +193,11 @@ def bundle_export_onnx(args: argparse.Namespace) -> int:
     try:
         from models.bundle import add_onnx
     except ImportError as exc:
-        return _fail(f"export-onnx needs PyTorch: pip install 'ossa[train]' ({exc})")
+        return fail(f"export-onnx needs PyTorch: pip install 'ossa[train]' ({exc})")
     try:
         info = add_onnx(args.bundle)
     except BundleError as exc:
-        return _fail(f"{args.bundle}: {exc}", 1)
+        return fail(f"{args.bundle}: {exc}", 1)
     print(info.version)
     return 0
 
@@ -215,7 +216,7 @@ def bundle_serving_copy(args: argparse.Namespace) -> int:
     try:
         info = serving_copy(args.bundle, args.out)
     except (BundleError, FileExistsError) as exc:
-        return _fail(str(exc), 1)
+        return fail(str(exc), 1)
     print(info.version)
     return 0
 

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from pydicom import Dataset
 
 from dicom_io.pixels import PixelDataError, normalize_radiograph
-from dicom_io.report import build_sr, report_uids, sr_to_bytes
+from dicom_io.report import build_sr, encode_file, report_uids
 from dicom_io.scope import ScopeTable
 from dicom_io.secondary_capture import build_secondary_capture, sc_label, secondary_capture_uids
 from models.engine import EngineOutput
@@ -380,7 +380,7 @@ class ReportStage:
                     instance_number=number, algorithm=self.algorithm,
                 )
                 path = self.spool.object_path(study.job.study_uid, sop_uid)
-                self.spool.write(path, sr_to_bytes(capture))
+                self.spool.write(path, encode_file(capture))
             except Exception:  # logged; the SR still goes out
                 logger.exception("Could not build the secondary capture of SOP Instance %s",
                                  source_uid)
@@ -407,7 +407,7 @@ class ReportStage:
             previous_versions=[] if job.predecessor is None else [_reference(job.predecessor)],
         )
         path = self.spool.object_path(job.study_uid, sop_uid)
-        self.spool.write(path, sr_to_bytes(sr))
+        self.spool.write(path, encode_file(sr))
         probability = prediction.abnormal_probability
         logger.info(
             "Study %s: %s%s (%d images, %d assessed, %d skipped), SR %s revision %d%s",
