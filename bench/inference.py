@@ -18,9 +18,12 @@ same number of threads (``--threads``, default: the usable cores).
 
 **Whole path.** What the classify stage does for each image of a study, with the shipped
 bundle as served (its manifest's flip averaging): ``pydicom.dcmread`` of the file's bytes,
-``dicom_io.pixels.normalize_radiograph``, the bundle's preprocessing (resize, CLAHE) and the
-two-stage network with abstention, on 3000 x 2500 12-bit DX radiographs, uncompressed,
-JPEG-LS lossless and JPEG 2000 lossless. The time per image of each step is reported too.
+``dicom_io.pixels.normalize_radiograph`` at the working size the service asks for
+(``Preprocessing.working_side``: the network's input size, or the secondary capture's
+``MAX_SIDE`` when secondary captures are written, as by default), the bundle's preprocessing
+(resize, CLAHE) and the two-stage network with abstention, on 3000 x 2500 12-bit DX
+radiographs, uncompressed, JPEG-LS lossless and JPEG 2000 lossless; both with and without
+secondary captures. The time per image of each step is reported too.
 
     .venv/bin/python -m bench.inference [--quick] [--threads 2] [--images 64] [--repeat 5]
 """
@@ -46,6 +49,7 @@ from bench import common
 from bench.peers import SHIPPED_BUNDLE
 from bench.radiographs import sizes, write_corpus
 from dicom_io.pixels import normalize_radiograph
+from dicom_io.secondary_capture import MAX_SIDE
 from models.engine import BACKENDS, NetworkRunner, TwoStageEngine
 from models.manifest import BundleInfo, open_bundle
 from models.predict import TwoStageClassifier, make_runner
@@ -161,8 +165,13 @@ def network_alone(report: common.Report, config: str, info: BundleInfo,
 
 
 def whole_path(report: common.Report, classifier: TwoStageClassifier, files: list[Path],
-               syntax: str, repeat: int) -> None:
-    """Images/s from DICOM bytes to probabilities, and the time per image of each step."""
+               syntax: str, repeat: int, *, captures: bool = True) -> None:
+    """Images/s from DICOM bytes to probabilities, and the time per image of each step.
+
+    ``captures``: render at the size the service uses when it writes secondary captures
+    (``[results] secondary_capture``, on by default), else at the network's input size.
+    """
+    max_side = classifier.preprocessing.working_side(MAX_SIDE if captures else None)
     blobs = [f.read_bytes() for f in files]
     n = len(blobs)
     steps: dict[str, list[float]] = {"decode": [], "preprocess": [], "network": []}
@@ -171,7 +180,8 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
     def run() -> tuple[float, float, float]:
         start = time.perf_counter()
         images: list[NDArray[np.float32]] = [
-            normalize_radiograph(pydicom.dcmread(io.BytesIO(b))) for b in blobs]
+            normalize_radiograph(pydicom.dcmread(io.BytesIO(b)), max_side=max_side)
+            for b in blobs]
         decoded = time.perf_counter()
         inputs = classifier.preprocess(images)
         prepared = time.perf_counter()
@@ -186,13 +196,17 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
             steps[key].append(1000 * seconds / n)
         totals.append(n / sum(times))
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    mode = "with secondary captures" if captures else "classification only"
     report.figure(f"whole path (DICOM bytes to probabilities), {syntax}, "
-                  f"{first.Rows}x{first.Columns}", "images/s", totals, part="whole_path",
-                  syntax=syntax)
+                  f"{first.Rows}x{first.Columns}, {mode} (rendered at {max_side} px or more)",
+                  "images/s", totals, part="whole_path", syntax=syntax, captures=captures,
+                  max_side=max_side)
     for key, samples in steps.items():
-        report.figure(f"  {syntax}: {key} per image", "ms/image", samples,
-                      higher_is_better=False, part="step", syntax=syntax, step=key)
-    print(f"  whole path {syntax:12s}: {common.summarize(totals)['median']:.2f} img/s ("
+        report.figure(f"  {syntax}, {mode}: {key} per image", "ms/image", samples,
+                      higher_is_better=False, part="step", syntax=syntax, step=key,
+                      captures=captures)
+    print(f"  whole path {syntax:12s} {mode:23s}: "
+          f"{common.summarize(totals)['median']:.2f} img/s ("
           + ", ".join(f"{k} {common.summarize(v)['median']:.0f} ms" for k, v in steps.items())
           + ")", flush=True)
 
@@ -215,16 +229,18 @@ def plot(report: common.Report) -> Any:
     syntaxes = [s for s in SYNTAXES if report.find(part="whole_path", syntax=s)]
     bottom = np.zeros(len(syntaxes))
     for step in ("decode", "preprocess", "network"):
-        values = np.array([common.summarize(report.find(part="step", syntax=s, step=step)[0]
+        values = np.array([common.summarize(report.find(part="step", syntax=s, step=step,
+                                                          captures=True)[0]
                                             .samples)["median"] for s in syntaxes])
         ax.bar(syntaxes, values, bottom=bottom, label=step)
         bottom += values
     for i, s in enumerate(syntaxes):
-        rate = common.summarize(report.find(part="whole_path", syntax=s)[0].samples)["median"]
+        rate = common.summarize(report.find(part="whole_path", syntax=s, captures=True)[0]
+                                .samples)["median"]
         ax.annotate(f"{rate:.1f} img/s", (i, bottom[i]), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("ms per image")
     ax.legend(fontsize=8)
-    ax.set_title("Whole path, shipped bundle as served")
+    ax.set_title("Whole path, shipped bundle as served (with SCs)")
     fig.tight_layout()
     return fig
 
@@ -285,13 +301,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                              count=n_files, rows=rows, columns=columns, per_study=n_files,
                              modality="DX", syntax=uid, distinct_pixels=n_files)
         report.parameters["whole_path"]["file_bytes"][syntax] = sizes(files) // len(files)
-        whole_path(report, classifier, files, syntax, max(1, repeat - 2))
+        for captures in (True, False):
+            whole_path(report, classifier, files, syntax, max(1, repeat - 2), captures=captures)
     report.notes.append(
         f"Whole path: the shipped bundle as `ossa serve` runs it (flip averaging "
         f"{'on' if classifier.bundle.manifest.flip_tta else 'off'}, as its manifest says), "
         f"{n_files} radiographs per run classified together; JPEG-LS and JPEG 2000 are "
-        "lossless (encoded by pyjpegls and OpenJPEG), decoded at full size by the plugin "
-        "pydicom tries first (GDCM where python-gdcm is installed).")
+        "lossless (encoded by pyjpegls and OpenJPEG). Each image is rendered at the size the "
+        "service asks for: reduced by an integer factor to a longest side of at least the "
+        "secondary capture's MAX_SIDE (with captures) or the network's input size (without); "
+        "JPEG 2000 decoded at that reduced resolution (Pillow's OpenJPEG reduce), JPEG-LS by "
+        "pyjpegls, uncompressed by pydicom.")
     report.notes.append(f"onnxruntime {ort.__version__}, torch {torch.__version__}, "
                         f"{args.threads} threads each.")
     report.write(args.out, plot)

@@ -20,26 +20,47 @@ Transformations), built on :mod:`pydicom.pixels`:
 
 The result has the same convention as MURA's 8-bit PNGs divided by 255.
 
-Reduced-resolution decoding of JPEG 2000 (decoding only the wavelet levels the model needs) is
-not done: none of pydicom 3.0's decoder plugins takes a reduction factor (pylibjpeg-openjpeg
-2.6's ``decode`` has none; Pillow's JPEG 2000 plugin has one but rescales the precision and
-fails on the NEMA WG04 CR ``RG1_J2KR`` at reduce=2), so every image is decoded at full size.
+Reduced resolution. The network sees an image whose longest side is its input size (224 px
+for the shipped bundle) and a secondary capture shows at most 1024 px, so a 3000 x 2500
+radiograph need not be rendered at full size. Given ``max_side``, the stored values are
+reduced by the largest integer factor that keeps the longest side at least ``max_side``, as
+the mean of each block of stored values (area-weighted, padding left out), before steps 3-6:
+the LUTs run on the reduced array. The result agrees with resizing the full-resolution
+rendering by area averaging wherever the transformation is close to linear over a block; a
+block straddling the edge of a window or a steep part of a LUT or SIGMOID gives the value of
+its mean rather than the mean of its values. JPEG 2000 (PS3.5 A.4.4) is decoded at a reduced
+resolution when the reduction allows it: the wavelet levels above it are not decoded (ISO/IEC
+15444-1 discards the highest resolution levels; the remaining low-pass band is close to a
+2^levels block mean). pydicom 3.0's decoder plugins take no reduction factor (pylibjpeg-openjpeg
+2.6's ``decode`` has none), so this uses Pillow's JPEG 2000 plugin (OpenJPEG's ``reduce``)
+directly, with pydicom's own correction of Pillow's precision scaling and sign, and only by
+levels where Pillow's rounding of the reduced size agrees with OpenJPEG's; whatever it cannot
+do (no Pillow OpenJPEG, Pixel Padding Value declared, a precision other than Bits Stored, fewer
+decomposition levels, any decoding error) falls back to decoding at full size.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
+from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom.uid import UID
+from pydicom.pixels.utils import get_j2k_parameters
+from pydicom.uid import JPEG2000, UID, JPEG2000Lossless
 
-from dicom_io.transfer_syntax import decoder_available
+from dicom_io.transfer_syntax import decoder_available, preferred_plugin
+
+logger = logging.getLogger(__name__)
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+#: Transfer syntaxes decoded at a reduced resolution when asked (PS3.5 A.4.4).
+_REDUCIBLE = (JPEG2000Lossless, JPEG2000)
 
 
 class PixelDataError(ValueError):
@@ -88,14 +109,17 @@ def check_pixel_module(ds: Dataset) -> None:
         raise PixelDataError(f"no decoder for {_name(syntax)} is installed")
     if not syntax.is_encapsulated:
         expected = (int(ds.Rows) * int(ds.Columns) * allocated + 7) // 8
-        actual = len(ds.PixelData)
+        # A raw element read with a defer size has its length but not its value.
+        element = ds.get_item("PixelData", keep_deferred=True)
+        value = None if element is None else element.value
+        actual = len(value) if value is not None else int(getattr(element, "length", 0))
         if actual < expected:
             raise PixelDataError(
                 f"PixelData holds {actual} bytes; Rows x Columns x BitsAllocated need {expected}"
             )
 
 
-def normalize_radiograph(ds: Dataset) -> NDArray[np.float32]:
+def normalize_radiograph(ds: Dataset, *, max_side: int | None = None) -> NDArray[np.float32]:
     """Render a grayscale radiograph dataset to a float32 image in [0, 1], 1 = bright.
 
     Parameters
@@ -104,18 +128,27 @@ def normalize_radiograph(ds: Dataset) -> NDArray[np.float32]:
         A single-frame grayscale image (CR Image IOD PS3.3 A.2, DX Image IOD PS3.3 A.26,
         Secondary Capture Image IOD PS3.3 A.8.1) with its file meta information. It is not
         modified, and the decoded pixels are not cached on it.
+    max_side : int, optional
+        The longest side the caller needs (see
+        :meth:`models.enhance.Preprocessing.working_side`). The image is then reduced by the
+        largest integer factor ``max(Rows, Columns) // max_side`` before the LUTs are applied
+        (see the module notes), so its longest side is at least ``max_side``. None (the
+        default), or a ``max_side`` at least the longest side: full resolution.
 
     Returns
     -------
     numpy.ndarray
-        2-D float32 array of shape (Rows, Columns) with values in [0, 1]; padding pixels
-        are 0.
+        2-D float32 array with values in [0, 1]: of shape (Rows, Columns) at full
+        resolution, or ``(ceil(Rows / f), ceil(Columns / f))`` reduced by a factor ``f``.
+        Padding pixels are 0; a reduced pixel is scaled by its share of non-padding pixels.
 
     Raises
     ------
     PixelDataError
         If the pixel data is missing, not grayscale, cannot be decoded (the message names
         the transfer syntax), or its modality or VOI LUT is invalid.
+    ValueError
+        If ``max_side`` is not a positive integer.
 
     Notes
     -----
@@ -123,13 +156,23 @@ def normalize_radiograph(ds: Dataset) -> NDArray[np.float32]:
     the first window (PS3.3 C.11.2.1.2). The VOI output range is scaled to [0, 1]. When the
     dataset has no VOI transformation at all, PS3.4 N.2.1.1 leaves the choice to the
     application; like DCMTK's min-max window, the range of the modality values of the
-    non-padding pixels is used.
+    non-padding pixels is used (at reduced resolution, of the decoded stored values, so that
+    averaging does not narrow it).
     """
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
+    ):
+        raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
     check_pixel_module(ds)
-    stored = _decode(ds)
+    factor = reduction_factor((int(ds.Rows), int(ds.Columns)), max_side)
+    stored = _decode(ds, factor)
     padding = _padding_mask(stored, ds)
     if padding is not None and padding.all():
         raise PixelDataError("PixelPaddingValue: every pixel is padding")
+    if max_side is not None:
+        factor = reduction_factor(stored.shape, max_side)  # what decoding left to do
+        if factor > 1 or stored.shape != (int(ds.Rows), int(ds.Columns)):
+            return _render_reduced(stored, ds, padding, factor)
 
     try:
         values = np.asarray(apply_modality_lut(stored, ds))
@@ -154,6 +197,102 @@ def normalize_radiograph(ds: Dataset) -> NDArray[np.float32]:
     return image.astype(np.float32)
 
 
+def reduction_factor(shape: tuple[int, ...], max_side: int | None) -> int:
+    """The largest integer factor that keeps the longest side of ``shape`` at least
+    ``max_side``; 1 when ``max_side`` is None or not below the longest side."""
+    if max_side is None:
+        return 1
+    return max(1, max(int(shape[0]), int(shape[1])) // max_side)
+
+
+def _render_reduced(
+    stored: NDArray[Any], ds: Dataset, padding: NDArray[np.bool_] | None, factor: int
+) -> NDArray[np.float32]:
+    """Steps 3-6 of the module notes on the block means of ``stored`` (``factor`` x
+    ``factor`` blocks; ``factor`` 1 renders ``stored`` as it is, as an already reduced
+    decoding gives it)."""
+    kept = stored if padding is None else stored[~padding]
+    low_stored, high_stored = int(kept.min()), int(kept.max())
+    means, coverage = _block_mean(stored, factor, padding)
+    try:
+        if "ModalityLUTSequence" in ds:  # a LUT indexes by integer stored values
+            means = np.rint(means).astype(np.int64)
+        values = np.asarray(apply_modality_lut(means, ds))
+        if _has_voi_lut(ds):
+            values = np.rint(values).astype(np.int64)
+        low, high = _voi_output_range(
+            values, ds, None, data_range=_modality_range(low_stored, high_stored, ds)
+        )
+        rendered = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), np.float32)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise PixelDataError(f"invalid Modality LUT or VOI LUT: {exc}") from exc
+
+    if high > low:
+        image = (rendered - np.float32(low)) * np.float32(1.0 / (high - low))
+    else:
+        image = np.zeros_like(rendered)
+    np.clip(image, 0.0, 1.0, out=image)
+    if _inverted(ds):
+        np.subtract(np.float32(1.0), image, out=image)
+    if coverage is not None:
+        image *= coverage  # padding renders 0 and weighs in by its area
+    return image
+
+
+def _block_mean(
+    stored: NDArray[Any], factor: int, padding: NDArray[np.bool_] | None
+) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+    """Mean of the non-padding stored values of each ``factor`` x ``factor`` block (the last
+    row and column of blocks may be smaller), and each block's share of non-padding pixels
+    (None without padding; a block of padding only has mean 0 and share 0)."""
+    if factor == 1:
+        if padding is None:
+            return stored.astype(np.float32), None
+        return np.where(padding, 0, stored).astype(np.float32), (~padding).astype(np.float32)
+    # integer sums are exact: at most factor**2 values of at most 16 bits each
+    dtype = np.int32 if factor * factor < 1 << 15 else np.int64
+    sizes = np.outer(_block_sizes(stored.shape[0], factor),
+                     _block_sizes(stored.shape[1], factor)).astype(np.float32)
+    if padding is None:
+        return (_block_sum(stored, factor, dtype) / sizes).astype(np.float32), None
+    counts = _block_sum(~padding, factor, dtype).astype(np.float32)
+    sums = _block_sum(np.where(padding, 0, stored), factor, dtype)
+    means = (sums / np.maximum(counts, 1.0)).astype(np.float32)
+    return means, counts / sizes
+
+
+def _block_sizes(length: int, factor: int) -> NDArray[np.int64]:
+    """Lengths of the ``factor``-long blocks along a side of ``length`` (the last may be
+    shorter)."""
+    sizes = np.full(-(-length // factor), factor, dtype=np.int64)
+    sizes[-1] = length - factor * (len(sizes) - 1)
+    return sizes
+
+
+def _block_sum(array: NDArray[Any], factor: int, dtype: type[np.signedinteger[Any]]
+               ) -> NDArray[Any]:
+    """Sum of each ``factor`` x ``factor`` block of ``array`` in ``dtype``: ``factor`` strided
+    additions along each axis, which read the array once (``np.add.reduceat`` is ten times
+    slower)."""
+    rows, columns = (-(-n // factor) for n in array.shape)
+    tall = np.zeros((rows, array.shape[1]), dtype)
+    for i in range(factor):
+        part = array[i::factor]
+        tall[: part.shape[0]] += part
+    out = np.zeros((rows, columns), dtype)
+    for j in range(factor):
+        part = tall[:, j::factor]
+        out[:, : part.shape[1]] += part
+    return out
+
+
+def _modality_range(low: int, high: int, ds: Dataset) -> tuple[float, float]:
+    """The range of the modality values (PS3.3 C.11.1) of the stored values ``low`` to
+    ``high``: exact for Rescale Slope/Intercept and a monotonic Modality LUT."""
+    values = np.asarray(apply_modality_lut(np.arange(low, high + 1, dtype=np.int64), ds))
+    return float(values.min()), float(values.max())
+
+
 def _transfer_syntax(ds: Dataset) -> UID | None:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -166,12 +305,28 @@ def _name(syntax: UID) -> str:
     return f"{name} ({syntax})" if name != str(syntax) else str(syntax)
 
 
-def _decode(ds: Dataset) -> NDArray[Any]:
-    """The stored values of the single frame of ``ds``, high bits masked (by pydicom)."""
+def _decode(ds: Dataset, factor: int = 1) -> NDArray[Any]:
+    """The stored values of the single frame of ``ds``, high bits masked (by pydicom).
+
+    With ``factor`` above 1, a JPEG 2000 image may come back reduced by the largest power of
+    two up to ``factor`` (:func:`_decode_reduced`); every other image at full size.
+    """
     syntax = _transfer_syntax(ds)
     assert syntax is not None  # check_pixel_module refuses a dataset without one
+    if factor > 1 and syntax in _REDUCIBLE:
+        reduced = _decode_reduced(ds, syntax, factor)
+        if reduced is not None:
+            return reduced
+    decoder = get_decoder(syntax)
+    plugin = preferred_plugin(syntax)
     try:
-        stored, _ = get_decoder(syntax).as_array(ds)
+        try:
+            stored, _ = decoder.as_array(ds, decoding_plugin=plugin)
+        except Exception:
+            if not plugin:
+                raise
+            logger.debug("%s plugin %s failed; trying the others", _name(syntax), plugin)
+            stored, _ = decoder.as_array(ds)
     except Exception as exc:  # pydicom and its plugins raise many types for corrupt data
         raise PixelDataError(f"{_name(syntax)} pixel data cannot be decoded: {exc}") from exc
     if stored.ndim != 2:
@@ -179,6 +334,64 @@ def _decode(ds: Dataset) -> NDArray[Any]:
             f"{_name(syntax)} pixel data decoded to shape {stored.shape}, not one 2-D frame"
         )
     return stored
+
+
+def _decode_reduced(ds: Dataset, syntax: UID, factor: int) -> NDArray[np.int32] | None:
+    """The stored values of a JPEG 2000 image decoded without its ``levels`` highest
+    resolution levels (ISO/IEC 15444-1 ``reduce``), ``2**levels`` the largest power of two
+    up to ``factor``; None where this cannot be done (the caller then decodes at full size).
+
+    Pillow's JPEG 2000 plugin scales samples of precision P to 8 or 16 bits (and offsets
+    signed ones); the scaling is undone as pydicom's Pillow decoder does.
+    """
+    if "PixelPaddingValue" in ds:  # padding is found in full-resolution stored values
+        return None
+    levels = factor.bit_length() - 1
+    try:
+        from PIL import Image, features
+
+        if not features.check_codec("jpg_2000"):
+            return None
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        params = get_j2k_parameters(frame)
+        precision = params.get("precision")
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        levels = min(levels, _decomposition_levels(frame))
+        # Pillow sizes a reduced image round(n / 2**levels), OpenJPEG ceil(n / 2**levels)
+        while levels and any(-(-n // (1 << levels)) != (n + (1 << levels >> 1)) >> levels
+                             for n in (rows, columns)):
+            levels -= 1
+        if levels < 1 or precision != int(ds.BitsStored) or precision > 16:
+            return None
+        with Image.open(io.BytesIO(frame), formats=("JPEG2000",)) as image:
+            image.reduce = levels  # type: ignore[method-assign, assignment]
+            image.load()
+            container = {"L": 8, "I;16": 16}.get(image.mode)
+            array = np.asarray(image)
+        step = 1 << levels
+        if container is None or array.shape != (-(-rows // step), -(-columns // step)):
+            return None
+    except Exception as exc:  # Pillow raises many types; the full decoder names the error
+        logger.debug("reduced JPEG 2000 decoding failed (%s); decoding at full size", exc)
+        return None
+    values = array.astype(np.int32)
+    if params.get("is_signed") and int(ds.PixelRepresentation) == 1:
+        values -= 1 << (container - 1)
+    return np.right_shift(values, container - precision)
+
+
+def _decomposition_levels(codestream: bytes) -> int:
+    """Number of wavelet decomposition levels in the COD marker segment of a JPEG 2000 main
+    header (ISO/IEC 15444-1 A.6.1); 0 if there is none before the first tile."""
+    offset = 2  # after SOC
+    while offset + 4 <= len(codestream):
+        marker = int.from_bytes(codestream[offset : offset + 2], "big")
+        if marker == 0xFF52:  # COD: Lcod(2) Scod(1) SGcod(4) then the levels
+            return codestream[offset + 9]
+        if marker == 0xFF90:  # SOT: the main header has ended
+            return 0
+        offset += 2 + int.from_bytes(codestream[offset + 2 : offset + 4], "big")
+    return 0
 
 
 def _stored_value(value: Any, ds: Dataset) -> int:
@@ -228,13 +441,16 @@ def _has_voi_lut(ds: Dataset) -> bool:
 
 
 def _voi_output_range(
-    values: NDArray[np.generic], ds: Dataset, padding: NDArray[np.bool_] | None
+    values: NDArray[np.generic],
+    ds: Dataset,
+    padding: NDArray[np.bool_] | None,
+    data_range: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
     """The range of values the VOI transformation of ``ds`` can produce from ``values``.
 
     For a VOI LUT, the range of its LUT Data; for a window, the window function applied to
-    inputs below and above the window (PS3.3 C.11.2.1.2); without either, the range of the
-    non-padding ``values``.
+    inputs below and above the window (PS3.3 C.11.2.1.2); without either, ``data_range`` or
+    else the range of the non-padding ``values``.
     """
     if _has_voi_lut(ds):
         # Every input the first LUT maps (PS3.3 C.11.2.1.1): its outputs bound the range.
@@ -246,6 +462,8 @@ def _voi_output_range(
         width = abs(_first(ds.WindowWidth))
         # Far enough outside the window that LINEAR and SIGMOID functions saturate.
         inputs = np.array([center - 10 * width - 1, center + 10 * width + 1])
+    elif data_range is not None:
+        return data_range
     else:
         image = values if padding is None else values[~padding]
         return float(image.min()), float(image.max())

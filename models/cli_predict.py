@@ -48,8 +48,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def read_file(path: Path) -> tuple[NDArray[np.float32], str]:
+def read_file(path: Path, max_side: int | None = None) -> tuple[NDArray[np.float32], str]:
     """A file's normalized image and its study key (Study Instance UID or folder).
+
+    ``max_side``: the longest side the classifier needs
+    (:meth:`models.enhance.Preprocessing.working_side`); a DICOM image is rendered at the
+    reduced resolution :func:`dicom_io.pixels.normalize_radiograph` chooses for it. None: full
+    resolution.
 
     Raises
     ------
@@ -67,7 +72,7 @@ def read_file(path: Path) -> tuple[NDArray[np.float32], str]:
 
     try:
         ds = pydicom.dcmread(path)
-        image = normalize_radiograph(ds)
+        image = normalize_radiograph(ds, max_side=max_side)
     except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError) as exc:
         raise ValueError(f"not a readable DICOM radiograph: {exc}") from exc
     return image, f"study:{ds.get('StudyInstanceUID', path.parent.resolve())}"
@@ -92,12 +97,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     except (BundleError, OSError) as exc:
         print(f"ossa: error: {args.bundle}: {exc}", file=sys.stderr)
         return 2
+    max_side = classifier.preprocessing.working_side()  # no secondary capture here
     images: list[NDArray[np.float32]] = []
     readable: list[tuple[Path, str]] = []
     lines: dict[int, dict[str, Any]] = {}
     for i, path in enumerate(args.files):
         try:
-            image, study = read_file(path)
+            image, study = read_file(path, max_side)
         except ValueError as exc:
             logger.error("%s: %s", path, exc)
             lines[i] = {"file": str(path), "error": str(exc)}

@@ -90,6 +90,13 @@ class Preprocessing:
         """Normalized value of a black (0) pixel: the padding value of the network input."""
         return (0.0 - self.mean) / self.std
 
+    def working_side(self, display_side: int | None = None) -> int:
+        """Longest side an image needs before :func:`preprocess`: the network's input size,
+        or ``display_side`` where the image is also shown larger (a secondary capture,
+        :data:`dicom_io.secondary_capture.MAX_SIDE`). The ``max_side`` of
+        :func:`dicom_io.pixels.normalize_radiograph`."""
+        return max(self.input_size, display_side or 0)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in a bundle manifest."""
         return asdict(self)

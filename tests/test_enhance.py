@@ -132,3 +132,10 @@ def test_resize_matches_torchvision_antialiased_bilinear() -> None:
     theirs = F.interpolate(torch.from_numpy(image)[None, None], size=ours.shape,
                            mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
     assert np.abs(ours - np.clip(theirs, 0, 1)).max() < 1e-5
+
+
+def test_working_side_is_the_input_size_or_the_larger_display() -> None:
+    params = Preprocessing(input_size=224, kernel_size=56)
+    assert params.working_side() == 224
+    assert params.working_side(1024) == 1024
+    assert params.working_side(100) == 224

@@ -30,7 +30,12 @@ from pydicom import Dataset
 from dicom_io.pixels import PixelDataError, normalize_radiograph
 from dicom_io.report import build_sr, encode_file, report_uids
 from dicom_io.scope import ScopeTable
-from dicom_io.secondary_capture import build_secondary_capture, sc_label, secondary_capture_uids
+from dicom_io.secondary_capture import (
+    MAX_SIDE,
+    build_secondary_capture,
+    sc_label,
+    secondary_capture_uids,
+)
 from models.engine import EngineOutput
 from models.enhance import Preprocessing
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
@@ -282,7 +287,8 @@ class ClassifyStage:
                 loaded.add(ds, None, ImagePrediction.not_assessed(decision.reason))
                 continue
             try:
-                image = normalize_radiograph(ds)
+                image = normalize_radiograph(ds, max_side=self.classifier.preprocessing
+                                             .working_side(MAX_SIDE if self.cams else None))
             except PixelDataError as exc:
                 logger.warning("SOP Instance %s not assessed: %s", instance.sop_uid, exc)
                 loaded.add(ds, None, ImagePrediction.not_assessed(
