@@ -6,12 +6,13 @@ Two corpora: ``large``, synthetic 3000 x 2500 12-bit DX instances (about 15 MB e
 repeat, the three receivers take turns (their order rotates every repeat), each freshly
 started on an empty folder, on the same files; the time is the wall clock from starting the
 ``storescu`` processes to the last one exiting. Ratios Ossa/DCMTK and Ossa/pynetdicom are
-taken repeat by repeat.
+taken repeat by repeat. A fourth turn, "durable write alone", writes the same files with
+Ossa's ``Spool.write`` and no network: the ceiling the disk sets for a receiver that syncs.
 
 Ossa runs as ``ossa serve`` with the shipped bundle and a one-day completion timeout, so that
 only its listener works during the measurement (no classification competes for the CPU).
-It is durable: every instance is fsynced and recorded in SQLite before the success status;
-neither ``storescp`` syncs anything to disk.
+It is durable: every instance is fsynced with its folder (and recorded in SQLite) before the
+success status; neither ``storescp`` syncs anything to disk.
 
     .venv/bin/python -m bench.ingest [--quick] [--large 100] [--small 1000] [--repeat 3]
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,12 @@ from typing import Any
 from bench import common
 from bench.peers import RECEIVERS, PeerError, storescu
 from bench.radiographs import sizes, write_corpus
+from worker.spool import Spool
+
+#: Not a receiver: the corpus written straight to a spool with Ossa's own durable write
+#: (``Spool.write``: fsync of the file, rename, fsync of the folder), no network; the
+#: ceiling the disk puts on any receiver that syncs before it answers.
+DURABLE_WRITE = "durable-write"
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,28 @@ def one_round(receiver: str, corpus: Corpus, senders: int, work: Path) -> float:
     return len(corpus.files) / seconds
 
 
+def durable_write_round(corpus: Corpus, senders: int, work: Path) -> float:
+    """Instances/s of writing ``corpus`` with ``Spool.write`` from ``senders`` threads."""
+    folder = work / "run" / DURABLE_WRITE
+    shutil.rmtree(folder, ignore_errors=True)
+    spool = Spool(folder)
+    shares = [corpus.files[i::senders] for i in range(senders)]
+
+    def write(files: list[Path]) -> None:
+        for path in files:
+            spool.write(f"instances/bench/{path.stem.split('-')[0]}/{path.stem}.dcm",
+                        path.read_bytes())
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(senders) as pool:
+            list(pool.map(write, shares))
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.sync()
+    return len(corpus.files) / seconds
+
+
 def measure(report: common.Report, corpus: Corpus, senders: Sequence[int],
             receivers: Sequence[str], repeat: int, work: Path, *, figure_prefix: str = ""
             ) -> dict[tuple[str, int], common.Figure]:
@@ -86,7 +117,8 @@ def measure(report: common.Report, corpus: Corpus, senders: Sequence[int],
         for i in range(repeat):
             order = list(receivers[i % len(receivers):]) + list(receivers[:i % len(receivers)])
             for receiver in order:
-                rate = one_round(receiver, corpus, n, work)
+                rate = (durable_write_round(corpus, n, work) if receiver == DURABLE_WRITE
+                        else one_round(receiver, corpus, n, work))
                 samples[receiver].append(rate)
                 print(f"  {corpus.name:5s} {n} sender(s) {receiver:10s} {rate:8.1f} inst/s",
                       flush=True)
@@ -100,7 +132,8 @@ def measure(report: common.Report, corpus: Corpus, senders: Sequence[int],
 
 
 RECEIVER_LABEL = {"ossa": "Ossa", "dcmtk": "DCMTK storescp",
-                  "pynetdicom": "pynetdicom storescp"}
+                  "pynetdicom": "pynetdicom storescp",
+                  DURABLE_WRITE: "durable write alone (no network)"}
 
 
 def add_ratios(report: common.Report, corpus: Corpus,
@@ -121,7 +154,7 @@ def plot(report: common.Report) -> Any:
     for ax, corpus in zip(axes[0], corpus_names, strict=True):
         senders = sorted({f.labels["senders"] for f in report.find(corpus=corpus)})
         series = {}
-        for receiver in RECEIVERS:
+        for receiver in RECEIVER_LABEL:
             figs = [next(iter(report.find(corpus=corpus, receiver=receiver, senders=n)), None)
                     for n in senders]
             if any(figs):
@@ -142,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="128 x 128 instances (default 1000, --quick 20)")
     p.add_argument("--senders", type=int, nargs="+", default=None,
                    help="parallel associations (default 1 4, --quick 2)")
-    p.add_argument("--receivers", nargs="+", default=list(RECEIVERS), choices=list(RECEIVERS))
+    p.add_argument("--receivers", nargs="+", default=[*RECEIVERS, DURABLE_WRITE],
+                   choices=[*RECEIVERS, DURABLE_WRITE])
     args = p.parse_args(argv)
     args.out = args.out or common.default_out(args.quick)
     large = args.large or (4 if args.quick else 100)
@@ -164,12 +198,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                           "<port>",
             "ossa": "ossa serve --config <loopback listener, completion_timeout_s = 86400, "
                     "bundles/fracatlas, http off, logging INFO>",
+            DURABLE_WRITE: "worker.spool.Spool.write(<path>, <file bytes>) per file, one "
+                           "thread per sender",
         },
     }
     report.notes += [
         "Ossa is measured with classification held off (completion timeout one day): its "
         "listener alone, durable (fsync of file and folder, SQLite row) before each success "
         "status; DCMTK and pynetdicom storescp write without fsync.",
+        "'durable write alone' writes the same files with Ossa's Spool.write (fsync of the "
+        "file, rename, fsync of the folder) and no network: what the disk allows any receiver "
+        "that keeps the durability promise. A receiver that does not sync (storescp) is "
+        "bounded by memory bandwidth instead, until the page cache's dirty limit.",
         "Each round starts the receiver afresh on an empty folder; the time runs from "
         "starting the storescu processes to the last exit (association set-up included).",
     ]

@@ -7,12 +7,17 @@ tests/test_handlers.py; STOW-RS over HTTP in tests/test_http.py.
 from __future__ import annotations
 
 import io
+import os
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from tests.test_handlers import _deflate_bomb
 from worker.admission import (
@@ -45,12 +50,24 @@ def _file(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _submit(intake: Intake, data: bytes, *, max_inflated_bytes: int = 64 * MIB,
+def _image(side: int) -> np.ndarray:
+    return np.tile(np.arange(side, dtype=np.uint8), (side, 1))
+
+
+def _data_set(data: bytes) -> bytes:
+    """The data set bytes of a DICOM file, after its File Meta Information."""
+    source = io.BytesIO(data)
+    read_part10(source)
+    return data[source.tell():]
+
+
+def _submit(intake: Intake, data: bytes | BinaryIO, *, max_inflated_bytes: int = 64 * MIB,
             sop_uid: str | None = None) -> StoreStatus:
-    meta, encoded = read_part10(data)
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    meta = read_part10(source)
     decision = admit(intake, Submission(
-        protocol="stowrs", calling_aet="STOW-RS", file_meta=meta, encoded=encoded,
-        sop_class_uid=str(meta.MediaStorageSOPClassUID),
+        protocol="stowrs", calling_aet="STOW-RS", file_meta=meta, source=source,
+        offset=source.tell(), sop_class_uid=str(meta.MediaStorageSOPClassUID),
         sop_uid=sop_uid or str(meta.MediaStorageSOPInstanceUID),
     ), max_inflated_bytes=max_inflated_bytes)
     return decision.status
@@ -69,7 +86,7 @@ def test_a_dicom_file_is_stored_once_as_sent_with_the_sender_in_its_meta(
     (path,) = intake.spool.instance_files()
     written = intake.spool.path(path).read_bytes()
     assert written[128:132] == b"DICM"
-    assert written.endswith(read_part10(data)[1])  # the data set bytes as sent
+    assert written.endswith(_data_set(data))  # the data set bytes as sent
     stored = pydicom.dcmread(intake.spool.path(path))
     assert stored.file_meta.SourceApplicationEntityTitle == "STOW-RS"
     assert stored.SOPInstanceUID == ds.SOPInstanceUID
@@ -83,12 +100,12 @@ def test_meta_without_preamble_is_read_and_garbage_is_not(
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds)  # meta, no preamble: what dicomweb-client sends
     assert buffer.getvalue()[:4] != b"\x00" * 4
-    meta, encoded = read_part10(buffer.getvalue())
+    meta = read_part10(io.BytesIO(buffer.getvalue()))
     assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-    assert encoded == read_part10(_file(ds))[1]
+    assert _data_set(buffer.getvalue()) == _data_set(_file(ds))
     for garbage in (b"", b"not DICOM at all", b"\x00" * 128 + b"DICM"):
         with pytest.raises(ValueError, match="not a DICOM file"):
-            read_part10(garbage)
+            read_part10(io.BytesIO(garbage))
 
 
 def test_refusals_name_the_status_and_the_reason(
@@ -132,3 +149,56 @@ def test_a_failing_observer_does_not_change_the_decision(
         intake = Intake(Spool(root), store, observer=broken)
         assert _submit(intake, _file(make_radiograph())) == StoreStatus.SUCCESS
         assert store.summary().instances == {"stored": 1}
+
+
+def test_a_large_data_set_is_copied_to_the_spool_without_being_read_into_memory(
+    observed: tuple[Intake, list[tuple[str, str, str]]],
+    make_radiograph: Callable[..., Dataset],
+    tmp_path: Path,
+) -> None:
+    intake, _ = observed
+    ds = make_radiograph(image=_image(6000))  # 36 MB of pixel data
+    path = tmp_path / "large.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("rb") as source:
+        tracemalloc.start()
+        try:
+            assert _submit(intake, source) == StoreStatus.SUCCESS
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 * MIB, f"admission allocated {peak / MIB:.1f} MiB for a 32 MB data set"
+    (stored,) = intake.spool.instance_files()
+    assert intake.spool.path(stored).read_bytes().endswith(_data_set(path.read_bytes()))
+
+
+def test_a_truncated_data_set_is_refused_and_nothing_is_stored(
+    observed: tuple[Intake, list[tuple[str, str, str]]],
+    make_radiograph: Callable[..., Dataset],
+) -> None:
+    intake, seen = observed
+    data = _file(make_radiograph(image=_image(1024)))  # 1 MiB: its value is skipped
+    assert _submit(intake, data[:-1000]) == StoreStatus.CANNOT_UNDERSTAND
+    small = _file(make_radiograph(image=_image(64)))  # 4 KiB: its value is read
+    assert _submit(intake, small[:-1000]) == StoreStatus.CANNOT_UNDERSTAND
+    assert seen == [("stowrs", "refused", "undecodable")] * 2
+    assert list(intake.spool.instance_files()) == []
+    assert list(intake.spool.tmp.iterdir()) == []
+
+
+def test_a_deflated_data_set_longer_than_the_bound_is_refused_unread(
+    observed: tuple[Intake, list[tuple[str, str, str]]],
+    make_radiograph: Callable[..., Dataset],
+) -> None:
+    intake, seen = observed
+    # Incompressible pixels: the deflated data set is about as long as the inflated one.
+    ds = make_radiograph(image=np.frombuffer(os.urandom(512 * 512), np.uint8).reshape(512, 512))
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    deflated = io.BytesIO()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(deflated, enforce_file_format=True)
+    assert _submit(intake, deflated.getvalue(), max_inflated_bytes=256 * 1024) == (
+        StoreStatus.OUT_OF_RESOURCES)
+    assert _submit(intake, deflated.getvalue(), max_inflated_bytes=MIB) == StoreStatus.SUCCESS
+    assert seen == [("stowrs", "refused", "inflate_limit"), ("stowrs", "stored", "")]

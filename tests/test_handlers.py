@@ -28,7 +28,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_io.report import MANUFACTURER
@@ -108,9 +108,14 @@ def _sr(*, manufacturer: str | None = None) -> Dataset:
     return ds
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["from-a-file", "in-memory"])
 def test_valid_instance_is_on_disk_and_recorded_before_success(
-    scp: Scp, make_radiograph: Callable[..., Dataset]
+    scp: Scp, make_radiograph: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch,
+    chunked: bool,
 ) -> None:
+    # The service receives into a file (build_ae turns STORE_RECV_CHUNKED_DATASET on); the
+    # handler also admits a data set pynetdicom kept in memory.
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", chunked)
     ds = make_radiograph()
     response = _send(scp.port, ds)
     assert response.Status == StoreStatus.SUCCESS

@@ -103,6 +103,8 @@ def test_out_of_scope_and_undecodable_images_are_reported_as_not_assessed(
     assert "pixel data could not be decoded" in by_uid[broken.SOPInstanceUID].reason
     cams = dict(zip([ds.SOPInstanceUID for ds in item.study.sources], item.cams, strict=True))
     assert cams[wrist.SOPInstanceUID] is not None and cams[chest.SOPInstanceUID] is None
+    # The sources kept for the report are headers: no radiograph's pixels stay in memory.
+    assert all("PixelData" not in ds for ds in item.study.sources)
 
     obj = stages.report.handle(item)
     assert obj is not None
@@ -199,3 +201,20 @@ def test_inference_time_is_observed_and_the_result_recorded_with_the_job(
     (row,) = stages.store.list_studies()
     assert row.result == study_result(item.prediction)
     assert row.result.startswith(item.prediction.verdict + " (p=")
+
+
+def test_the_scheduler_knows_when_the_next_study_is_due(
+    stages: Stages, make_radiograph: Callable[..., Dataset]
+) -> None:
+    scheduler = Scheduler(stages.store, 10, max_queued=1)
+    assert scheduler.seconds_until_due() is None
+    stages.receive([make_radiograph()])
+    stages.clock.advance(4)
+    assert scheduler.seconds_until_due() == pytest.approx(6)
+    stages.receive([make_radiograph(_identity())])
+    stages.clock.advance(7)
+    assert scheduler.run_once() == 1  # the first; the second waits for room (max_queued=1)
+    assert scheduler.seconds_until_due() == pytest.approx(3)
+    stages.clock.advance(4)
+    assert scheduler.run_once() == 0
+    assert scheduler.seconds_until_due() == pytest.approx(-1)  # due, but the queue is full

@@ -257,6 +257,21 @@ def test_studies_are_assembled_per_calling_aet_and_study_uid(
     assert {job.revision for job in jobs.values()} == {1}
 
 
+def test_next_due_is_the_quietest_receiving_study_plus_the_timeout(
+    store: StateStore, clock: FakeClock
+) -> None:
+    assert store.next_due(QUIET_S) is None
+    assert add(store, study="1.2.3", sop="1.2.3.1")
+    clock.now = T0 + 5
+    assert add(store, study="1.2.4", sop="1.2.4.1")
+    assert store.next_due(QUIET_S) == T0 + QUIET_S
+    clock.now = T0 + 6
+    assert add(store, study="1.2.3", sop="1.2.3.2")  # the first study is quiet again later
+    assert store.next_due(QUIET_S) == T0 + 5 + QUIET_S
+    assert schedule(store, clock) == 2
+    assert store.next_due(QUIET_S) is None  # queued studies are no longer waited for
+
+
 def test_quiet_time_starts_again_with_each_new_instance(
     store: StateStore, clock: FakeClock
 ) -> None:

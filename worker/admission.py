@@ -2,12 +2,14 @@
 
 C-STORE (:mod:`worker.handlers`) and STOW-RS (:mod:`worker.http.stow`) are two thin adapters
 over :func:`admit`: each turns what arrived into a :class:`Submission` (the File Meta
-Information, the data set encoded as the sender sent it, the sender's name) and gets back a
-:class:`Decision`. :func:`admit` decodes the data set (a deflated one inflated within a
-bound), checks its UIDs, recognises Ossa's own objects, checks the pixel module, then writes
-the file durably and records it (:meth:`worker.intake.Intake.accept`) before it answers
-success, so both protocols accept and refuse exactly the same things. It never raises and
-never runs inference.
+Information, a file holding the data set as the sender encoded it, the sender's name) and
+gets back a :class:`Decision`. :func:`admit` reads the data set's header (its attributes up
+to the pixel data, whose value is skipped, not read: a deflated data set is inflated within
+a bound), checks its UIDs, recognises Ossa's own objects, checks the pixel module, then
+copies the data set durably into the spool and records it
+(:meth:`worker.intake.Intake.accept`) before it answers success, so both protocols accept
+and refuse exactly the same things. It never raises, never decodes pixel data and never
+runs inference.
 
 The status of a decision is a DIMSE C-STORE status (PS3.4 Table B.2-1); STOW-RS answers the
 same code as the instance's Failure Reason (PS3.18 Table 10.5.3-1 uses these codes). Each
@@ -21,13 +23,13 @@ import sqlite3
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from io import BytesIO
+from typing import BinaryIO
 
 from pydicom import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from pynetdicom.dsutils import decode
 from pynetdicom.status import Status
 
 from dicom_io.pixels import PixelDataError, check_pixel_module
@@ -35,6 +37,14 @@ from dicom_io.transfer_syntax import TRANSFER_SYNTAXES, InflateLimitError, infla
 from worker.intake import Accepted, Intake, Kind, Received
 
 logger = logging.getLogger(__name__)
+
+#: Element values larger than this are skipped, not read, when a data set's header is read
+#: on receipt: the pixel data, above all, is copied to the spool without being loaded.
+DEFER_BYTES = 256 * 1024
+#: Raw deflate (RFC 1951) grows incompressible data by 5 bytes per stored block of at most
+#: 65535 bytes: a deflated data set longer than this bound on its inflated size cannot
+#: inflate within ``listener.max_inflated_mb``, and is refused without being read.
+_DEFLATE_OVERHEAD = 5 / 65535
 
 
 class StoreStatus(IntEnum):
@@ -87,9 +97,13 @@ class Submission:
         The sender: the calling AE title, or ``"STOW-RS"`` (recorded in the state store and
         in the file's Source Application Entity Title).
     file_meta : pydicom.FileMetaDataset
-        File Meta Information; its Transfer Syntax UID is the encoding of ``encoded``.
-    encoded : bytes
-        The data set as sent (still deflated for Deflated Explicit VR Little Endian).
+        File Meta Information; its Transfer Syntax UID is the encoding of the data set.
+    source : binary file
+        Seekable; from ``offset`` to its end, the data set as sent (still deflated for
+        Deflated Explicit VR Little Endian): pynetdicom's file of a C-STORE data set, or
+        the temporary file of a STOW-RS part. :func:`admit` reads and moves its position.
+    offset : int
+        Where the data set starts in ``source`` (after the File Meta Information).
     sop_class_uid : str
         The SOP Class the sender named (C-STORE's Affected SOP Class UID, STOW-RS's Media
         Storage SOP Class UID).
@@ -101,7 +115,8 @@ class Submission:
     protocol: str
     calling_aet: str
     file_meta: FileMetaDataset
-    encoded: bytes
+    source: BinaryIO
+    offset: int
     sop_class_uid: str
     sop_uid: str | None
 
@@ -124,40 +139,39 @@ class Decision:
         return self.outcome is not StoreOutcome.REFUSED
 
 
-def read_part10(data: bytes) -> tuple[FileMetaDataset, bytes]:
-    """Split a DICOM file (PS3.10: preamble, ``DICM``, File Meta Information) into its
-    meta and the data set bytes that follow, which are not decoded here.
+def read_part10(source: BinaryIO) -> FileMetaDataset:
+    """Read the File Meta Information of a DICOM file (PS3.10: preamble, ``DICM``, meta),
+    leaving ``source`` at the first byte of the data set, which is not read.
 
     The preamble and ``DICM`` may be missing (dicomweb-client with pydicom 3 sends the meta
     without them, and DCMTK and Orthanc read such files); the File Meta Information with its
     Transfer Syntax UID may not: without it the encoding of the data set is unknown. The
-    file Ossa writes always has all three (:func:`part10_bytes`).
+    file Ossa writes always has all three (:func:`file_meta_bytes`).
 
     Raises
     ------
     ValueError
-        If ``data`` has no File Meta Information with a Transfer Syntax UID.
+        If ``source`` has no File Meta Information with a Transfer Syntax UID.
     """
-    buffer = BytesIO(data)
     try:
-        read_preamble(buffer, True)  # past "DICM", or back at the start when it is missing
+        read_preamble(source, True)  # past "DICM", or back at the start when it is missing
         # pydicom's own reader of the meta group (dcmread uses it); it leaves the position
         # at the first element of the data set.
-        meta = _read_file_meta_info(buffer)
+        meta = _read_file_meta_info(source)
     except Exception as exc:  # pydicom raises several types for a file that is not DICOM
         raise ValueError(f"not a DICOM file ({type(exc).__name__})") from None
     if "TransferSyntaxUID" not in meta:
         raise ValueError("not a DICOM file: no File Meta Information with a Transfer Syntax UID")
-    return meta, data[buffer.tell():]
+    return meta
 
 
-def part10_bytes(meta: FileMetaDataset, calling_aet: str, encoded: bytes) -> bytes:
-    """The data set as a DICOM file (PS3.10 7.1) whose meta names the sender."""
+def file_meta_bytes(meta: FileMetaDataset, calling_aet: str) -> bytes:
+    """The preamble, ``DICM`` and File Meta Information (PS3.10 7.1) of a received file,
+    naming the sender (Source Application Entity Title); the data set follows as sent."""
     meta.SourceApplicationEntityTitle = calling_aet
     buffer = DicomBytesIO()
     buffer.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buffer, meta, enforce_standard=True)
-    buffer.write(encoded)
     return bytes(buffer.getvalue())
 
 
@@ -186,7 +200,7 @@ def admit(intake: Intake, submission: Submission, *, max_inflated_bytes: int) ->
     Parameters
     ----------
     intake : Intake
-        Writes (fsync + rename) and records the instance before success is returned;
+        Copies (fsync + rename) and records the instance before success is returned;
         recognises Ossa's own objects forwarded back.
     submission : Submission
         The instance as it arrived.
@@ -225,8 +239,12 @@ def _observe(intake: Intake, protocol: str, decision: Decision) -> None:
         logger.exception("Admission observer failed")
 
 
-def _decode(submission: Submission, max_inflated_bytes: int) -> Dataset:
-    """The submitted data set, decoded from its bytes in its transfer syntax.
+class TruncatedError(ValueError):
+    """A data set whose last element claims more bytes than were received."""
+
+
+def _read_header(submission: Submission, max_inflated_bytes: int) -> Dataset:
+    """The submitted data set, its values above :data:`DEFER_BYTES` skipped, not read.
 
     A deflated one is inflated within ``max_inflated_bytes`` and parsed as Explicit VR
     Little Endian (PS3.5 A.5); pydicom and pynetdicom would inflate it without a bound.
@@ -234,15 +252,29 @@ def _decode(submission: Submission, max_inflated_bytes: int) -> Dataset:
     Raises
     ------
     InflateLimitError
-        If a deflated data set inflates past the bound.
+        If a deflated data set inflates, or would inflate, past the bound.
+    TruncatedError
+        If the data set ends inside an element's value.
     """
+    source = submission.source
+    end = source.seek(0, 2)
+    source.seek(submission.offset)
     syntax = UID(submission.file_meta.TransferSyntaxUID)
+    stream: BinaryIO = source
     if syntax == DeflatedExplicitVRLittleEndian:
-        inflated = inflate(submission.encoded, max_inflated_bytes)
-        ds = decode(BytesIO(inflated), is_implicit_vr=False, is_little_endian=True)
+        if end - submission.offset > max_inflated_bytes * (1 + _DEFLATE_OVERHEAD) + 1024:
+            raise InflateLimitError("deflated data set is longer than the inflate bound")
+        inflated = inflate(source.read(), max_inflated_bytes)
+        stream, end = BytesIO(inflated), len(inflated)
+        implicit, little = False, True
     else:
-        ds = decode(BytesIO(submission.encoded), is_implicit_vr=syntax.is_implicit_VR,
-                    is_little_endian=syntax.is_little_endian)
+        implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    ds = read_dataset(stream, implicit, little, defer_size=DEFER_BYTES)
+    for tag in ds.keys():
+        element = ds.get_item(tag, keep_deferred=True)  # raw: a skipped value stays unread
+        length = getattr(element, "length", 0xFFFFFFFF)
+        if length != 0xFFFFFFFF and getattr(element, "value_tell", 0) + length > end:
+            raise TruncatedError(f"{element.tag} claims {length} bytes; the data set ends first")
     ds.file_meta = submission.file_meta
     return ds
 
@@ -263,7 +295,7 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
         return refused(StoreStatus.TRANSFER_SYNTAX_NOT_SUPPORTED, Refusal.TRANSFER_SYNTAX,
                        "transfer syntax not supported")
     try:
-        ds = _decode(submission, max_inflated_bytes)
+        ds = _read_header(submission, max_inflated_bytes)
         study_uid = str(ds.get("StudyInstanceUID", "") or "")
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
         series_uid = str(ds.get("SeriesInstanceUID", "") or "")
@@ -277,6 +309,10 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
         )
         return refused(StoreStatus.OUT_OF_RESOURCES, Refusal.INFLATE_LIMIT,
                        "deflated data set exceeds listener.max_inflated_mb")
+    except TruncatedError as exc:
+        logger.warning("Refused SOP Instance %s: data set is truncated (%s)", sent_uid, exc)
+        return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.UNDECODABLE,
+                       "data set is truncated")
     except Exception as exc:  # pydicom decodes lazily and raises many types
         logger.warning(
             "Refused SOP Instance %s: data set cannot be decoded (%s)", sent_uid,
@@ -348,8 +384,9 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
     if "MediaStorageSOPInstanceUID" not in meta:
         meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     try:
+        submission.source.seek(submission.offset)
         accepted = intake.accept(
-            received, part10_bytes(meta, submission.calling_aet, submission.encoded)
+            received, file_meta_bytes(meta, submission.calling_aet), submission.source
         )
     except (OSError, sqlite3.Error) as exc:
         logger.error("Could not store SOP Instance %s of study %s: %s", sop_uid, study_uid, exc)

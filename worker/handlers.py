@@ -9,18 +9,26 @@ The C-STORE handler is a thin adapter over :func:`worker.admission.admit`, the s
 shares: what is decoded, checked, written and refused is decided there. A data set in
 Deflated Explicit VR Little Endian is inflated there, within a bound, from the bytes received:
 pynetdicom's ``event.dataset`` would inflate it without one.
+
+The service receives with pynetdicom's ``STORE_RECV_CHUNKED_DATASET``
+(:func:`worker.service.build_ae`): each data set is written to a temporary file as its
+P-DATA fragments arrive (``event.dataset_path``), so that a large radiograph is never held in
+memory; admission copies it from there into the spool. Without that option (an AE built
+otherwise, as some tests do) the encoded data set in memory is admitted the same way.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from io import BytesIO
+from typing import BinaryIO
 
 from pydicom import Dataset
 from pynetdicom import evt
 from pynetdicom.status import Status
 
-from worker.admission import StoreOutcome, StoreStatus, Submission, admit
+from worker.admission import StoreOutcome, StoreStatus, Submission, admit, read_part10
 from worker.intake import Intake
 
 __all__ = ["StoreObserver", "StoreOutcome", "StoreStatus", "handle_echo", "handle_store"]
@@ -95,13 +103,26 @@ def _store(
     event: evt.Event, intake: Intake, max_inflated_bytes: int, requested_uid: str
 ) -> StoreOutcome | Dataset:
     """The outcome of an acknowledged instance, or the failure status to answer."""
-    submission = Submission(
-        protocol="dimse",
-        calling_aet=str(event.assoc.requestor.ae_title).strip(),
-        file_meta=event.file_meta,
-        encoded=event.encoded_dataset(include_meta=False),
-        sop_class_uid=str(event.request.AffectedSOPClassUID),
-        sop_uid=requested_uid,
-    )
-    decision = admit(intake, submission, max_inflated_bytes=max_inflated_bytes)
+    try:
+        path = event.dataset_path  # STORE_RECV_CHUNKED_DATASET: a file pynetdicom wrote
+    except AttributeError:
+        path = None
+    source: BinaryIO
+    if path is None:
+        source = BytesIO(event.encoded_dataset(include_meta=True))
+    else:
+        source = open(path, "rb")
+    with source:
+        # The File Meta Information pynetdicom made from the presentation context.
+        meta = read_part10(source)
+        submission = Submission(
+            protocol="dimse",
+            calling_aet=str(event.assoc.requestor.ae_title).strip(),
+            file_meta=meta,
+            source=source,
+            offset=source.tell(),
+            sop_class_uid=str(event.request.AffectedSOPClassUID),
+            sop_uid=requested_uid,
+        )
+        decision = admit(intake, submission, max_inflated_bytes=max_inflated_bytes)
     return decision.outcome if decision.ok else _status(decision.status, decision.comment)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import BinaryIO
 
 import pydicom
 from pydicom.uid import (
@@ -134,7 +135,9 @@ class Intake:
             received.sop_uid, received.series_uid
         )
 
-    def accept(self, received: Received, data: bytes) -> Accepted:
+    def accept(
+        self, received: Received, data: bytes, data_set: BinaryIO | None = None
+    ) -> Accepted:
         """Write and record one radiograph, or recognise it as a re-sent one.
 
         Parameters
@@ -143,7 +146,10 @@ class Intake:
             Its UIDs and calling AE title; its SOP Class is one of
             :data:`RADIOGRAPH_SOP_CLASSES`.
         data : bytes
-            The DICOM file (PS3.10) to write.
+            The DICOM file (PS3.10) to write, or its preamble and File Meta Information
+            when ``data_set`` follows.
+        data_set : binary file, optional
+            The data set as sent, copied from its current position to its end.
 
         Returns
         -------
@@ -157,8 +163,8 @@ class Intake:
             instance was not stored.
         """
         path = self.spool.instance_path(received.calling_aet, received.study_uid, received.sop_uid)
-        self.spool.write(path, data)
-        return Accepted.STORED if self._record(received, path, len(data)) else Accepted.DUPLICATE
+        size = self.spool.write(path, data, data_set)
+        return Accepted.STORED if self._record(received, path, size) else Accepted.DUPLICATE
 
     def _record(self, received: Received, path: str, size: int) -> bool:
         """Record a written instance; whether it is new to its study."""

@@ -90,9 +90,12 @@ class StudyClassifier(Protocol):
 class LoadedStudy:
     """A claimed job's readable instances, and what the classifier gets of them.
 
-    ``sources[i]`` is the i-th readable instance (every one is referenced by the SR);
-    ``images[i]`` its normalized image, or None when it is not given to the model, in which
-    case ``verdicts[i]`` says why it was not assessed (out of scope, undecodable pixels).
+    ``sources[i]`` is the i-th readable instance (every one is referenced by the SR), its
+    header only: the pixel data, no longer needed once normalized, is dropped so that a
+    batch of studies does not hold every radiograph's full-size pixels; ``images[i]`` its
+    normalized image (reduced to the working size the model and its capture need), or None
+    when it is not given to the model, in which case ``verdicts[i]`` says why it was not
+    assessed (out of scope, undecodable pixels).
     """
 
     job: ClaimedJob
@@ -104,6 +107,9 @@ class LoadedStudy:
     def add(self, ds: Dataset, image: NDArray[np.float32] | None,
             verdict: ImagePrediction | None = None) -> None:
         """Add a source with its image, or with the verdict that replaces the model's."""
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                del ds[keyword]
         self.sources.append(ds)
         self.images.append(image)
         self.verdicts.append(verdict)
@@ -151,6 +157,12 @@ class Scheduler:
         if created:
             logger.info("%d complete stud%s queued", created, "y" if created == 1 else "ies")
         return created
+
+    def seconds_until_due(self) -> float | None:
+        """Seconds until the next receiving study is due (<= 0: due, but the queue is
+        full), or None when no study is receiving."""
+        due = self.store.next_due(self.completion_timeout_s)
+        return None if due is None else due - self.store.now()
 
 
 class ClassifyStage:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 #: How often finished studies are checked against ``storage.retention_days``.
 RETENTION_INTERVAL_S = 3600.0
+#: Added to a study's due time before the scheduler wakes for it, so that the store's
+#: clock has passed it.
+SCHEDULE_SLACK_S = 0.005
 #: Most studies classified together in one shared batch, and so also the size of the queue
 #: between the classify and report stages.
 MAX_BATCH_STUDIES = 16
@@ -55,7 +58,13 @@ MAX_QUEUED_JOBS = 2 * MAX_BATCH_STUDIES
 
 
 def build_ae(listener: ListenerConfig) -> AE:
-    """An Application Entity configured from ``[listener]``, not yet listening."""
+    """An Application Entity configured from ``[listener]``, not yet listening.
+
+    It also turns on pynetdicom's ``STORE_RECV_CHUNKED_DATASET`` (a process-wide setting of
+    pynetdicom's): a received data set is written to a temporary file as it arrives, never
+    held whole in memory, and :func:`worker.handlers.handle_store` copies it into the spool.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
     ae = AE(ae_title=listener.ae_title)
     ae.maximum_associations = listener.max_associations
     ae.maximum_pdu_size = listener.max_pdu_size
@@ -261,11 +270,19 @@ class Service:
         return 0
 
     def _schedule(self) -> None:
+        """Queue studies as they become due: it sleeps until the quietest receiving study's
+        completion timeout ends (at most ``poll_interval_s``, which bounds how late a study
+        that started meanwhile is seen when its timeout is shorter than that)."""
         next_retention = 0.0
-        while not self._stop.wait(self.poll_interval_s):
+        wait = 0.0
+        while not self._stop.wait(wait):
+            wait = self.poll_interval_s
             try:
                 if self.scheduler.run_once():
                     self._classify_wake.set()
+                due_in = self.scheduler.seconds_until_due()
+                if due_in is not None and due_in > 0:  # <= 0: due, but the queue is full
+                    wait = min(wait, due_in + SCHEDULE_SLACK_S)
                 if self.retention_days > 0 and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_INTERVAL_S
                     prune(self.intake.store, self.intake.spool, self.retention_days)

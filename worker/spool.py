@@ -23,15 +23,19 @@ import itertools
 import logging
 import os
 import re
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _AET_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+#: Buffer of a copy from a received data set's temporary file into the spool.
+COPY_CHUNK_BYTES = 1024 * 1024
 
 
 def safe_name(uid: str) -> str:
@@ -96,8 +100,9 @@ class Spool:
         """Relative path of an object Ossa produced."""
         return f"objects/{safe_name(study_uid)}/{safe_name(sop_uid)}.dcm"
 
-    def write(self, relative: str, data: bytes) -> None:
-        """Durably write ``data`` at ``relative`` (replacing an earlier file there).
+    def write(self, relative: str, data: bytes, tail: BinaryIO | None = None) -> int:
+        """Durably write ``data`` (then the rest of ``tail``) at ``relative``, replacing an
+        earlier file there; return the number of bytes written.
 
         The file is fsync'ed before it is renamed into place, then so is its folder and the
         parent of every folder the write created (a new AE title's or study's folder).
@@ -112,19 +117,24 @@ class Spool:
         try:
             with part.open("wb") as handle:
                 handle.write(data)
+                if tail is not None:
+                    shutil.copyfileobj(tail, handle, COPY_CHUNK_BYTES)
                 handle.flush()
+                size = handle.tell()
                 os.fsync(handle.fileno())
-            with self._lock:
+            with self._lock:  # against remove() taking away an empty folder meanwhile
                 folders = (target.parent, *target.parent.parents)
                 created = list(itertools.takewhile(lambda f: not f.exists(), folders))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, target)
-                # The folder that gained the file, and each folder that gained a new folder.
-                for folder in (target.parent, *(f.parent for f in created)):
-                    _fsync_dir(folder)
+            # The folder that gained the file, and each folder that gained a new folder;
+            # outside the lock, so that writers to other folders sync concurrently.
+            for folder in (target.parent, *(f.parent for f in created)):
+                _fsync_dir(folder)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
+        return size
 
     def path(self, relative: str) -> Path:
         """Absolute path of a file named relative to the root."""

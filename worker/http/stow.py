@@ -20,7 +20,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 from pydicom import Dataset
 from python_multipart.exceptions import MultipartParseError
@@ -169,12 +169,13 @@ def _admit_part(intake: Intake, part: Part, max_inflated_bytes: int) -> Decision
     if part.media_type != DICOM:
         return refuse(intake, PROTOCOL, StoreStatus.CANNOT_UNDERSTAND, Refusal.UNDECODABLE,
                       f"part is {part.media_type}, not {DICOM}")
-    part.content.seek(0)
-    data = part.content.read()
+    content = cast(BinaryIO, part.content)  # a SpooledTemporaryFile
+    size = content.seek(0, 2)
+    content.seek(0)
     try:
-        meta, encoded = read_part10(data)
+        meta = read_part10(content)
     except ValueError as exc:
-        logger.warning("STOW-RS: refused a part of %d bytes: %s", len(data), exc)
+        logger.warning("STOW-RS: refused a part of %d bytes: %s", size, exc)
         return refuse(intake, PROTOCOL, StoreStatus.CANNOT_UNDERSTAND, Refusal.UNDECODABLE,
                       str(exc))
     sop_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "") or None
@@ -182,7 +183,8 @@ def _admit_part(intake: Intake, part: Part, max_inflated_bytes: int) -> Decision
         protocol=PROTOCOL,
         calling_aet=STOW_AET,
         file_meta=meta,
-        encoded=encoded,
+        source=content,
+        offset=content.tell(),
         sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "") or ""),
         sop_uid=sop_uid,
     )
