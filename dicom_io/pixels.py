@@ -54,11 +54,17 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.pixels.utils import get_j2k_parameters
 from pydicom.uid import JPEG2000, UID, JPEG2000Lossless
 
-from dicom_io.transfer_syntax import decoder_available, preferred_plugin
+from dicom_io.transfer_syntax import decoder_available, decoding_plugins
 
 logger = logging.getLogger(__name__)
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+#: Largest image read, in pixels (Rows x Columns): 8192 x 8192, twice the largest detectors
+#: and film digitisers give, 128 MiB at 16 bits. Checked on receipt, before anything decodes:
+#: a header declaring 65535 x 65535 (8 GiB of pixels) is refused, not allocated.
+MAX_PIXELS = 8192 * 8192
+#: Bits Allocated that pydicom decodes (PS3.5 8.1.1; 1 for bilevel images).
+_BITS_ALLOCATED = (1, 8, 16, 32)
 #: Transfer syntaxes decoded at a reduced resolution when asked (PS3.5 A.4.4).
 _REDUCIBLE = (JPEG2000Lossless, JPEG2000)
 
@@ -81,10 +87,23 @@ def check_pixel_module(ds: Dataset) -> None:
     Raises
     ------
     PixelDataError
-        If pixel data is missing, not single-sample grayscale, multi-frame, shorter than its
-        attributes say, in a transfer syntax this install cannot decode, or an attribute
-        needed to decode it is missing. The message starts with the attribute at fault.
+        If pixel data is missing, not single-sample grayscale, multi-frame, without pixels or
+        larger than :data:`MAX_PIXELS`, of a Bits Allocated pydicom does not decode, shorter
+        than its attributes say, in a transfer syntax this install cannot decode, or an
+        attribute needed to decode it is missing. The message starts with the attribute at
+        fault.
     """
+    try:
+        _check_pixel_module(ds)
+    except PixelDataError:
+        raise
+    except Exception as exc:  # a value of the wrong VR or form: pydicom decodes lazily
+        raise PixelDataError(
+            f"malformed image pixel attributes ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _check_pixel_module(ds: Dataset) -> None:
     if "PixelData" not in ds:
         raise PixelDataError("PixelData (7FE0,0010) is missing")
     for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"):
@@ -99,7 +118,16 @@ def check_pixel_module(ds: Dataset) -> None:
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames != 1:
         raise PixelDataError(f"NumberOfFrames is {frames}; only single-frame images are read")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if rows < 1 or columns < 1:
+        raise PixelDataError(f"Rows x Columns is {rows} x {columns}: no pixels")
+    if rows * columns > MAX_PIXELS:
+        raise PixelDataError(
+            f"Rows x Columns is {rows} x {columns}; at most {MAX_PIXELS} pixels are read"
+        )
     allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+    if allocated not in _BITS_ALLOCATED:
+        raise PixelDataError(f"BitsAllocated is {allocated}, not 1, 8, 16 or 32")
     if not 1 <= stored <= allocated:
         raise PixelDataError(f"BitsStored is {stored}, not 1 to BitsAllocated ({allocated})")
     syntax = _transfer_syntax(ds)
@@ -108,7 +136,7 @@ def check_pixel_module(ds: Dataset) -> None:
     if not decoder_available(syntax):
         raise PixelDataError(f"no decoder for {_name(syntax)} is installed")
     if not syntax.is_encapsulated:
-        expected = (int(ds.Rows) * int(ds.Columns) * allocated + 7) // 8
+        expected = (rows * columns * allocated + 7) // 8
         # A raw element read with a defer size has its length but not its value.
         element = ds.get_item("PixelData", keep_deferred=True)
         value = None if element is None else element.value
@@ -145,8 +173,10 @@ def normalize_radiograph(ds: Dataset, *, max_side: int | None = None) -> NDArray
     Raises
     ------
     PixelDataError
-        If the pixel data is missing, not grayscale, cannot be decoded (the message names
-        the transfer syntax), or its modality or VOI LUT is invalid.
+        If the pixel data is missing, not grayscale, bilevel (Bits Stored 1), under 2 pixels
+        a side when ``max_side`` is given, cannot be
+        decoded (the message names the transfer syntax), or its modality or VOI LUT is
+        invalid.
     ValueError
         If ``max_side`` is not a positive integer.
 
@@ -164,6 +194,13 @@ def normalize_radiograph(ds: Dataset, *, max_side: int | None = None) -> NDArray
     ):
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
     check_pixel_module(ds)
+    if int(ds.BitsStored) == 1:  # stored on receipt, so the report can say why
+        raise PixelDataError("BitsStored is 1: a bilevel image is not read as a radiograph")
+    if max_side is not None and min(int(ds.Rows), int(ds.Columns)) < 2:
+        # a working-size image (a network input) needs 2 pixels a side
+        raise PixelDataError(
+            f"Rows x Columns is {ds.Rows} x {ds.Columns}: under 2 pixels a side"
+        )
     factor = reduction_factor((int(ds.Rows), int(ds.Columns)), max_side)
     stored = _decode(ds, factor)
     padding = _padding_mask(stored, ds)
@@ -202,7 +239,9 @@ def reduction_factor(shape: tuple[int, ...], max_side: int | None) -> int:
     ``max_side``; 1 when ``max_side`` is None or not below the longest side."""
     if max_side is None:
         return 1
-    return max(1, max(int(shape[0]), int(shape[1])) // max_side)
+    # never below 2 pixels on the short side (an image of a very long, thin strip)
+    longest, shortest = max(int(shape[0]), int(shape[1])), min(int(shape[0]), int(shape[1]))
+    return max(1, min(longest // max_side, shortest // 2))
 
 
 def _render_reduced(
@@ -318,17 +357,22 @@ def _decode(ds: Dataset, factor: int = 1) -> NDArray[Any]:
         if reduced is not None:
             return reduced
     decoder = get_decoder(syntax)
-    plugin = preferred_plugin(syntax)
-    try:
+    error: BaseException | None = None
+    for plugin in decoding_plugins(syntax):  # the preferred first; never an excluded one
         try:
             stored, _ = decoder.as_array(ds, decoding_plugin=plugin)
-        except Exception:
-            if not plugin:
-                raise
-            logger.debug("%s plugin %s failed; trying the others", _name(syntax), plugin)
-            stored, _ = decoder.as_array(ds)
-    except Exception as exc:  # pydicom and its plugins raise many types for corrupt data
-        raise PixelDataError(f"{_name(syntax)} pixel data cannot be decoded: {exc}") from exc
+            break
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        # pydicom and its plugins raise many types for corrupt data; pylibjpeg-rle, in Rust,
+        # panics (pyo3's PanicException is a BaseException) on some corrupt RLE segments.
+        except BaseException as exc:
+            logger.debug("%s plugin %s failed: %s", _name(syntax), plugin or "pydicom", exc)
+            error = exc if error is None else error  # the first plugin's error names the cause
+    else:
+        raise PixelDataError(
+            f"{_name(syntax)} pixel data cannot be decoded: {error or 'no decoder plugin'}"
+        ) from error
     if stored.ndim != 2:
         raise PixelDataError(
             f"{_name(syntax)} pixel data decoded to shape {stored.shape}, not one 2-D frame"

@@ -41,7 +41,9 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.valuerep import _check_specific_character_set  # what its constructors apply
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, TM
@@ -483,6 +485,7 @@ def source_header(source: Dataset) -> Dataset:
     if header.PatientSex not in ("", "M", "F", "O"):
         logger.warning("source Patient's Sex is not M, F or O; written empty in the SR")
         header.PatientSex = ""
+    _defined_character_set(header)
     for keyword, vr in (("StudyDate", DA), ("PatientBirthDate", DA), ("StudyTime", TM)):
         value = header[keyword].value
         if value:
@@ -492,6 +495,35 @@ def source_header(source: Dataset) -> Dataset:
                 logger.warning("source %s is not a valid DICOM value; written empty", keyword)
                 setattr(header, keyword, "")
     return header
+
+
+def _defined_character_set(header: Dataset) -> None:
+    """Make the header's Specific Character Set one highdicom accepts (defined terms only).
+
+    An empty value means the default repertoire, as a missing one does, and is removed. Any
+    value that is not a DICOM defined term (``ISO-8859-1``, ``UTF8``, garbage) would stop the
+    SR from being built, and the radiologist would get no report: the header's text, which
+    pydicom has already decoded as well as it could (a close match such as ``ISO-8859-1`` as
+    Latin-1, anything else as its default), is then written in ``ISO_IR 192`` (UTF-8), which
+    encodes every character. A warning names the value replaced (a character set name, not
+    patient data).
+    """
+    element = header.get("SpecificCharacterSet")
+    if element is None:
+        return
+    values = [str(v).strip() for v in (element if isinstance(element, MultiValue) else [element])]
+    if not any(values):
+        del header.SpecificCharacterSet
+        return
+    try:
+        _check_specific_character_set(element)
+    except (ValueError, TypeError):
+        logger.warning(
+            "source Specific Character Set %s is not a DICOM defined term; the SR's text is"
+            " written as ISO_IR 192 (UTF-8)",
+            ascii("\\".join(values))[:80],
+        )
+        header.SpecificCharacterSet = "ISO_IR 192"
 
 
 def _caretless_name_workaround(header: Dataset) -> str | None:

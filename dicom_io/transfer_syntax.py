@@ -91,6 +91,29 @@ PREFERRED_PLUGINS: dict[UID, str] = {
 }
 
 
+#: Decoder plugins never used. GDCM aborts the whole process (a C++ ``abort``, which no
+#: ``except`` catches) on some corrupt RLE and JPEG-LS data (found by tests/test_fuzz.py),
+#: and so would take the service down with it; every syntax GDCM decodes has another plugin
+#: in the dependencies of pyproject.toml (pydicom, pylibjpeg, pyjpegls, Pillow), which raise
+#: an exception instead.
+EXCLUDED_PLUGINS = frozenset({"gdcm"})
+
+
+def decoding_plugins(transfer_syntax: str) -> tuple[str, ...]:
+    """The installed decoder plugins to try, in order, for ``transfer_syntax``: the
+    preferred one (:data:`PREFERRED_PLUGINS`) first, then pydicom's, less
+    :data:`EXCLUDED_PLUGINS`; ``("",)`` (pydicom's own decoding) for a native syntax, which
+    has no plugins."""
+    syntax = UID(transfer_syntax)
+    if not syntax.is_encapsulated:
+        return ("",)
+    preferred = preferred_plugin(syntax)
+    ordered = ((preferred,) if preferred else ()) + tuple(
+        p for p in get_decoder(syntax).available_plugins if p != preferred
+    ) if decoder_plugins(syntax) else ()
+    return tuple(p for p in ordered if p not in EXCLUDED_PLUGINS)
+
+
 def preferred_plugin(transfer_syntax: str) -> str:
     """The pydicom decoding plugin to try first for ``transfer_syntax``; ``""`` (pydicom's
     own order) when none is preferred or the preferred one is not installed."""

@@ -19,6 +19,7 @@ decision is told to :attr:`worker.intake.Intake.observer` (the metrics), once.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -76,7 +77,8 @@ class Refusal(StrEnum):
     UNDECODABLE = "undecodable"  # not DICOM, or the data set cannot be parsed
     INFLATE_LIMIT = "inflate_limit"  # deflated past listener.max_inflated_mb
     TRANSFER_SYNTAX = "transfer_syntax"  # a transfer syntax Ossa does not decode
-    MISSING_UIDS = "missing_uids"  # no Study or SOP Instance UID
+    MISSING_UIDS = "missing_uids"  # no Study, Series or SOP Instance UID
+    INVALID_UID = "invalid_uid"  # a Study, Series or SOP Instance UID that is not a UID
     UID_MISMATCH = "uid_mismatch"  # the data set's SOP Instance UID is not the one sent
     SOP_CLASS = "sop_class"  # not a radiograph Ossa reads (a foreign SR, a CT...)
     PIXEL_DATA = "pixel_data"  # unusable image pixel module
@@ -221,7 +223,8 @@ def admit(intake: Intake, submission: Submission, *, max_inflated_bytes: int) ->
     try:
         decision = _admit(intake, submission, max_inflated_bytes)
     except Exception:  # an adapter must never see an exception (a DIMSE handler must not raise)
-        logger.exception("Storage of SOP Instance %s failed unexpectedly", submission.sop_uid)
+        logger.exception("Storage of SOP Instance %s failed unexpectedly",
+                         printable(submission.sop_uid or ""))
         decision = Decision(StoreStatus.CANNOT_UNDERSTAND, "unexpected error processing data set",
                             StoreOutcome.REFUSED, Refusal.ERROR, submission.sop_class_uid,
                             submission.sop_uid or "")
@@ -239,6 +242,34 @@ def _observe(intake: Intake, protocol: str, decision: Decision) -> None:
         logger.exception("Admission observer failed")
 
 
+#: The characters of a UI value (PS3.5 9.1 and Table 6.2-1: "0"-"9" and "."), at most 64.
+_UI_VALUE = re.compile(r"[0-9.]{1,64}")
+
+
+def is_ui_value(uid: str) -> bool:
+    """Whether ``uid`` is made of the characters a UID may hold (digits and dots), at most 64
+    of them.
+
+    Looser than PS3.5 9.1 on purpose: components with leading zeros, a frequent departure of
+    real senders, pass (the spool hashes such a UID into its file name). A value with any other
+    character (``/``, ``..`` path segments, NUL, letters, non-ASCII) cannot be referenced by
+    a valid SR, nor safely shown, and is refused.
+    """
+    return _UI_VALUE.fullmatch(uid) is not None
+
+
+def printable(value: str) -> str:
+    """``value`` for a log line: printable ASCII as it is, any other character escaped
+    (``\\x00``, ``\\u00e9``), so that a hostile UID cannot forge or break a log line."""
+    if value.isascii() and value.isprintable():
+        return value
+    return value.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROL)
+
+
+#: ASCII control characters as ``\\xNN`` (backslashreplace leaves them as they are).
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
 class TruncatedError(ValueError):
     """A data set whose last element claims more bytes than were received."""
 
@@ -254,7 +285,7 @@ def _read_header(submission: Submission, max_inflated_bytes: int) -> Dataset:
     InflateLimitError
         If a deflated data set inflates, or would inflate, past the bound.
     TruncatedError
-        If the data set ends inside an element's value.
+        If the data set ends inside an element (its header or its value).
     """
     source = submission.source
     end = source.seek(0, 2)
@@ -269,12 +300,24 @@ def _read_header(submission: Submission, max_inflated_bytes: int) -> Dataset:
         implicit, little = False, True
     else:
         implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    start = stream.tell()
     ds = read_dataset(stream, implicit, little, defer_size=DEFER_BYTES)
+    last_tell = start  # where the value of the last element in the stream starts
+    last_end: int | None = start  # where it ends (None: undefined length)
     for tag in ds.keys():
         element = ds.get_item(tag, keep_deferred=True)  # raw: a skipped value stays unread
         length = getattr(element, "length", 0xFFFFFFFF)
-        if length != 0xFFFFFFFF and getattr(element, "value_tell", 0) + length > end:
+        tell = getattr(element, "value_tell", 0)
+        # undefined length (a sequence, encapsulated pixel data): ends with a delimiter
+        value_end = None if length == 0xFFFFFFFF else tell + length
+        if value_end is not None and value_end > end:
             raise TruncatedError(f"{element.tag} claims {length} bytes; the data set ends first")
+        if tell >= last_tell:
+            last_tell, last_end = tell, value_end
+    # pydicom stops without a word at a last element header cut short (fewer than the 8 or
+    # 12 bytes of a tag, VR and length): bytes left after the last whole element.
+    if last_end is not None and last_end < end:
+        raise TruncatedError(f"{end - last_end} byte(s) after the last element are not an element")
     ds.file_meta = submission.file_meta
     return ds
 
@@ -291,7 +334,7 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
     syntax = str(submission.file_meta.get("TransferSyntaxUID", "") or "")
     if syntax not in TRANSFER_SYNTAXES:
         logger.warning("Refused SOP Instance %s: transfer syntax %s is not supported",
-                       sent_uid, syntax or "(none)")
+                       printable(sent_uid), printable(syntax) or "(none)")
         return refused(StoreStatus.TRANSFER_SYNTAX_NOT_SUPPORTED, Refusal.TRANSFER_SYNTAX,
                        "transfer syntax not supported")
     try:
@@ -304,33 +347,49 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
         logger.warning(
             "Refused SOP Instance %s: deflated data set inflates past listener.max_inflated_mb"
             " (%d bytes)",
-            sent_uid,
+            printable(sent_uid),
             max_inflated_bytes,
         )
         return refused(StoreStatus.OUT_OF_RESOURCES, Refusal.INFLATE_LIMIT,
                        "deflated data set exceeds listener.max_inflated_mb")
     except TruncatedError as exc:
-        logger.warning("Refused SOP Instance %s: data set is truncated (%s)", sent_uid, exc)
+        logger.warning("Refused SOP Instance %s: data set is truncated (%s)", printable(sent_uid),
+                       exc)
         return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.UNDECODABLE,
                        "data set is truncated")
     except Exception as exc:  # pydicom decodes lazily and raises many types
         logger.warning(
-            "Refused SOP Instance %s: data set cannot be decoded (%s)", sent_uid,
+            "Refused SOP Instance %s: data set cannot be decoded (%s)", printable(sent_uid),
             type(exc).__name__,
         )
         return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.UNDECODABLE,
                        "data set cannot be decoded")
 
     if not study_uid or not sop_uid:
-        logger.warning("Refused SOP Instance %s: Study or SOP Instance UID is missing", sent_uid)
+        logger.warning("Refused SOP Instance %s: Study or SOP Instance UID is missing",
+                       printable(sent_uid))
         return refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, Refusal.MISSING_UIDS,
                        "Study/SOP Instance UID missing", study_uid, sop_uid or sent_uid)
     if submission.sop_uid is not None and sop_uid != submission.sop_uid:
         logger.warning(
-            "Refused SOP Instance %s: data set carries SOP Instance UID %s", sent_uid, sop_uid
+            "Refused SOP Instance %s: data set carries SOP Instance UID %s", printable(sent_uid),
+            printable(sop_uid),
         )
         return refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, Refusal.UID_MISMATCH,
                        "SOP Instance UID differs from request", study_uid)
+    if not series_uid:
+        logger.warning("Refused SOP Instance %s of study %s: Series Instance UID is missing",
+                       printable(sop_uid), printable(study_uid))
+        return refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, Refusal.MISSING_UIDS,
+                       "Series Instance UID missing", study_uid, sop_uid)
+    for name, uid in (("SOP Instance", sop_uid), ("Study Instance", study_uid),
+                      ("Series Instance", series_uid)):
+        if not is_ui_value(uid):
+            logger.warning("Refused SOP Instance %s of study %s: %s UID %s is not a UID"
+                           " (PS3.5 9.1: digits and dots, at most 64 characters)",
+                           printable(sop_uid), printable(study_uid), name, printable(uid))
+            return refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, Refusal.INVALID_UID,
+                           f"{name} UID is not a valid UID", study_uid, sop_uid)
     received = Received(
         calling_aet=submission.calling_aet,
         study_uid=study_uid,

@@ -165,6 +165,18 @@ class AssociationAudit:
             record = self._open.get(event.assoc)
             if record is not None:
                 record.established = True
+        # A context Ossa does not negotiate (a CT, MR or RT object sent by mistake, PS3.8
+        # 9.3.3.2 result 3 or 4): the sender cannot even send the instance, so say it here.
+        rejected = [
+            f"{_printable(cx.abstract_syntax.name if cx.abstract_syntax else '?')}:"
+            f" {cx.status.lower()}"
+            for cx in event.assoc.rejected_contexts
+        ]
+        if rejected and record is not None:
+            logger.warning(
+                "Association from %s (%s:%d): presentation context(s) rejected: %s",
+                record.calling_ae, record.peer_address, record.peer_port, "; ".join(rejected),
+            )
 
     def _on_rejected(self, event: evt.Event) -> None:
         record = self._close(event.assoc)

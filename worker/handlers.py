@@ -28,7 +28,14 @@ from pydicom import Dataset
 from pynetdicom import evt
 from pynetdicom.status import Status
 
-from worker.admission import StoreOutcome, StoreStatus, Submission, admit, read_part10
+from worker.admission import (
+    StoreOutcome,
+    StoreStatus,
+    Submission,
+    admit,
+    printable,
+    read_part10,
+)
 from worker.intake import Intake
 
 __all__ = ["StoreObserver", "StoreOutcome", "StoreStatus", "handle_echo", "handle_store"]
@@ -87,7 +94,8 @@ def handle_store(
     try:
         result = _store(event, intake, max_inflated_bytes, requested_uid)
     except Exception:  # a handler must never raise: pynetdicom would answer 0xC211 blind
-        logger.exception("C-STORE of SOP Instance %s failed unexpectedly", requested_uid)
+        logger.exception("C-STORE of SOP Instance %s failed unexpectedly",
+                         printable(requested_uid))
         result = _status(StoreStatus.CANNOT_UNDERSTAND, "unexpected error processing data set")
     status: int | Dataset
     if isinstance(result, StoreOutcome):
