@@ -313,6 +313,21 @@ def test_quiet_time_survives_a_restart(tmp_path: Path, clock: FakeClock) -> None
         assert store.schedule_due(QUIET_S, max_queued=10) == 1
 
 
+def test_a_study_interrupted_by_a_restart_waits_a_whole_quiet_time_after_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / STORE_FILE
+    with StateStore(path, clock=clock) as store:
+        assert add(store)  # at T0; the service dies
+    with StateStore(path, clock=clock) as store:
+        restart = T0 + QUIET_S - 5  # back before the study was due
+        clock.now = T0 + QUIET_S
+        assert store.next_due(QUIET_S, quiet_since=restart) == restart + QUIET_S
+        assert store.schedule_due(QUIET_S, max_queued=10, quiet_since=restart) == 0
+        clock.now = restart + QUIET_S
+        assert store.schedule_due(QUIET_S, max_queued=10, quiet_since=restart) == 1
+
+
 def test_back_pressure_caps_queued_jobs(store: StateStore, clock: FakeClock) -> None:
     for n in range(5):
         clock.now = T0 + n

@@ -160,11 +160,21 @@ class Intake:
         ------
         OSError, sqlite3.Error
             If the file or its row could not be written; the sender must then be told the
-            instance was not stored.
+            instance was not stored, and a file written for it is removed again (unless it
+            replaced the copy of an instance stored earlier, whose row is still there):
+            otherwise the next start would register, and report, an instance the sender
+            was told had not been stored.
         """
         path = self.spool.instance_path(received.calling_aet, received.study_uid, received.sop_uid)
+        earlier_copy = self.spool.exists(path)
         size = self.spool.write(path, data, data_set)
-        return Accepted.STORED if self._record(received, path, size) else Accepted.DUPLICATE
+        try:
+            new = self._record(received, path, size)
+        except BaseException:
+            if not earlier_copy:
+                self.spool.remove(path)
+            raise
+        return Accepted.STORED if new else Accepted.DUPLICATE
 
     def _record(self, received: Received, path: str, size: int) -> bool:
         """Record a written instance; whether it is new to its study."""

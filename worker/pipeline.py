@@ -135,14 +135,19 @@ class Scheduler:
     Parameters
     ----------
     store : StateStore
-        Holds each study's last-received time, so the quiet time survives a restart.
+        Holds each study's last-received time, so a study survives a restart.
     completion_timeout_s : float
         ``[study] completion_timeout_s``.
     max_queued : int
         Most jobs waiting for the classifier at a time (back-pressure).
+    quiet_since : float, optional
+        Store time from which quiet time counts at the earliest: the service's start, so
+        that a study interrupted by a stop or crash waits a whole quiet time afterwards for
+        its senders to re-send (:meth:`worker.store.StateStore.schedule_due`).
     """
 
-    def __init__(self, store: StateStore, completion_timeout_s: float, *, max_queued: int) -> None:
+    def __init__(self, store: StateStore, completion_timeout_s: float, *, max_queued: int,
+                 quiet_since: float = 0.0) -> None:
         if completion_timeout_s <= 0:
             raise ValueError(f"completion_timeout_s must be > 0, got {completion_timeout_s!r}")
         if max_queued < 1:
@@ -150,10 +155,12 @@ class Scheduler:
         self.store = store
         self.completion_timeout_s = completion_timeout_s
         self.max_queued = max_queued
+        self.quiet_since = quiet_since
 
     def run_once(self) -> int:
         """Queue the due studies; return how many jobs were created."""
-        created = self.store.schedule_due(self.completion_timeout_s, max_queued=self.max_queued)
+        created = self.store.schedule_due(self.completion_timeout_s, max_queued=self.max_queued,
+                                          quiet_since=self.quiet_since)
         if created:
             logger.info("%d complete stud%s queued", created, "y" if created == 1 else "ies")
         return created
@@ -161,7 +168,7 @@ class Scheduler:
     def seconds_until_due(self) -> float | None:
         """Seconds until the next receiving study is due (<= 0: due, but the queue is
         full), or None when no study is receiving."""
-        due = self.store.next_due(self.completion_timeout_s)
+        due = self.store.next_due(self.completion_timeout_s, quiet_since=self.quiet_since)
         return None if due is None else due - self.store.now()
 
 

@@ -12,6 +12,7 @@ resumed at the next start, which is also what happens after ``kill -9``.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import ssl
 import threading
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -77,6 +79,62 @@ def build_ae(listener: ListenerConfig) -> AE:
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
     return ae
+
+
+class InterruptedReceives:
+    """Removes pynetdicom's temporary files of data sets whose association ended mid-transfer.
+
+    With ``STORE_RECV_CHUNKED_DATASET`` pynetdicom writes each data set to a temporary file
+    in ``TMPDIR`` as it arrives (``delete=False``) and removes it once the C-STORE handler
+    has returned. When the association ends first (the sender aborts or drops the
+    connection, or writing the file fails because ``TMPDIR`` is full, which makes pynetdicom
+    abort the association), the partial file is left behind: nothing refers to it but the
+    ended association's DIMSE provider, where :meth:`sweep` finds it (pynetdicom 3.0's
+    ``dimse.message._data_set_file``, and the ``_dataset_file`` of a C-STORE request decoded
+    but never served). A ``kill -9`` of the service still leaves its partial files in
+    ``TMPDIR``: they cannot be told from other processes' files afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._associations: list[Association] = []
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        """The notification handler to bind with the listener's other handlers."""
+        return [(evt.EVT_CONN_OPEN, self._opened)]
+
+    def _opened(self, event: evt.Event) -> None:
+        with self._lock:
+            self._associations.append(event.assoc)
+
+    def sweep(self) -> int:
+        """Remove the partial files of the associations that have ended; return how many."""
+        with self._lock:
+            ended = [a for a in self._associations if a.ident is not None and not a.is_alive()]
+            self._associations = [a for a in self._associations if a not in ended]
+        removed = 0
+        for assoc in ended:
+            dimse = assoc.dimse
+            files = [getattr(dimse.message, "_data_set_file", None)]
+            files += [getattr(p, "_dataset_file", None) for _, p in list(dimse.msg_queue.queue)]
+            for handle in files:
+                if handle is None:
+                    continue
+                try:
+                    handle.close()  # flushes what it still buffers: fails on a full TMPDIR
+                except OSError:
+                    pass
+                try:
+                    size = os.stat(handle.name).st_size
+                    os.unlink(handle.name)
+                except OSError:  # already gone
+                    continue
+                logger.warning(
+                    "Removed the partial data set (%d bytes) of an association that ended"
+                    " during a C-STORE", size,
+                )
+                removed += 1
+        return removed
 
 
 def listener_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
@@ -145,6 +203,7 @@ class Service:
         self._classify_wake = threading.Event()
         self._ae = build_ae(listener)
         self._server: ThreadedAssociationServer | None = None
+        self._interrupted = InterruptedReceives()
         self._threads: list[threading.Thread] = []
         #: Health, metrics, status page, API and STOW-RS (``[http]``); None when disabled.
         self.http: HttpServer | None = None
@@ -193,6 +252,7 @@ class Service:
             (evt.EVT_C_STORE, handle_store,
              [self.intake, self.listener.max_inflated_mb * 1024 * 1024, audit.count_store]),
             *audit.handlers(),
+            *self._interrupted.handlers(),
         ]
         self._server = start_server(
             self._ae, (self.listener.host, self.listener.port), evt_handlers=handlers,
@@ -251,6 +311,7 @@ class Service:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self._interrupted.sweep()
         if self.http is not None:  # no more STOW-RS, retry or scrape
             self.http.stop()
         end = time.monotonic() + deadline_s
@@ -278,6 +339,7 @@ class Service:
         while not self._stop.wait(wait):
             wait = self.poll_interval_s
             try:
+                self._interrupted.sweep()
                 if self.scheduler.run_once():
                     self._classify_wake.set()
                 due_in = self.scheduler.seconds_until_due()
@@ -348,7 +410,9 @@ def build_service(
     service = Service(
         config.listener,
         intake,
-        Scheduler(store, config.study.completion_timeout_s, max_queued=MAX_QUEUED_JOBS),
+        # A study left receiving by a stop waits a whole quiet time from this start.
+        Scheduler(store, config.study.completion_timeout_s, max_queued=MAX_QUEUED_JOBS,
+                  quiet_since=store.now()),
         ClassifyStage(
             store, spool, classifier, results, stop_event, scope=config.scope.table(),
             cams=config.results.secondary_capture, max_batch_studies=MAX_BATCH_STUDIES,

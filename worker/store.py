@@ -372,7 +372,12 @@ class StateStore:
     def _tx(self, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: waits up to ``busy_timeout_s`` for
         another writer, in this process or another); without ``sync``, committed with
-        ``synchronous=NORMAL`` (durable when the process dies, not when the power fails)."""
+        ``synchronous=NORMAL`` (durable when the process dies, not when the power fails).
+
+        A COMMIT that fails (``SQLITE_FULL`` when the disk is full: in WAL mode the pages
+        are written at COMMIT) leaves SQLite's transaction open; it is rolled back here, or
+        the pooled connection would keep the write lock and wedge every later writer.
+        """
         with self._connection() as db:
             if not sync:
                 db.execute("PRAGMA synchronous = NORMAL")
@@ -380,10 +385,10 @@ class StateStore:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     yield db
+                    db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
-                db.execute("COMMIT")
             finally:
                 if not sync:
                     db.execute("PRAGMA synchronous = FULL")
@@ -498,19 +503,27 @@ class StateStore:
 
     # --- scheduling -----------------------------------------------------------------------
 
-    def next_due(self, completion_timeout_s: float) -> float | None:
+    def next_due(self, completion_timeout_s: float, *, quiet_since: float = 0.0) -> float | None:
         """When the quietest receiving study becomes due (store clock), or None if none is
-        receiving; the scheduler sleeps until then rather than polling blindly."""
+        receiving; the scheduler sleeps until then rather than polling blindly. The quiet
+        time counts from ``quiet_since`` at the earliest (see :meth:`schedule_due`)."""
         row = self._read(
-            "SELECT MIN(last_received) FROM studies WHERE state = ?", (StudyState.RECEIVING,)
+            "SELECT MIN(MAX(last_received, ?)) FROM studies WHERE state = ?",
+            (quiet_since, StudyState.RECEIVING),
         )
         return None if row[0][0] is None else float(row[0][0]) + completion_timeout_s
 
-    def schedule_due(self, completion_timeout_s: float, *, max_queued: int) -> int:
+    def schedule_due(
+        self, completion_timeout_s: float, *, max_queued: int, quiet_since: float = 0.0
+    ) -> int:
         """Queue a job for each study quiet for ``completion_timeout_s``; return how many.
 
         At most ``max_queued`` jobs wait at a time (back-pressure: the other studies stay
-        ``receiving`` on disk until the classifier catches up).
+        ``receiving`` on disk until the classifier catches up). The quiet time counts from
+        ``quiet_since`` at the earliest: the service passes its start, so that a study that
+        was receiving when the service stopped (or died) waits a whole quiet time after the
+        restart, for its senders to re-send what the outage interrupted, rather than being
+        reported at once without it.
         """
         now = self._clock()
         with self._tx() as db:
@@ -521,9 +534,9 @@ class StateStore:
             if room <= 0:
                 return 0
             due = db.execute(
-                "SELECT id FROM studies WHERE state = ? AND last_received <= ?"
+                "SELECT id FROM studies WHERE state = ? AND MAX(last_received, ?) <= ?"
                 " ORDER BY last_received LIMIT ?",
-                (StudyState.RECEIVING, now - completion_timeout_s, room),
+                (StudyState.RECEIVING, quiet_since, now - completion_timeout_s, room),
             ).fetchall()
             for (study_id,) in due:
                 revision = 1 + int(
@@ -1000,3 +1013,17 @@ def _opt_float(value: object) -> float | None:
 
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the connection's transaction, if one is still open.
+
+    Some errors (``SQLITE_FULL``, ``SQLITE_IOERR``) may already have rolled it back, and
+    ``ROLLBACK`` then fails: that failure must not hide the error being raised.
+    """
+    if not db.in_transaction:
+        return
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        logger.warning("Rollback failed: %s", exc)
