@@ -17,7 +17,7 @@ REAL_TRAIN := $(BIN)/ossa train --data $(REAL_DATA) --out var/models/fracatlas -
 TEST_DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools openjph-tools chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test install install-train demo-bundle real-model test-deps lint bench clean
+.PHONY: run test install install-train demo-bundle real-model test-deps lint bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ test-deps:
 
 test: $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m pytest
+
+# Long variants of the reliability tests (issue 12): more kill -9 iterations, a longer fuzz
+# run, a heavier load. `make test` runs the same tests, bounded in time.
+soak: $(TRAIN_STAMP) test-deps
+	OSSA_SOAK=1 $(BIN)/python -m pytest tests/test_hostile.py tests/test_fuzz.py \
+	  tests/test_faults.py tests/test_load.py
 
 # Benchmarks (issue 11; bench/README.md): ingest, inference, end to end and scaling, under
 # 20 minutes on 2 CPU cores. Figures, plots and the table land in bench/results/; generated
