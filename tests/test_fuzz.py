@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
+import pydicom.config
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -137,6 +141,37 @@ def run_path(data: bytes, classifier: TwoStageClassifier) -> None:
     assert image.min() >= 0.0 and image.max() <= 1.0
     _, predictions = classifier.predict_arrays(classifier.preprocess([image]))
     assert len(predictions) == 1
+
+
+@pytest.fixture(autouse=True)
+def read_as_the_service_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom reads without validating values, as in every ``ossa`` process
+    (:func:`worker.cli.configure_logging`): its warnings would quote mutated values, which
+    run on into the Patient's Name, into the suite's log."""
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                        pydicom.config.IGNORE)
+
+
+def test_a_damaged_value_does_not_bring_patient_data_into_ossa_logs(tmp_path: Path) -> None:
+    # A UI value whose length swallows the next elements, the Patient's Name among them:
+    # pydicom's warning about the invalid value would quote it all.
+    data = bytearray(seed(ExplicitVRLittleEndian))
+    uid = data.index(b"\x08\x00\x18\x00UI")  # SOP Instance UID (0008,0018)
+    data[uid + 6 : uid + 8] = (1000).to_bytes(2, "little")
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(bytes(data))
+    read = ("import pydicom, sys\n"
+            "ds = pydicom.dcmread(sys.argv[1])\n"
+            "print(len(ds.SOPInstanceUID))\n")
+    configured = "from worker.cli import configure_logging\nconfigure_logging('INFO')\n"
+    runs = {
+        name: subprocess.run([sys.executable, "-c", code + read, str(path)], cwd=Path.cwd(),
+                             capture_output=True, text=True, timeout=120)
+        for name, code in (("plain", ""), ("ossa", configured))
+    }
+    assert "Fuzz^Test" in runs["plain"].stderr  # pydicom's default does quote it
+    assert runs["ossa"].returncode == 0 and runs["ossa"].stdout.strip() == "1000"
+    assert "Fuzz^Test" not in runs["ossa"].stderr, runs["ossa"].stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
