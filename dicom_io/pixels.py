@@ -193,6 +193,18 @@ def normalize_radiograph(ds: Dataset, *, max_side: int | None = None) -> NDArray
         isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
     ):
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
+    try:
+        return _normalize(ds, max_side)
+    except PixelDataError:
+        raise
+    except Exception as exc:  # a value of the wrong VR or form: pydicom converts lazily
+        raise PixelDataError(
+            f"image attributes cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _normalize(ds: Dataset, max_side: int | None) -> NDArray[np.float32]:
+    """:func:`normalize_radiograph`, raising what pydicom raises for a malformed value."""
     check_pixel_module(ds)
     if int(ds.BitsStored) == 1:  # stored on receipt, so the report can say why
         raise PixelDataError("BitsStored is 1: a bilevel image is not read as a radiograph")

@@ -208,7 +208,16 @@ def _regressions() -> list[bytes]:
         # a corrupt RLE frame GDCM aborted the process on (now never decoded by GDCM)
         seed(RLELossless)[:-300] + bytes(300),
         seed(JPEGLSLossless)[:-200] + bytes(range(200)),
+        # Window Center (0028,1050) with an unknown VR "ES": pydicom's NotImplementedError
+        # when the value is read (found by the soak run); now a PixelDataError
+        _unknown_vr(seed(ExplicitVRLittleEndian), b"\x28\x00\x50\x10DS"),
     ]
+
+
+def _unknown_vr(data: bytes, element: bytes) -> bytes:
+    """``data`` with the explicit VR of ``element`` (tag and VR bytes) changed to "ES"."""
+    at = data.index(element)
+    return data[:at + 4] + b"ES" + data[at + 6:]
 
 
 @pytest.mark.parametrize("syntax", SYNTAXES, ids=[s.name for s in SYNTAXES])
@@ -221,6 +230,7 @@ def test_fuzz_bytes_to_prediction(syntax: str, classifier: TwoStageClassifier) -
     @example(data=_regressions()[2])
     @example(data=_regressions()[3])
     @example(data=_regressions()[4])
+    @example(data=_regressions()[5])
     def fuzz(data: bytes) -> None:
         run_path(data, classifier)
 
