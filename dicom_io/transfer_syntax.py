@@ -65,12 +65,18 @@ def decoder_available(transfer_syntax: str) -> bool:
     Returns
     -------
     bool
-        True when pydicom has a decoder for it with at least one plugin installed.
+        True when pydicom has a decoder for it: its own for a native syntax, else at least
+        one installed plugin that is not in :data:`EXCLUDED_PLUGINS`.
     """
     try:
-        return bool(get_decoder(UID(transfer_syntax)).is_available)
+        decoder = get_decoder(UID(transfer_syntax))
     except NotImplementedError:  # pydicom knows no decoder for this syntax at all
         return False
+    if not decoder.is_available:
+        return False
+    if not UID(transfer_syntax).is_encapsulated:
+        return True
+    return any(p not in EXCLUDED_PLUGINS for p in decoder.available_plugins)
 
 
 def decoder_plugins(transfer_syntax: str) -> tuple[str, ...]:
@@ -103,14 +109,15 @@ def decoding_plugins(transfer_syntax: str) -> tuple[str, ...]:
     """The installed decoder plugins to try, in order, for ``transfer_syntax``: the
     preferred one (:data:`PREFERRED_PLUGINS`) first, then pydicom's, less
     :data:`EXCLUDED_PLUGINS`; ``("",)`` (pydicom's own decoding) for a native syntax, which
-    has no plugins."""
-    syntax = UID(transfer_syntax)
-    if not syntax.is_encapsulated:
+    has no plugins; ``()`` when :func:`decoder_available` says it cannot be decoded."""
+    if not decoder_available(transfer_syntax):
+        return ()
+    if not UID(transfer_syntax).is_encapsulated:
         return ("",)
-    preferred = preferred_plugin(syntax)
+    preferred = preferred_plugin(transfer_syntax)
     ordered = ((preferred,) if preferred else ()) + tuple(
-        p for p in get_decoder(syntax).available_plugins if p != preferred
-    ) if decoder_plugins(syntax) else ()
+        p for p in decoder_plugins(transfer_syntax) if p != preferred
+    )
     return tuple(p for p in ordered if p not in EXCLUDED_PLUGINS)
 
 

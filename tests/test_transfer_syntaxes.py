@@ -256,6 +256,23 @@ def test_jpeg_ls_prefers_pyjpegls() -> None:
     assert preferred_plugin("1.2.3.4") == ""
 
 
+def test_a_syntax_whose_only_decoders_are_excluded_is_not_decodable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Negotiation, the receipt check and decoding share one notion of "decodable": a
+    syntax left with excluded plugins only (GDCM) is neither negotiated nor accepted."""
+    from dicom_io import transfer_syntax
+
+    assert decoder_available(JPEGLSLossless)
+    assert transfer_syntax.decoding_plugins(JPEGLSLossless)[0] == "pyjpegls"
+    assert transfer_syntax.decoding_plugins(ExplicitVRLittleEndian) == ("",)
+    monkeypatch.setattr(transfer_syntax, "EXCLUDED_PLUGINS",
+                        frozenset(decoder_plugins(JPEGLSLossless)))
+    assert not decoder_available(JPEGLSLossless)
+    assert transfer_syntax.decoding_plugins(JPEGLSLossless) == ()
+    assert decoder_available(ExplicitVRLittleEndian)  # native: pydicom's own decoding
+
+
 def _deflate(data: bytes) -> bytes:
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw, as PS3.5 A.5
     return compressor.compress(data) + compressor.flush()
