@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -93,14 +95,23 @@ def check_pixel_module(ds: Dataset) -> None:
         attribute needed to decode it is missing. The message starts with the attribute at
         fault.
     """
-    try:
+    with _as_pixel_data_error("malformed image pixel attributes"):
         _check_pixel_module(ds)
+
+
+@contextmanager
+def _as_pixel_data_error(what: str) -> Iterator[None]:
+    """Any error but :class:`PixelDataError` raised inside, as one: ``what (Type: error)``.
+
+    pydicom converts values lazily, when they are read, and raises many types for a value of
+    the wrong VR or form (an unknown VR is a ``NotImplementedError``).
+    """
+    try:
+        yield
     except PixelDataError:
         raise
-    except Exception as exc:  # a value of the wrong VR or form: pydicom decodes lazily
-        raise PixelDataError(
-            f"malformed image pixel attributes ({type(exc).__name__}: {exc})"
-        ) from exc
+    except Exception as exc:
+        raise PixelDataError(f"{what} ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_pixel_module(ds: Dataset) -> None:
@@ -193,14 +204,8 @@ def normalize_radiograph(ds: Dataset, *, max_side: int | None = None) -> NDArray
         isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
     ):
         raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
-    try:
+    with _as_pixel_data_error("image attributes cannot be read"):
         return _normalize(ds, max_side)
-    except PixelDataError:
-        raise
-    except Exception as exc:  # a value of the wrong VR or form: pydicom converts lazily
-        raise PixelDataError(
-            f"image attributes cannot be read: {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def _normalize(ds: Dataset, max_side: int | None) -> NDArray[np.float32]:

@@ -423,19 +423,10 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
                        "Ossa reads CR, DX and SC images", study_uid, sop_uid)
     try:
         check_pixel_module(ds)
-    except PixelDataError as exc:
+    except PixelDataError as exc:  # also a malformed value: check_pixel_module raises no other
         logger.warning("Refused SOP Instance %s of study %s: %s", sop_uid, study_uid, exc)
         return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.PIXEL_DATA, str(exc), study_uid,
                        sop_uid)
-    except Exception as exc:
-        logger.warning(
-            "Refused SOP Instance %s of study %s: malformed image attributes (%s)",
-            sop_uid,
-            study_uid,
-            type(exc).__name__,
-        )
-        return refused(StoreStatus.CANNOT_UNDERSTAND, Refusal.PIXEL_DATA,
-                       "malformed image pixel attributes", study_uid, sop_uid)
 
     meta = submission.file_meta
     if "MediaStorageSOPClassUID" not in meta:

@@ -290,6 +290,7 @@ class ClassifyStage:
         with the reason, so that the report says so.
         """
         loaded = LoadedStudy(job)
+        working_side = self.classifier.preprocessing.working_side(MAX_SIDE if self.cams else None)
         for instance in job.instances:
             try:
                 ds = pydicom.dcmread(self.spool.path(instance.path))
@@ -305,19 +306,12 @@ class ClassifyStage:
                 logger.info("SOP Instance %s not assessed: %s", instance.sop_uid, decision.reason)
                 loaded.add(ds, None, ImagePrediction.not_assessed(decision.reason))
                 continue
-            try:
-                image = normalize_radiograph(ds, max_side=self.classifier.preprocessing
-                                             .working_side(MAX_SIDE if self.cams else None))
+            try:  # any decoding or attribute error comes out as a PixelDataError
+                image = normalize_radiograph(ds, max_side=working_side)
             except PixelDataError as exc:
                 logger.warning("SOP Instance %s not assessed: %s", instance.sop_uid, exc)
                 loaded.add(ds, None, ImagePrediction.not_assessed(
                     f"pixel data could not be decoded: {exc}"))
-                continue
-            except Exception as exc:  # a decoder's own error type must not strand the job
-                logger.warning("SOP Instance %s not assessed: %s: %s", instance.sop_uid,
-                               type(exc).__name__, exc)
-                loaded.add(ds, None, ImagePrediction.not_assessed(
-                    f"pixel data could not be decoded: {type(exc).__name__}"))
                 continue
             loaded.add(ds, image)
         return loaded

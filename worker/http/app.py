@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from worker.admission import printable
 from worker.http import stow
 from worker.http.auth import TokenFile, bearer_token, is_loopback
 from worker.http.health import HealthProbe
@@ -178,7 +179,7 @@ def create_app(
             return None
         client = request.client.host if request.client else "?"
         logger.info("HTTP: retry of study %s from %s: %d deliver%s re-queued",
-                    uid if uid.isprintable() else repr(uid), client, count,
+                    printable(uid), client, count,
                     "y" if count == 1 else "ies")
         return count
 
