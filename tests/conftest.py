@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,26 +137,31 @@ def wait_until(condition: Callable[[], object], *, timeout: float, what: str) ->
         time.sleep(0.05)
 
 
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """DCMTK ``storescp`` (AE title STORESCP) on loopback: its port and the folder it writes."""
-    exe = shutil.which("storescp")
-    if exe is None:
-        pytest.fail("storescp (Debian package dcmtk) is not installed; run `make test`")
-    out = tmp_path / "storescp"
-    out.mkdir()
+@contextmanager
+def running_storescp(out: Path, *options: str) -> Iterator[int]:
+    """DCMTK ``storescp`` (AE title STORESCP) on loopback, writing into ``out`` (created),
+    with extra command-line ``options``; its port."""
+    out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen(
-        [exe, "-aet", "STORESCP", "-od", str(out), str(port)],
+        [dcmtk("storescp"), *options, "-aet", "STORESCP", "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(lambda: port_open(port), timeout=10, what="storescp to listen")
-        yield port, out
+        yield port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """DCMTK ``storescp`` (AE title STORESCP) on loopback: its port and the folder it writes."""
+    out = tmp_path / "storescp"
+    with running_storescp(out) as port:
+        yield port, out
 
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -21,7 +21,6 @@ import io
 import json
 import re
 import secrets
-import shutil
 import struct
 import subprocess
 import uuid
@@ -62,7 +61,7 @@ from tests.conftest import (
     echo,
     evidence_sop_uids,
     free_port,
-    port_open,
+    running_storescp,
     wait_until,
 )
 from tests.test_report import _single
@@ -460,16 +459,16 @@ def hostility(tmp_path_factory: pytest.TempPathFactory, trained_bundle: Path
               ) -> Iterator[Hostility]:
     """``ossa serve`` (C-STORE and STOW-RS in, a DCMTK storescp as the PACS), warmed up by
     one valid study reported end to end, its peak resident size then reset."""
-    exe = shutil.which("storescp")
-    if exe is None:
-        pytest.fail("storescp (Debian package dcmtk) is not installed; run `make test`")
     root = tmp_path_factory.mktemp("hostile")
     pacs, cases = root / "pacs", root / "cases"
-    pacs.mkdir()
     cases.mkdir()
-    pacs_port, port, http_port = free_port(), free_port(), free_port()
-    storescp = subprocess.Popen([exe, "-aet", "STORESCP", "-od", str(pacs), str(pacs_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with running_storescp(pacs) as pacs_port:
+        yield from _hostile_service(root, pacs, cases, pacs_port, trained_bundle)
+
+
+def _hostile_service(root: Path, pacs: Path, cases: Path, pacs_port: int,
+                     trained_bundle: Path) -> Iterator[Hostility]:
+    port, http_port = free_port(), free_port()
     token = secrets.token_hex(16)
     (root / "http.token").write_text(token + "\n", encoding="utf-8")
     config = root / "config.toml"
@@ -506,7 +505,6 @@ timeout_s = 10
     )
     served: Served | None = None
     try:
-        wait_until(lambda: port_open(pacs_port), timeout=10, what="storescp to listen")
         served = Served(config, port)
         run = Hostility(root, served, port, f"http://127.0.0.1:{http_port}", token, pacs, cases)
         identity = _identity()
@@ -520,8 +518,6 @@ timeout_s = 10
     finally:
         if served is not None:
             served.stop()
-        storescp.terminate()
-        storescp.wait(timeout=10)
 
 
 def _identity() -> StudyIdentity:

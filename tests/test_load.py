@@ -24,7 +24,6 @@ import itertools
 import logging
 import os
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +40,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import Status
 
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
-from tests.conftest import Served, dcmtk, free_port, port_open, wait_until
+from tests.conftest import Served, free_port, running_storescp, wait_until
 from worker.store import STORE_FILE, DeliveryState, InstanceState, StateStore
 
 logger = logging.getLogger(__name__)
@@ -96,18 +95,8 @@ def unique_storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """DCMTK ``storescp`` (AE STORESCP) writing each received object to a new file (``+uf``):
     an object received twice is two files."""
     out = tmp_path / "pacs"
-    out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [dcmtk("storescp"), "+uf", "-aet", "STORESCP", "-od", str(out), str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: port_open(port), timeout=10, what="storescp to listen")
+    with running_storescp(out, "+uf") as port:
         yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _config(folder: Path, port: int, bundle: Path, pacs_port: int) -> Path:

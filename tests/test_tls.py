@@ -3,12 +3,14 @@ DCMTK storescp +tls destination. Certificates are made with openssl (tests/secur
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pydicom
@@ -26,7 +28,7 @@ from dicom_io.tls import (
     server_context,
 )
 from models.predict import TwoStageClassifier
-from tests.conftest import OSSA, dcmtk, free_port, port_open, wait_until
+from tests.conftest import OSSA, dcmtk, free_port, running_storescp, wait_until
 from tests.security import Credential, Pki, make_pki
 from worker.config import (
     Config,
@@ -298,24 +300,16 @@ bundle = "{trained_bundle}"
 @pytest.fixture
 def storescp_tls(pki: Pki, tmp_path: Path) -> Iterator[Callable[[Credential], tuple[int, Path]]]:
     """DCMTK ``storescp +tls`` (AE STORESCP) that requires a client certificate of the CA."""
-    procs: list[subprocess.Popen[bytes]] = []
+    started = itertools.count()
+    with ExitStack() as running:
 
-    def _start(server: Credential) -> tuple[int, Path]:
-        out = tmp_path / f"storescp-{len(procs)}"
-        out.mkdir()
-        port = free_port()
-        procs.append(subprocess.Popen(
-            [dcmtk("storescp"), "+tls", str(server.key), str(server.cert), "+cf", str(pki.ca),
-             "-rc", "-aet", "STORESCP", "-od", str(out), str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
-        wait_until(lambda: port_open(port), timeout=10, what="storescp +tls to listen")
-        return port, out
+        def _start(server: Credential) -> tuple[int, Path]:
+            out = tmp_path / f"storescp-{next(started)}"
+            port = running.enter_context(running_storescp(
+                out, "+tls", str(server.key), str(server.cert), "+cf", str(pki.ca), "-rc"))
+            return port, out
 
-    yield _start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+        yield _start
 
 
 def test_send_c_store_over_tls_to_dcmtk_storescp(
