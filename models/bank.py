@@ -1,12 +1,13 @@
 """Training images in memory: every image of a split preprocessed once and stacked (torch).
 
 Each image carries the index of its study's body part in a :class:`~models.taxonomy.Taxonomy`
-(the stage-1 class order), its study's label and the index of its study.
+(the stage-1 class order), its study's label, the index of its study and, where the dataset
+has finding boxes (:func:`models.data.load_boxes`), its boxes in input pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.boxes import AnnotatedImage
 from models.data import MuraStudy, read_image
-from models.enhance import Preprocessing, preprocess
+from models.enhance import Preprocessing, preprocess_with_geometry
 from models.taxonomy import MURA_TAXONOMY, Taxonomy
 
 
@@ -36,6 +38,10 @@ class ImageBank(NamedTuple):
     classes: torch.Tensor  # int64, N: body-part index into the taxonomy
     labels: torch.Tensor  # int64, N: the study's label (1 = abnormal)
     studies: torch.Tensor  # int64, N: index of the study
+    # finding boxes of each image in input pixels (K x 4: x0, y0, x1, y1; K may be 0)
+    boxes: tuple[torch.Tensor, ...] = ()
+    # bool, N: whether the image was annotated (its boxes are all its findings)
+    annotated: torch.Tensor | None = None
 
 
 class MuraImageDataset(Dataset[tuple[torch.Tensor, int, int]]):
@@ -52,14 +58,19 @@ class MuraImageDataset(Dataset[tuple[torch.Tensor, int, int]]):
         every study's ``body_part`` must be one of its classes.
     cache : bool
         Keep preprocessed tensors in memory (float16) after the first access.
+    boxes : mapping of Path to AnnotatedImage, optional
+        The dataset's finding boxes by image file (:func:`models.data.load_boxes`).
 
     Items are ``(tensor, body_part_index, label)`` with ``body_part_index`` into ``taxonomy``
     and ``label`` the study's label.
     """
 
     def __init__(self, studies: Sequence[MuraStudy], preprocessing: Preprocessing,
-                 taxonomy: Taxonomy = MURA_TAXONOMY, *, cache: bool = True) -> None:
+                 taxonomy: Taxonomy = MURA_TAXONOMY, *, cache: bool = True,
+                 boxes: Mapping[Path, AnnotatedImage] | None = None) -> None:
         self.studies = tuple(studies)
+        self.boxes = dict(boxes or {})
+        self._input_boxes: dict[int, torch.Tensor] = {}
         self.preprocessing = preprocessing
         self.taxonomy = taxonomy
         self.items = tuple(
@@ -74,8 +85,16 @@ class MuraImageDataset(Dataset[tuple[torch.Tensor, int, int]]):
 
     def _load(self, index: int) -> torch.Tensor:
         # damaged but decodable files (FracAtlas has some) were named at import time
-        image = read_image(self.items[index].path, tolerate_truncated=True)
-        array = preprocess(image, self.preprocessing)
+        path = self.items[index].path
+        image = read_image(path, tolerate_truncated=True)
+        array, geometry = preprocess_with_geometry(image, self.preprocessing)
+        annotated = self.boxes.get(path)
+        if annotated is not None:
+            # the boxes were drawn on a width x height image; the file may have been resized
+            sx, sy = image.shape[1] / annotated.width, image.shape[0] / annotated.height
+            self._input_boxes[index] = torch.tensor(
+                [geometry.to_input((b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy))
+                 for b in annotated.boxes], dtype=torch.float32).reshape(-1, 4)
         return torch.from_numpy(np.require(array, requirements="W"))  # copy if read-only
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
@@ -117,4 +136,7 @@ class MuraImageDataset(Dataset[tuple[torch.Tensor, int, int]]):
             classes=torch.tensor([it.body_part for it in self.items], dtype=torch.int64),
             labels=torch.tensor([it.label for it in self.items], dtype=torch.int64),
             studies=torch.tensor([it.study for it in self.items], dtype=torch.int64),
+            boxes=tuple(self._input_boxes.get(i, torch.zeros(0, 4)) for i in range(len(self))),
+            annotated=torch.tensor([it.path in self.boxes for it in self.items],
+                                   dtype=torch.bool),
         )

@@ -28,12 +28,13 @@ from models.manifest import (
     BundleError,
     BundleInfo,
     BundleManifest,
+    Localisation,
     network_stem,
     open_bundle,
     sha256_file,
     write_manifest,
 )
-from models.networks import abnormality_classifier, body_part_classifier
+from models.networks import body_part_classifier, fracture_classifier, pooled_input
 from models.taxonomy import Taxonomy
 from models.two_stage import ABNORMAL_OUTPUTS, BODY_PART_OUTPUTS, INPUT_NAME, TwoStageNetwork
 
@@ -53,7 +54,7 @@ def export_onnx(network: TwoStageNetwork, path: Path, *, input_size: int,
     """Export every network of ``network`` to ``path/<stem>.onnx``; returns name to sha256.
 
     Each graph takes ``image`` (N x C x S x S, N dynamic) and returns the logits and, for
-    stage 1, the pooled features, for stage 2 the class-activation map.
+    stage 1, the pooled features, for stage 2 the fracture probability map.
     """
     digests = {}
     sample = torch.zeros(2, in_channels, input_size, input_size)
@@ -86,6 +87,8 @@ def save_bundle(
     abstention: Abstention | None = None,
     ood: OodModel | None = None,
     flip_tta: bool = True,
+    localisation: Localisation | None = None,
+    body_part_pool: int = 1,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     name: str | None = None,
@@ -112,6 +115,10 @@ def save_bundle(
         Feature statistics of the OOD score (required when ``abstention.ood_threshold``).
     flip_tta : bool
         Whether inference averages each image with its mirror image.
+    localisation : Localisation, optional
+        Image score and findings of the fracture maps (default: pooled score, no findings).
+    body_part_pool : int
+        The stage-1 network's input pooling (already part of ``network.body_part``).
     training, metrics : mapping, optional
         JSON-serialisable provenance and validation metrics.
     name : str, optional
@@ -135,7 +142,8 @@ def save_bundle(
         width_mult=width_mult, preprocessing=preprocessing, taxonomy=taxonomy,
         thresholds=dict(thresholds), threshold_rule=threshold_rule,
         abstention=abstention or Abstention(),
-        files=files, flip_tta=flip_tta, training=dict(training or {}),
+        files=files, flip_tta=flip_tta, localisation=localisation or Localisation(),
+        body_part_pool=body_part_pool, training=dict(training or {}),
         metrics=dict(metrics or {}),
     )
     path.mkdir(parents=True, exist_ok=True)
@@ -169,14 +177,16 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def new_network(taxonomy: Taxonomy, *, architecture: str, width_mult: float,
-                in_channels: int) -> TwoStageNetwork:
-    """An untrained :class:`TwoStageNetwork`: stage 1 over ``taxonomy``, stage 2 per assessed
-    class, every network built by :mod:`models.networks` with the same options."""
+                in_channels: int, body_part_pool: int = 1) -> TwoStageNetwork:
+    """An untrained :class:`TwoStageNetwork`: stage 1 over ``taxonomy`` (with its input
+    pooling), a :class:`~models.networks.FractureNet` per assessed class, every network built
+    by :mod:`models.networks` with the same options."""
     return TwoStageNetwork(
-        body_part_classifier(arch=architecture, num_classes=len(taxonomy),
-                             width_mult=width_mult, in_channels=in_channels),
-        {c: abnormality_classifier(arch=architecture, width_mult=width_mult,
-                                   in_channels=in_channels)
+        pooled_input(body_part_classifier(arch=architecture, num_classes=len(taxonomy),
+                                          width_mult=width_mult, in_channels=in_channels),
+                     body_part_pool),
+        {c: fracture_classifier(arch=architecture, width_mult=width_mult,
+                                in_channels=in_channels)
          for c in taxonomy.assessed},
         taxonomy,
     )
@@ -186,7 +196,8 @@ def build_network(manifest: BundleManifest) -> TwoStageNetwork:
     """An untrained :class:`TwoStageNetwork` of the shape ``manifest`` describes."""
     return new_network(manifest.taxonomy, architecture=manifest.architecture,
                        width_mult=manifest.width_mult,
-                       in_channels=manifest.preprocessing.channels)
+                       in_channels=manifest.preprocessing.channels,
+                       body_part_pool=manifest.body_part_pool)
 
 
 def load_network(bundle: BundleInfo | Path, *,

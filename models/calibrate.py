@@ -13,6 +13,14 @@ Everything here is chosen on the validation split, never on the training images:
   threshold whose study-level sensitivity reaches 0.9). The threshold is set halfway between
   the chosen study probability and the next lower one, so that no validation study sits on it.
   A class whose validation studies lack normal or abnormal ones keeps 0.5.
+* **Image score** (bundles trained with finding boxes): ``pooled``, ``map`` or ``blend``
+  (:func:`models.engine.image_scores`), whichever gives the highest mean study-level AUROC
+  over the assessed classes (oracle routing); the others' AUROCs are kept in the metrics. A
+  bundle trained without boxes keeps ``pooled`` and reports no findings.
+* **Finding threshold**, one per assessed class: the 95th percentile of the highest map cell
+  of the class's *normal* validation images (at least :data:`MIN_NORMALS`), so that about one
+  normal film in twenty has a region above it (an image below its operating threshold gets no
+  findings at all, :mod:`models.findings`).
 
 The validation metrics stored in the manifest come from the same code as ``ossa evaluate``;
 they are optimistic for the thresholds, which were chosen on the same split.
@@ -25,7 +33,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,7 @@ from numpy.typing import NDArray
 from models.abstention import OodModel, decide
 from models.engine import TwoStageEngine
 from models.enhance import Preprocessing
-from models.manifest import Abstention
+from models.manifest import IMAGE_SCORES, Abstention, Localisation
 from models.results import ImagePrediction
 from models.taxonomy import Taxonomy
 
@@ -45,6 +53,10 @@ logger = logging.getLogger(__name__)
 KEEP_IN_SCOPE = 0.99
 #: Threshold of a class whose validation studies cannot choose one.
 DEFAULT_THRESHOLD = 0.5
+#: Share of normal validation images whose highest map cell stays under the finding threshold.
+NORMAL_QUIET = 0.95
+#: Fewest normal validation images of a class that can choose its finding threshold.
+MIN_NORMALS = 5
 _SENSITIVITY_RULE = re.compile(r"^sensitivity=(0\.\d*[1-9]\d*|1(\.0+)?)\Z")
 
 
@@ -108,6 +120,8 @@ class Calibration:
     thresholds: dict[str, float]
     predictions: list[ImagePrediction]
     oracle_probability: NDArray[np.float32]
+    localisation: Localisation = field(default_factory=Localisation)
+    score_auroc: dict[str, dict[str, float]] | None = None
 
 
 def _in_scope(classes: NDArray[np.int64], taxonomy: Taxonomy) -> NDArray[np.bool_]:
@@ -126,10 +140,71 @@ def study_probabilities(predictions: Sequence[ImagePrediction], studies: NDArray
     return {s: float(np.mean(v)) for s, v in sums.items()}
 
 
+def _study_auroc(labels: NDArray[np.int64], scores: NDArray[np.floating],
+                 studies: NDArray[np.int64]) -> float:
+    """Study-level AUROC (a study's score is its images' mean); NaN without both labels."""
+    from models.metrics import auroc
+
+    keys = np.unique(studies)
+    y = np.array([labels[studies == k][0] for k in keys])
+    p = np.array([np.nanmean(scores[studies == k]) for k in keys])
+    if y.min(initial=1) == y.max(initial=0):
+        return math.nan
+    return float(auroc(y, p))
+
+
+def choose_localisation(taxonomy: Taxonomy, scores: Mapping[str, NDArray[np.floating]],
+                        maps: NDArray[np.floating], classes: NDArray[np.int64],
+                        labels: NDArray[np.int64], studies: NDArray[np.int64]
+                        ) -> tuple[Localisation, dict[str, dict[str, float]]]:
+    """The image score and finding thresholds from oracle-routed validation outputs.
+
+    Parameters
+    ----------
+    taxonomy : Taxonomy
+        The bundle's classes.
+    scores : mapping
+        Every image score (:func:`models.engine.image_scores`) of the in-scope images.
+    maps : numpy.ndarray
+        Their fracture maps.
+    classes, labels, studies : numpy.ndarray
+        Their true class index, label and study.
+
+    Returns
+    -------
+    tuple
+        The :class:`Localisation` and each score's study AUROC per assessed class.
+    """
+    auc = {rule: {name: _study_auroc(labels[classes == taxonomy.index(name)],
+                                     scores[rule][classes == taxonomy.index(name)],
+                                     studies[classes == taxonomy.index(name)])
+                  for name in taxonomy.assessed} for rule in IMAGE_SCORES}
+    mean = {rule: float(np.nanmean(list(v.values()))) if any(np.isfinite(list(v.values())))
+            else math.nan for rule, v in auc.items()}
+    ranked = [rule for rule in IMAGE_SCORES if np.isfinite(mean[rule])]
+    chosen = max(ranked, key=lambda r: mean[r]) if ranked else "pooled"
+    finding_thresholds = {}
+    for name in taxonomy.assessed:
+        normal = (classes == taxonomy.index(name)) & (labels == 0)
+        if normal.sum() < MIN_NORMALS:
+            finding_thresholds[name] = DEFAULT_THRESHOLD
+            continue
+        peaks = np.nanmax(maps[normal].reshape(int(normal.sum()), -1), axis=1)
+        finding_thresholds[name] = float(np.quantile(peaks, NORMAL_QUIET, method="higher"))
+    rule = (f"image score {chosen!r}: the highest mean validation study AUROC over the "
+            f"assessed classes ({', '.join(f'{r} {mean[r]:.3f}' for r in IMAGE_SCORES)}); "
+            f"finding thresholds: the {NORMAL_QUIET:.0%} quantile of the highest map cell of "
+            f"each class's normal validation images ({MIN_NORMALS} at least, else "
+            f"{DEFAULT_THRESHOLD})")
+    return Localisation(image_score=chosen, finding_thresholds=finding_thresholds,
+                        rule=rule), auc
+
+
 def calibrate(engine: TwoStageEngine, *, train_images: NDArray[np.float32],
               train_classes: NDArray[np.int64], valid_images: NDArray[np.float32],
               valid_classes: NDArray[np.int64], valid_labels: NDArray[np.int64],
-              valid_studies: NDArray[np.int64], threshold_rule: str) -> Calibration:
+              valid_studies: NDArray[np.int64], threshold_rule: str,
+              with_boxes: bool = False) -> Calibration:
     """Choose the abstention and operating thresholds on the validation split.
 
     Parameters
@@ -146,14 +221,28 @@ def calibrate(engine: TwoStageEngine, *, train_images: NDArray[np.float32],
         Study index of each validation image.
     threshold_rule : str
         ``--threshold`` rule (:func:`choose_threshold`).
+    with_boxes : bool
+        Whether the fracture maps were trained with boxes: then the image score and the
+        finding thresholds are chosen too (:func:`choose_localisation`); the engine's
+        ``image_score`` is set to the choice.
     """
     taxonomy = engine.taxonomy
     train_in = _in_scope(train_classes, taxonomy)
     train_features = engine.body_parts(train_images[train_in])[1]
     ood = OodModel.fit(train_features, train_classes[train_in])
 
-    output = engine.predict(valid_images)
     valid_in = _in_scope(valid_classes, taxonomy)
+    localisation, score_auroc = Localisation(), None
+    oracle_scores: dict[str, NDArray[np.float32]] = {}
+    if valid_in.any():
+        oracle_scores, oracle_maps = engine.abnormal(valid_images[valid_in],
+                                                     valid_classes[valid_in], maps=with_boxes)
+        if with_boxes:
+            localisation, score_auroc = choose_localisation(
+                taxonomy, oracle_scores, oracle_maps, valid_classes[valid_in],
+                valid_labels[valid_in], valid_studies[valid_in])
+    engine.image_score = localisation.image_score
+    output = engine.predict(valid_images)
     if valid_in.any():
         top = output.body_part_probabilities.max(axis=1)[valid_in]
         min_probability = float(np.quantile(top, 1.0 - KEEP_IN_SCOPE, method="lower"))
@@ -184,11 +273,14 @@ def calibrate(engine: TwoStageEngine, *, train_images: NDArray[np.float32],
 
     oracle = np.full(len(valid_classes), np.nan, dtype=np.float32)
     if valid_in.any():
-        oracle[valid_in] = engine.abnormal(valid_images[valid_in], valid_classes[valid_in])[0]
-    logger.info("calibrated: min body-part probability %.3f, OOD threshold %s, thresholds %s",
-                abstention.min_probability, abstention.ood_threshold,
-                {k: round(v, 3) for k, v in thresholds.items()})
-    return Calibration(abstention, ood, thresholds, predictions, oracle)
+        oracle[valid_in] = oracle_scores[localisation.image_score]
+    logger.info("calibrated: min body-part probability %.3f, OOD threshold %s, thresholds %s, "
+                "image score %s, finding thresholds %s", abstention.min_probability,
+                abstention.ood_threshold, {k: round(v, 3) for k, v in thresholds.items()},
+                localisation.image_score,
+                {k: round(v, 3) for k, v in localisation.finding_thresholds.items()})
+    return Calibration(abstention, ood, thresholds, predictions, oracle, localisation,
+                       score_auroc)
 
 
 def weak_classes(taxonomy: Taxonomy, oracle_probability: NDArray[np.floating],
@@ -260,14 +352,15 @@ def calibrate_and_save(network: Any, *, train: Any, valid: Any, valid_studies: S
     train_images = train.images.float().numpy()
     train_classes = train.classes.numpy().astype(np.int64)
     valid_images = valid.images.float().numpy()
+    with_boxes = bool(train.annotated is not None and train.annotated.any())
 
     def run(net: TwoStageNetwork) -> Calibration:
         engine = TwoStageEngine(TorchRunner(net, device), net.taxonomy,
-                                flip_tta=args.flip_tta, batch_size=64)
+                                flip_tta=args.flip_tta, batch_size=16)
         return calibrate(engine, train_images=train_images, train_classes=train_classes,
                          valid_images=valid_images, valid_classes=valid_classes,
                          valid_labels=valid_labels, valid_studies=valid_study_index,
-                         threshold_rule=str(args.threshold))
+                         threshold_rule=str(args.threshold), with_boxes=with_boxes)
 
     result = run(network)
     weak = weak_classes(taxonomy, result.oracle_probability, valid_classes, valid_labels,
@@ -296,6 +389,8 @@ def calibrate_and_save(network: Any, *, train: Any, valid: Any, valid_studies: S
         ))
     metrics = compute_metrics(rows, classes=taxonomy.names, assessed_classes=taxonomy.assessed,
                               thresholds=result.thresholds, n_bootstrap=200, seed=0)
+    if result.score_auroc is not None:
+        metrics["image_score_auroc"] = result.score_auroc
     metrics["not_assessed_classes"] = {
         **{c.name: "out of scope" for c in taxonomy if not c.assessed and c.name not in weak},
         **weak,
@@ -305,6 +400,7 @@ def calibrate_and_save(network: Any, *, train: Any, valid: Any, valid_studies: S
         preprocessing=preprocessing, thresholds=result.thresholds,
         threshold_rule=str(args.threshold), abstention=result.abstention,
         ood=result.ood if result.abstention.ood_threshold is not None else None,
-        flip_tta=args.flip_tta, training=training, metrics=metrics, name=args.name,
-        overwrite=args.overwrite,
+        flip_tta=args.flip_tta, localisation=result.localisation,
+        body_part_pool=args.body_part_pool, training=training, metrics=metrics,
+        name=args.name, overwrite=args.overwrite,
     )

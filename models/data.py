@@ -24,6 +24,8 @@ holding ``labels.csv`` and ``taxonomy.json``::
     labels.csv      header path,type,label,split,group; one row per image
     taxonomy.json   Taxonomy.to_dict() of the dataset's classes (models.taxonomy)
 
+    boxes.json      optional: finding boxes, COCO JSON (models.boxes)
+
 ``path`` is relative to the folder (POSIX separators), ``type`` a class of ``taxonomy.json``,
 ``label`` 1 = abnormal, ``split`` ``train`` or ``valid``, and ``group`` a key that keeps
 related images together (a patient, a study; FracAtlas has one image per group). The images
@@ -47,6 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFile
 
+from models.boxes import BOXES_JSON, AnnotatedImage, BoxReport, read_coco
 from models.layout import (
     CLASS_DIR_PREFIX,
     DATASET_DIRNAME,
@@ -178,6 +181,49 @@ def load_taxonomy(data: Path) -> Taxonomy | None:
             return Taxonomy.from_dict(json.load(f))
     except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def load_boxes(data: Path) -> tuple[dict[Path, AnnotatedImage], BoxReport] | None:
+    """The finding boxes of a dataset (its ``boxes.json``, :mod:`models.boxes`), by image file.
+
+    ``file_name`` is resolved as the dataset's labels list images: relative to the labelled
+    dataset's folder, or a MURA ``*_image_paths.csv`` path (``MURA-v1.1/train/...``). Entries
+    naming no existing image are skipped with a warning.
+
+    Returns
+    -------
+    tuple or None
+        Annotated images keyed by their file, and the load's report; ``None`` when the dataset
+        has no ``boxes.json`` (it trains with image labels alone).
+
+    Raises
+    ------
+    ValueError
+        When ``data`` is neither layout, or ``boxes.json`` is not a COCO document.
+    """
+    data = Path(data)
+    folder = data if is_labelled_dataset(data) else find_dataset_dir(data)
+    path = folder / BOXES_JSON
+    if not path.is_file():
+        return None
+    annotated, report = read_coco(path)
+    by_file: dict[Path, AnnotatedImage] = {}
+    for name, image in annotated.items():
+        try:
+            file = (_labelled_path(data, name, BOXES_JSON) if folder is data
+                    else _resolve(folder, name, BOXES_JSON)[0])
+        except ValueError as exc:
+            report.warn(f"{exc}; skipped")
+            continue
+        if not file.is_file():
+            report.warn(f"{BOXES_JSON}: {name!r} is not an image of the dataset; skipped")
+            continue
+        by_file[file] = image
+    report.images = len(by_file)
+    report.boxes = sum(len(a.boxes) for a in by_file.values())
+    logger.info("%s: %d annotated images, %d boxes, %d entries skipped", path, report.images,
+                report.boxes, report.skipped)
+    return by_file, report
 
 
 def _resolve(dataset_dir: Path, csv_path: str, csv_name: str) -> tuple[Path, PurePosixPath]:

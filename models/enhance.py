@@ -48,6 +48,9 @@ class Preprocessing:
     mean, std : float
         Normalization: ``(x - mean) / std`` after enhancement and padding. The defaults are the
         grey-level equivalent of the ImageNet statistics.
+    crop_foreground : bool
+        Crop the image to its exposed field (:func:`foreground_box`: the collimated area,
+        without the dark border) before resizing, so that the network's pixels go to anatomy.
     """
 
     input_size: int = 112
@@ -58,6 +61,7 @@ class Preprocessing:
     nbins: int = 256
     mean: float = 0.449
     std: float = 0.226
+    crop_foreground: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or not (
@@ -84,6 +88,8 @@ class Preprocessing:
             raise ValueError(f"mean must be a finite number, got {self.mean!r}")
         if not _is_number(self.std) or self.std <= 0:
             raise ValueError(f"std must be a positive number, got {self.std!r}")
+        if not isinstance(self.crop_foreground, bool):
+            raise ValueError(f"crop_foreground must be a bool, got {self.crop_foreground!r}")
 
     @property
     def background(self) -> float:
@@ -190,12 +196,128 @@ def resize_longest(image: NDArray[np.float32], size: int) -> NDArray[np.float32]
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class InputGeometry:
+    """Where a network input's pixels come from in the image given to :func:`preprocess`.
+
+    The input is the source image cropped to ``crop`` (top, left, bottom, right; exclusive
+    ends), resized by ``scale_y`` / ``scale_x`` (input pixels per source pixel) and placed at
+    ``pad_top`` / ``pad_left`` in the square. Coordinates are continuous pixel positions
+    (x = column, y = row; pixel (r, c) spans [c, c + 1) x [r, r + 1)).
+
+    Parameters
+    ----------
+    source_shape : tuple of int
+        Rows and columns of the source image.
+    crop : tuple of int
+        The kept part of the source image.
+    scale_y, scale_x : float
+        Resize factors.
+    pad_top, pad_left : int
+        Offset of the resized image in the square input.
+    """
+
+    source_shape: tuple[int, int]
+    crop: tuple[int, int, int, int]
+    scale_y: float
+    scale_x: float
+    pad_top: int
+    pad_left: int
+
+    def to_source(self, box: tuple[float, float, float, float]
+                  ) -> tuple[float, float, float, float]:
+        """An (x0, y0, x1, y1) box in input pixels as source pixels, clipped to the image."""
+        x0, y0, x1, y1 = box
+        top, left = self.crop[0], self.crop[1]
+        rows, cols = self.source_shape
+
+        def sx(x: float) -> float:
+            return min(max((x - self.pad_left) / self.scale_x + left, 0.0), float(cols))
+
+        def sy(y: float) -> float:
+            return min(max((y - self.pad_top) / self.scale_y + top, 0.0), float(rows))
+
+        return sx(x0), sy(y0), sx(x1), sy(y1)
+
+    def to_input(self, box: tuple[float, float, float, float]
+                 ) -> tuple[float, float, float, float]:
+        """An (x0, y0, x1, y1) box in source pixels as input pixels (not clipped)."""
+        x0, y0, x1, y1 = box
+        top, left = self.crop[0], self.crop[1]
+        return ((x0 - left) * self.scale_x + self.pad_left,
+                (y0 - top) * self.scale_y + self.pad_top,
+                (x1 - left) * self.scale_x + self.pad_left,
+                (y1 - top) * self.scale_y + self.pad_top)
+
+
+#: A row or column belongs to the exposed field when this share of its pixels is brighter
+#: than :data:`_FIELD_LEVEL` of the image's 99th percentile.
+_FIELD_SHARE = 0.02
+_FIELD_LEVEL = 0.15
+#: Margin kept around the exposed field, as a share of each side.
+_FIELD_MARGIN = 0.02
+#: A field smaller than this share of the image is not trusted (the whole image is kept).
+_MIN_FIELD_AREA = 0.25
+
+
+def foreground_box(image: NDArray[np.floating]) -> tuple[int, int, int, int]:
+    """The exposed field of a radiograph: (top, left, bottom, right), exclusive ends.
+
+    Rows and columns where at least 2% of the pixels exceed 15% of the image's 99th
+    percentile are exposed; the box spans the first to the last of them, with a 2% margin.
+    The dark border left by collimation (and black padding of scanned films) falls outside.
+    When the box would keep under a quarter of the image, or the image is blank, the whole
+    image is returned: a crop that drastic is more likely a dark film than a border.
+    """
+    rows, cols = image.shape
+    whole = (0, 0, rows, cols)
+    level = float(np.percentile(image, 99)) * _FIELD_LEVEL
+    if level <= 0:
+        return whole
+    bright = image > level
+    row_on = np.flatnonzero(bright.mean(axis=1) >= _FIELD_SHARE)
+    col_on = np.flatnonzero(bright.mean(axis=0) >= _FIELD_SHARE)
+    if row_on.size == 0 or col_on.size == 0:
+        return whole
+    my, mx = round(rows * _FIELD_MARGIN), round(cols * _FIELD_MARGIN)
+    top, bottom = max(int(row_on[0]) - my, 0), min(int(row_on[-1]) + 1 + my, rows)
+    left, right = max(int(col_on[0]) - mx, 0), min(int(col_on[-1]) + 1 + mx, cols)
+    if (bottom - top) * (right - left) < _MIN_FIELD_AREA * rows * cols:
+        return whole
+    return top, left, bottom, right
+
+
+def preprocess_with_geometry(image: NDArray[np.floating], params: Preprocessing
+                             ) -> tuple[NDArray[np.float32], InputGeometry]:
+    """:func:`preprocess`, with where each input pixel comes from (:class:`InputGeometry`)."""
+    source = check_image(image)
+    crop = foreground_box(source) if params.crop_foreground else (0, 0, *source.shape)
+    top0, left0, bottom0, right0 = crop
+    array = resize_longest(source[top0:bottom0, left0:right0], params.input_size)
+    if params.clahe:
+        array = clahe(array, clip_limit=params.clip_limit, kernel_size=params.kernel_size,
+                      nbins=params.nbins)
+    size = params.input_size
+    h, w = array.shape
+    top, left = (size - h) // 2, (size - w) // 2
+    square = np.zeros((size, size), dtype=np.float32)
+    square[top : top + h, left : left + w] = array
+    normalized = (square - np.float32(params.mean)) / np.float32(params.std)
+    geometry = InputGeometry(source_shape=(int(source.shape[0]), int(source.shape[1])),
+                             crop=(top0, left0, bottom0, right0),
+                             scale_y=h / (bottom0 - top0), scale_x=w / (right0 - left0),
+                             pad_top=top, pad_left=left)
+    return np.ascontiguousarray(
+        np.broadcast_to(normalized, (params.channels, size, size)), dtype=np.float32
+    ), geometry
+
+
 def preprocess(image: NDArray[np.floating], params: Preprocessing) -> NDArray[np.float32]:
     """Turn a radiograph into a network input array.
 
-    Steps: resize keeping the aspect ratio (longest side = ``params.input_size``), CLAHE
-    (when ``params.clahe``), pad to a centred square with black, normalize with
-    ``params.mean``/``params.std``.
+    Steps: crop to the exposed field (when ``params.crop_foreground``), resize keeping the
+    aspect ratio (longest side = ``params.input_size``), CLAHE (when ``params.clahe``), pad to
+    a centred square with black, normalize with ``params.mean``/``params.std``.
 
     Parameters
     ----------
@@ -210,16 +332,4 @@ def preprocess(image: NDArray[np.floating], params: Preprocessing) -> NDArray[np
         float32 array of shape ``(params.channels, input_size, input_size)`` (C-contiguous;
         ``torch.from_numpy`` turns it into a training tensor without a copy).
     """
-    array = resize_longest(check_image(image), params.input_size)
-    if params.clahe:
-        array = clahe(array, clip_limit=params.clip_limit, kernel_size=params.kernel_size,
-                      nbins=params.nbins)
-    size = params.input_size
-    h, w = array.shape
-    top, left = (size - h) // 2, (size - w) // 2
-    square = np.zeros((size, size), dtype=np.float32)
-    square[top : top + h, left : left + w] = array
-    normalized = (square - np.float32(params.mean)) / np.float32(params.std)
-    return np.ascontiguousarray(
-        np.broadcast_to(normalized, (params.channels, size, size)), dtype=np.float32
-    )
+    return preprocess_with_geometry(image, params)[0]

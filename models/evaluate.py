@@ -52,7 +52,8 @@ def evaluate_classifier(classifier: TwoStageClassifier, studies: Sequence[MuraSt
                         if s.body_part in taxonomy and taxonomy.is_assessed(s.body_part)]
             if in_scope:
                 route = [taxonomy.index(chunk[i][0].body_part) for i in in_scope]
-                oracle[in_scope] = classifier.engine.abnormal(inputs[in_scope], route)[0]
+                oracle[in_scope] = classifier.engine.abnormal(inputs[in_scope], route)[0][
+                    classifier.engine.image_score]
             for (study, path), p, o in zip(chunk, predictions, oracle, strict=True):
                 rows.append(EvaluatedImage(
                     path=str(path), study=study.key, true_type=study.body_part,

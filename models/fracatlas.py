@@ -7,12 +7,16 @@ fracture label, region flags and fracture annotations. Its release layout::
                               fractured,fracture_count,frontal,lateral,oblique   (flags 0/1)
     images/Fractured/*.jpg    images with fractured = 1
     images/Non_fractured/*.jpg
+    Annotations/YOLO/<image>.txt   fracture boxes, one "class cx cy w h" line each
+                              (normalised to the image; optional)
 
 The importer writes the generic labelled dataset that :func:`models.data.load_studies` reads
 (``labels.csv``, ``taxonomy.json``; see :mod:`models.data`), an ``ATTRIBUTION.md`` and the
 images, as symbolic links to ``SRC`` (default) or as copies. Each image is its own group (the
 release has no patient key), so the split is by image, stratified by (type, label), and the
-same seed always gives the same split.
+same seed always gives the same split. The YOLO fracture boxes, where the release has them, are
+written as ``boxes.json`` (COCO, :mod:`models.boxes`) in the image's pixels; every image whose
+annotation file exists is *annotated* (an empty file: no fracture box).
 
 Classes (:data:`FRACATLAS_TAXONOMY`). FracAtlas's regions are coarse, so the classes are named
 for what the films hold:
@@ -46,6 +50,9 @@ Decisions on the release's flaws, each reported by file name:
   a few bytes short and look complete.
 - Files in the image folders that ``dataset.csv`` does not list, and rows without any region
   flag, are skipped with a warning.
+- **Malformed box** (a line that is not five numbers, a class other than 0, a box with no area
+  or outside the image, an annotation file of no imported image): that line or file is skipped
+  with a warning naming the file; the import goes on and reports the counts.
 
 The label is FracAtlas's: 1 = fractured. Metal hardware without a fracture is labelled 0 here,
 whereas MURA calls hardware abnormal.
@@ -77,6 +84,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
+from models.boxes import BOXES_JSON, AnnotatedImage, Box, write_coco
 from models.data import LABELS_COLUMNS, LABELS_CSV, TAXONOMY_JSON, read_image
 from models.taxonomy import BodyPartClass, Taxonomy, sct
 
@@ -132,6 +142,12 @@ class ImportReport:
         Kept images that only decode tolerantly.
     relabelled : tuple of str
         Images whose folder disagrees with ``dataset.csv`` (the CSV's label kept).
+    annotated : int
+        Imported images with a YOLO annotation file (written to ``boxes.json``).
+    boxes : int
+        Fracture boxes written.
+    boxes_skipped : int
+        Malformed annotation lines and files left out (each warned).
     """
 
     out: Path
@@ -140,6 +156,9 @@ class ImportReport:
     skipped: tuple[str, ...]
     truncated: tuple[str, ...]
     relabelled: tuple[str, ...]
+    annotated: int = 0
+    boxes: int = 0
+    boxes_skipped: int = 0
 
     @property
     def images(self) -> int:
@@ -163,6 +182,7 @@ class _Log:
     skipped: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
     relabelled: list[str] = field(default_factory=list)
+    boxes_skipped: int = 0
 
     def note(self, template: str, *args: object) -> None:
         """Log a warning (``template % args``) and keep it for the report."""
@@ -227,7 +247,9 @@ def format_summary(report: ImportReport) -> str:
     """The import summary: images per (split, type, label), then the counts of warnings."""
     lines = [f"{report.out}: {report.images} images; {len(report.warnings)} warnings "
              f"({len(report.skipped)} skipped, {len(report.truncated)} truncated kept, "
-             f"{len(report.relabelled)} label/folder disagreements)",
+             f"{len(report.relabelled)} label/folder disagreements); {report.annotated} "
+             f"annotated images, {report.boxes} fracture boxes, {report.boxes_skipped} "
+             f"malformed annotations skipped",
              f"{'split':<6} {'type':<14} {'label':<15} {'images':>6}"]
     for (split, kind, label), n in sorted(report.counts.items()):
         name = "1 fractured" if label else "0 not fractured"
@@ -281,11 +303,14 @@ def import_fracatlas(src: Path, out: Path, *, val_fraction: float = 0.2, seed: i
     log = _Log()
     records = _read_release(src, strict=strict, log=log)
     splits = _split(records, val_fraction=val_fraction, seed=seed)
-    _write(src, out, records, splits, copy=copy, log=log)
+    annotated = _read_yolo(src, records, log)
+    _write(src, out, records, splits, copy=copy, log=log, annotated=annotated)
     counts = Counter((splits[r.image_id], r.type, r.label) for r in records)
     report = ImportReport(out=out, counts=dict(counts), warnings=tuple(log.warnings),
                           skipped=tuple(log.skipped), truncated=tuple(log.truncated),
-                          relabelled=tuple(log.relabelled))
+                          relabelled=tuple(log.relabelled), annotated=len(annotated),
+                          boxes=sum(len(a.boxes) for a in annotated),
+                          boxes_skipped=log.boxes_skipped)
     logger.info("FracAtlas: %d images written to %s, %d warnings", report.images, out,
                 len(report.warnings))
     return report
@@ -353,6 +378,62 @@ def _read_release(src: Path, *, strict: bool, log: _Log) -> list[_Record]:
     return records
 
 
+#: Folder of the release's YOLO boxes: ``<image stem>.txt``, one ``class cx cy w h`` a line.
+YOLO_DIR = ("Annotations", "YOLO")
+
+
+def _read_yolo(src: Path, records: list[_Record], log: _Log) -> list[AnnotatedImage]:
+    """The imported images' YOLO boxes in pixels, in record order (annotated images only)."""
+    folder = src.joinpath(*YOLO_DIR)
+    if not folder.is_dir():
+        logger.info("%s: no YOLO annotations; the dataset has labels only", src)
+        return []
+
+    def skip(template: str, *args: object) -> None:
+        log.boxes_skipped += 1
+        log.note(template, *args)
+
+    stems = {Path(r.image_id).stem: r for r in records}
+    for path in sorted(folder.glob("*.txt")):
+        if path.stem not in stems:
+            skip("%s/%s: annotation of no imported image; skipped", "/".join(YOLO_DIR),
+                 path.name)
+    annotated: list[AnnotatedImage] = []
+    for record in records:
+        path = folder / f"{Path(record.image_id).stem}.txt"
+        if not path.is_file():
+            continue
+        with Image.open(record.source) as image:
+            width, height = image.size
+        boxes: list[Box] = []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            skip("%s: unreadable (%s); skipped", path.name, exc)
+            continue
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()  # a trailing newline is no empty annotation
+        for n, line in enumerate(lines, start=1):
+            fields = line.split()
+            try:
+                if len(fields) != 5:
+                    raise ValueError(f"expected 'class cx cy w h', got {line.strip()!r}")
+                category, cx, cy, w, h = (float(v) for v in fields)
+                if category != 0:
+                    raise ValueError(f"class {fields[0]} is not 0 (fracture)")
+                bbox = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+                boxes.append(Box.from_coco(bbox, width=width, height=height))
+            except ValueError as exc:
+                skip("%s line %d: %s; skipped", path.name, n, exc)
+        if boxes and not record.label:
+            log.note("%s: fracture boxes on an image labelled not fractured; boxes kept, "
+                     "label kept", record.image_id)
+        annotated.append(AnnotatedImage(f"images/{record.image_id}", width, height,
+                                        tuple(boxes)))
+    return annotated
+
+
 def _flags(row: Mapping[str, str | None], line_no: int) -> dict[str, int]:
     flags = {}
     for column in (*REGION_CLASSES, "mixed", "fractured"):
@@ -415,8 +496,9 @@ def _split(records: Iterable[_Record], *, val_fraction: float, seed: int) -> dic
 
 
 def _write(src: Path, out: Path, records: list[_Record], splits: Mapping[str, str], *,
-           copy: bool, log: _Log) -> None:
-    """Images, ``taxonomy.json``, ``ATTRIBUTION.md``, then ``labels.csv`` (the marker file)."""
+           copy: bool, log: _Log, annotated: list[AnnotatedImage]) -> None:
+    """Images, ``taxonomy.json``, ``boxes.json``, ``ATTRIBUTION.md``, then ``labels.csv``
+    (the marker file)."""
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     for record in records:
@@ -427,6 +509,8 @@ def _write(src: Path, out: Path, records: list[_Record], splits: Mapping[str, st
             os.symlink(record.source.resolve(), target)
     (out / TAXONOMY_JSON).write_text(json.dumps(FRACATLAS_TAXONOMY.to_dict(), indent=2) + "\n",
                                      encoding="utf-8")
+    if annotated:
+        write_coco(out / BOXES_JSON, annotated)
     (out / "ATTRIBUTION.md").write_text(_attribution(src, records, splits, copy=copy, log=log),
                                         encoding="utf-8")
     if (src / "README.md").is_file():
@@ -486,6 +570,9 @@ Written by Ossa's `ossa data import-fracatlas` (`models/fracatlas.py`) from `{sr
   {listing(log.skipped)}.
 - Kept although truncated (decodable only with Pillow's `LOAD_TRUNCATED_IMAGES`, the missing
   end filled in by the decoder): {listing(log.truncated)}.
+- Fracture boxes: the release's YOLO files (`Annotations/YOLO/`) converted to pixels in
+  `boxes.json` (COCO); malformed lines skipped ({log.boxes_skipped}, each named in the import's
+  warnings).
 - Split (FracAtlas has none): stratified by (class, label), {len(records) - n_valid} train,
   {n_valid} valid; each image is its own group.
 """

@@ -35,8 +35,9 @@ from models.taxonomy import Taxonomy
 
 #: Value of the manifest's ``format`` key.
 BUNDLE_FORMAT = "ossa-two-stage-bundle"
-#: Current manifest format version (2: taxonomy, abstention, per-class thresholds, ONNX).
-FORMAT_VERSION = 2
+#: Current manifest format version (2: taxonomy, abstention, per-class thresholds, ONNX;
+#: 3: stage-2 fracture maps, localisation, stage-1 input pooling, foreground crop).
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 #: Weights file stem of the stage-1 network.
 BODY_PART = "body_part"
@@ -114,6 +115,70 @@ class Abstention:
         return cls(data["min_probability"], data["ood_threshold"], data["rule"])
 
 
+#: How a stage-2 network's image probability is formed (:class:`Localisation`).
+IMAGE_SCORES: tuple[str, ...] = ("pooled", "map", "blend")
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """How stage 2's fracture map gives the image probability and the findings.
+
+    Parameters
+    ----------
+    image_score : {"pooled", "map", "blend"}
+        The image's probability of abnormality: the pooled classifier's softmax (the paper's),
+        the mean of the ``top_k`` highest cells of the fracture map, or the mean of both.
+    top_k : int
+        Cells averaged by the ``map`` score.
+    finding_thresholds : mapping of str to float
+        Per assessed class, the cell probability from which a region of the map is a finding
+        (empty: the bundle reports no findings, e.g. trained without boxes).
+    max_findings : int
+        Findings reported per image at most, the most probable first.
+    stride : int
+        Input pixels per map cell.
+    rule : str
+        How the above were chosen, in words (for the model card).
+    """
+
+    image_score: str = "pooled"
+    top_k: int = 4
+    finding_thresholds: Mapping[str, float] = field(default_factory=dict)
+    max_findings: int = 3
+    stride: int = 16
+    rule: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"localisation.image_score must be one of {IMAGE_SCORES}, "
+                             f"got {self.image_score!r}")
+        for key in ("top_k", "max_findings", "stride"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"localisation.{key} must be a positive integer, "
+                                 f"got {value!r}")
+        if not isinstance(self.finding_thresholds, Mapping):
+            raise ValueError("localisation.finding_thresholds must map classes to numbers")
+        for key, value in self.finding_thresholds.items():
+            _probability(f"localisation.finding_thresholds[{key!r}]", value)
+        if not isinstance(self.rule, str):
+            raise ValueError("localisation.rule must be a string")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"image_score": self.image_score, "top_k": self.top_k,
+                "finding_thresholds": dict(self.finding_thresholds),
+                "max_findings": self.max_findings, "stride": self.stride, "rule": self.rule}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Localisation:
+        """Inverse of :meth:`to_dict`."""
+        keys = {"image_score", "top_k", "finding_thresholds", "max_findings", "stride", "rule"}
+        if not isinstance(data, Mapping) or set(data) != keys:
+            raise ValueError(f"localisation must have exactly {sorted(keys)}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class BundleManifest:
     """Parsed, validated ``manifest.json``.
@@ -141,6 +206,11 @@ class BundleManifest:
         Every file of the bundle (but the manifest) to its sha256 (hex).
     flip_tta : bool
         Whether inference averages each image with its mirror image.
+    localisation : Localisation
+        Image score and findings from stage 2's fracture maps.
+    body_part_pool : int
+        Average pooling (1, 2 or 4) at the start of the stage-1 network: the body part is
+        named from a coarser image than stage 2 sees.
     training, metrics : mapping
         Provenance and validation metrics (JSON).
     """
@@ -155,6 +225,8 @@ class BundleManifest:
     abstention: Abstention
     files: Mapping[str, str]
     flip_tta: bool = False
+    localisation: Localisation = field(default_factory=Localisation)
+    body_part_pool: int = 1
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
@@ -203,6 +275,18 @@ class BundleManifest:
             raise ValueError(f"abstention.ood_threshold and files[{OOD_FILE!r}] go together")
         if not isinstance(self.flip_tta, bool):
             raise ValueError(f"flip_tta must be a bool, got {self.flip_tta!r}")
+        if not isinstance(self.localisation, Localisation):
+            raise ValueError("localisation must be a Localisation")
+        unknown = set(self.localisation.finding_thresholds) - set(self.taxonomy.assessed)
+        if unknown:
+            raise ValueError(f"localisation.finding_thresholds names classes that are not "
+                             f"assessed: {sorted(unknown)}")
+        if self.body_part_pool not in (1, 2, 4) or isinstance(self.body_part_pool, bool):
+            raise ValueError(f"body_part_pool must be 1, 2 or 4, got {self.body_part_pool!r}")
+        if self.preprocessing.input_size % (32 * self.body_part_pool):
+            raise ValueError(f"preprocessing.input_size must be a multiple of "
+                             f"{32 * self.body_part_pool} (32 x body_part_pool), got "
+                             f"{self.preprocessing.input_size}")
         for key in ("training", "metrics"):
             if not isinstance(getattr(self, key), Mapping):
                 raise ValueError(f"{key} must be a mapping")
@@ -225,6 +309,8 @@ class BundleManifest:
             "threshold_rule": self.threshold_rule,
             "abstention": self.abstention.to_dict(),
             "flip_tta": self.flip_tta,
+            "localisation": self.localisation.to_dict(),
+            "body_part_pool": self.body_part_pool,
             "files": {k: {"sha256": v} for k, v in sorted(self.files.items())},
             "training": dict(self.training),
             "metrics": dict(self.metrics),
@@ -248,15 +334,16 @@ class BundleManifest:
                 f"(this code reads {FORMAT_VERSION}); retrain the bundle with `ossa train`"
             )
         required = ("name", "architecture", "width_mult", "preprocessing", "taxonomy",
-                    "thresholds", "threshold_rule", "abstention", "flip_tta", "files",
-                    "training", "metrics")
+                    "thresholds", "threshold_rule", "abstention", "flip_tta", "localisation",
+                    "body_part_pool", "files", "training", "metrics")
         for key in required:
             if key not in data:
                 raise BundleError(f"{MANIFEST_NAME}: missing key {key!r}")
         parsed: dict[str, Any] = {}
         for key, parse in (("preprocessing", Preprocessing.from_dict),
                            ("taxonomy", Taxonomy.from_dict),
-                           ("abstention", Abstention.from_dict)):
+                           ("abstention", Abstention.from_dict),
+                           ("localisation", Localisation.from_dict)):
             try:
                 parsed[key] = parse(data[key])
             except (TypeError, ValueError) as exc:
@@ -276,6 +363,7 @@ class BundleManifest:
                 threshold_rule=data["threshold_rule"],
                 files={k: v["sha256"] for k, v in files.items()},
                 flip_tta=data["flip_tta"],
+                body_part_pool=data["body_part_pool"],
                 training=data["training"],
                 metrics=data["metrics"],
                 **parsed,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 import torchvision.models as tvm
 from torch import nn
 from torchvision.models import mobilenetv2, mobilenetv3
@@ -239,3 +240,127 @@ def abnormality_classifier(*, arch: str = ARCHITECTURE, width_mult: float = 1.0,
     return mobilenet(arch, num_classes=2, width_mult=width_mult, in_channels=in_channels,
                      dropout=dropout, imagenet_weights=imagenet_weights,
                      zero_init_residual=zero_init_residual)
+
+
+#: Output stride of the fracture map (input pixels per map cell).
+MAP_STRIDE = 16
+#: Channels of the fracture head's hidden layer.
+_DENSE_CHANNELS = 64
+
+
+def _stride16_split(features: nn.Sequential) -> int:
+    """Number of leading ``features`` blocks whose output is at stride 16 or finer."""
+    probe = torch.zeros(1, _stem_block_in_channels(features), 64, 64)
+    split = 0
+    with torch.no_grad():
+        x = probe
+        for i, block in enumerate(features):
+            x = block(x)
+            if x.shape[-1] >= 64 // MAP_STRIDE:
+                split = i + 1
+    return split
+
+
+def _stem_block_in_channels(features: nn.Sequential) -> int:
+    stem = features[0][0]
+    if not isinstance(stem, nn.Conv2d):
+        raise TypeError(f"expected a stem convolution, got {stem!r}")
+    return int(stem.in_channels)
+
+
+class FractureNet(nn.Module):
+    """A stage-2 MobileNet with a dense fracture head beside its image-level classifier.
+
+    The head predicts a fracture logit per cell of stride :data:`MAP_STRIDE` (16): the
+    stride-16 features of the trunk, fused with the last (stride-32) feature map upsampled
+    twice, go through a 3x3 and a 1x1 convolution (a one-level feature pyramid, Lin et al.
+    2017). Trained with finding boxes (cells a box covers positive, every cell of a normal
+    film negative), the map locates findings; the image-level classifier (``classifier`` on
+    the pooled last features, as in the paper) is kept, and serving derives the image
+    probability from either or both (:class:`models.manifest.ImageScore`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision MobileNet (``features`` + ``classifier``, 2 outputs). Input sides must
+        be multiples of 32.
+
+    Attributes
+    ----------
+    features, classifier : torch.nn.Module
+        The MobileNet's, unchanged (state-dict keys ``features.*``, ``classifier.*``).
+    dense : torch.nn.ModuleDict
+        The fracture head.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        features, classifier = getattr(model, "features", None), getattr(model, "classifier",
+                                                                           None)
+        if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Module):
+            raise TypeError("model must be a torchvision MobileNet (features, classifier)")
+        self.features = features
+        self.classifier = classifier
+        self.split = _stride16_split(features)
+        with torch.no_grad():
+            probe = torch.zeros(1, _stem_block_in_channels(features), 64, 64)
+            mid = features[: self.split](probe)
+            last = features[self.split :](mid)
+        c = _DENSE_CHANNELS
+        self.dense = nn.ModuleDict({
+            "lateral": nn.Conv2d(int(mid.shape[1]), c, 1),
+            "top": nn.Conv2d(int(last.shape[1]), c, 1),
+            "smooth": nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(c), nn.ReLU(inplace=True)),
+            "out": nn.Conv2d(c, 1, 1),
+        })
+        with torch.no_grad():  # start from a low fracture prior (Lin et al. 2017, focal loss)
+            out = self.dense["out"]
+            assert isinstance(out, nn.Conv2d) and out.bias is not None
+            out.bias.fill_(-4.0)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image logits (N x 2), fracture-map logits (N x h x w) and pooled features."""
+        mid = self.features[: self.split](x)
+        last = self.features[self.split :](mid)
+        pooled = F.adaptive_avg_pool2d(last, 1).flatten(1)
+        logits = self.classifier(pooled)
+        top = F.interpolate(self.dense["top"](last), scale_factor=2.0, mode="nearest")
+        fused = self.dense["lateral"](mid) + top
+        fmap = self.dense["out"](self.dense["smooth"](fused))[:, 0]
+        return logits, fmap, pooled
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image logits (N x 2) and fracture-map logits (N x h x w), h = w = side / 16."""
+        logits, fmap, _ = self.forward_all(x)
+        return logits, fmap
+
+
+def fracture_classifier(*, arch: str = ARCHITECTURE, width_mult: float = 1.0,
+                        in_channels: int = 1, dropout: float = 0.2,
+                        imagenet_weights: Path | None = None,
+                        zero_init_residual: bool = False) -> FractureNet:
+    """Stage 2 with the fracture head: :func:`abnormality_classifier` in a :class:`FractureNet`.
+
+    ImageNet weights (``imagenet_weights``) initialise the trunk as before; the head starts
+    fresh.
+    """
+    return FractureNet(abnormality_classifier(
+        arch=arch, width_mult=width_mult, in_channels=in_channels, dropout=dropout,
+        imagenet_weights=imagenet_weights, zero_init_residual=zero_init_residual))
+
+
+def pooled_input(model: nn.Module, factor: int) -> nn.Module:
+    """Prepend a ``factor`` x ``factor`` average pooling to a MobileNet's ``features``.
+
+    Stage 1 needs less detail than stage 2: with a bundle's ``body_part_pool`` of 2, the body
+    part is named from the 384 px input averaged down to 192 px, four times cheaper, and the
+    pooling is part of the exported graph (both backends see the same network).
+    """
+    if factor == 1:
+        return model
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise TypeError("model must be a torchvision MobileNet (features)")
+    model.features = nn.Sequential(nn.AvgPool2d(factor), *features)
+    return model

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from numpy.typing import NDArray
 
 from models.abstention import OodModel, decide
 from models.engine import BACKENDS, EngineOutput, NetworkRunner, TwoStageEngine
-from models.enhance import Preprocessing, preprocess
-from models.manifest import OOD_FILE, BundleError, BundleInfo, open_bundle
+from models.enhance import InputGeometry, Preprocessing, preprocess_with_geometry
+from models.findings import image_findings
+from models.manifest import OOD_FILE, BundleError, BundleInfo, Localisation, open_bundle
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.taxonomy import Taxonomy
 
@@ -71,7 +73,9 @@ class TwoStageClassifier:
         self._bundle = bundle
         manifest = bundle.manifest
         self._engine = TwoStageEngine(runner, manifest.taxonomy, flip_tta=manifest.flip_tta,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size,
+                                      image_score=manifest.localisation.image_score,
+                                      top_k=manifest.localisation.top_k)
         self._ood = OodModel.load(bundle.file(OOD_FILE)) if OOD_FILE in manifest.files else None
         self._algorithm = AlgorithmInfo(name=ALGORITHM_NAME, version=bundle.version)
 
@@ -114,25 +118,57 @@ class TwoStageClassifier:
         """The routing engine (for evaluation: oracle routes, class-activation maps)."""
         return self._engine
 
-    def preprocess(self, images: Sequence[NDArray[np.floating]]) -> NDArray[np.float32]:
-        """Network inputs (N x C x S x S) of ``images``; errors name the image's index."""
-        arrays = []
+    @property
+    def localisation(self) -> Localisation:
+        """Image score and findings settings, from the manifest."""
+        return self._bundle.manifest.localisation
+
+    @property
+    def reports_findings(self) -> bool:
+        """Whether the bundle locates findings (its fracture maps were trained with boxes)."""
+        return bool(self.localisation.finding_thresholds)
+
+    def preprocess(self, images: Sequence[NDArray[np.floating]]
+                   ) -> tuple[NDArray[np.float32], list[InputGeometry]]:
+        """Network inputs (N x C x S x S) of ``images`` and each one's geometry; errors name
+        the image's index."""
+        arrays, geometries = [], []
         for i, image in enumerate(images):
             try:
-                arrays.append(preprocess(image, self.preprocessing))
+                array, geometry = preprocess_with_geometry(image, self.preprocessing)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"images[{i}]: {exc}") from exc
-        return np.stack(arrays)
+            arrays.append(array)
+            geometries.append(geometry)
+        return np.stack(arrays), geometries
 
-    def predict_arrays(self, inputs: NDArray[np.float32], *, cams: bool = False
-                       ) -> tuple[EngineOutput, list[ImagePrediction]]:
-        """Run preprocessed inputs; the raw output and one prediction per image."""
-        output = self._engine.predict(inputs, cams=cams)
+    def predict_arrays(self, inputs: NDArray[np.float32],
+                       geometries: Sequence[InputGeometry] | None = None, *,
+                       maps: bool = False) -> tuple[EngineOutput, list[ImagePrediction]]:
+        """Run preprocessed inputs; the raw output and one prediction per image.
+
+        With ``geometries`` (from :meth:`preprocess`) and a bundle that reports findings, each
+        prediction carries its findings in the pixels of the image given to
+        :meth:`preprocess`.
+        """
+        locate = geometries is not None and self.reports_findings
+        output = self._engine.predict(inputs, maps=maps or locate)
         manifest = self._bundle.manifest
-        return output, decide(output, manifest.taxonomy, manifest.abstention, self._ood)
+        predictions = decide(output, manifest.taxonomy, manifest.abstention, self._ood)
+        if locate:
+            assert geometries is not None
+            found = image_findings(
+                output.maps, geometries, [p.abnormal_probability for p in predictions],
+                [p.body_part for p in predictions], operating=dict(self.thresholds),
+                finding_thresholds=dict(self.localisation.finding_thresholds),
+                stride=self.localisation.stride, max_findings=self.localisation.max_findings)
+            predictions = [replace(p, findings=f) if f else p
+                           for p, f in zip(predictions, found, strict=True)]
+        return output, predictions
 
     def predict_images(self, images: Sequence[NDArray[np.floating]]) -> list[ImagePrediction]:
-        """Predict each image's body part, whether it is assessed, and its abnormality.
+        """Predict each image's body part, whether it is assessed, its abnormality and its
+        findings.
 
         Parameters
         ----------
@@ -146,7 +182,7 @@ class TwoStageClassifier:
         """
         if len(images) == 0:
             return []
-        return self.predict_arrays(self.preprocess(images))[1]
+        return self.predict_arrays(*self.preprocess(images))[1]
 
     def study(self, images: Sequence[ImagePrediction]) -> StudyPrediction:
         """The study result of some image predictions (mean of the assessed images)."""

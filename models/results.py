@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from models.findings import Finding
+
 
 def check_probability(name: str, value: object) -> float:
     """Return ``value`` as a float if it is a probability in [0, 1], else ``ValueError``."""
@@ -53,6 +55,9 @@ class ImagePrediction:
     ood_score : float or None
         Feature-space out-of-distribution score of the image (higher = further from the
         training data), when the bundle has one.
+    findings : tuple of Finding
+        Suspected fractures located on the image, the most probable first
+        (:mod:`models.findings`); only an assessed image has any.
     """
 
     body_part: str
@@ -61,6 +66,7 @@ class ImagePrediction:
     abnormal_probability: float | None
     reason: str = ""
     ood_score: float | None = None
+    findings: tuple[Finding, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.body_part, str) or not self.body_part:
@@ -81,6 +87,11 @@ class ImagePrediction:
             not isinstance(self.ood_score, int | float) or math.isnan(self.ood_score)
         ):
             raise ValueError(f"ood_score must be a number or None, got {self.ood_score!r}")
+        if not isinstance(self.findings, tuple) or not all(
+                isinstance(f, Finding) for f in self.findings):
+            raise ValueError("findings must be a tuple of Finding")
+        if self.findings and not self.assessed:
+            raise ValueError("an image not assessed has no findings")
 
     @classmethod
     def not_assessed(cls, reason: str, *, body_part: str = "UNKNOWN",

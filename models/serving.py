@@ -61,6 +61,6 @@ class OnnxRunner:
 
     def abnormal(self, name: str,
                  x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Stage-2 logits (N x 2) and class-activation maps (N x h x w) of class ``name``."""
-        logits, cam = self._run(name, x)
-        return logits, cam
+        """Stage-2 logits (N x 2) and fracture maps (N x h x w) of class ``name``."""
+        logits, fmap = self._run(name, x)
+        return logits, fmap

@@ -45,7 +45,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,15 @@ from tqdm import tqdm
 
 from models.bank import ImageBank, MuraImageDataset
 from models.calibrate import parse_threshold_rule
-from models.data import load_studies, load_taxonomy
+from models.data import load_boxes, load_studies, load_taxonomy
 from models.enhance import Preprocessing
 from models.networks import (
     ARCHITECTURE,
     ARCHITECTURES,
-    abnormality_classifier,
+    MAP_STRIDE,
     body_part_classifier,
+    fracture_classifier,
+    pooled_input,
 )
 from models.taxonomy import MURA_TAXONOMY, Taxonomy
 from models.two_stage import TwoStageNetwork
@@ -79,7 +81,9 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "arch": ARCHITECTURE, "input_size": 96, "width_mult": 0.5, "epochs": 12,
         "shared_epochs": 24, "abnormal_epochs": 6, "batch_size": 32, "lr": 5e-3,
         "finetune_lr": 1e-3, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01,
-        "kernel_size": 48, "augment": True,
+        "kernel_size": 48, "augment": True, "body_part_pool": 1, "crop_foreground": False,
+        "photometric": False, "ema": False, "dense_weight": 1.0, "abnormal_batch_size": 32,
+        "shared_scope": "assessed",
     },
     # The tests' phantom (80 studies per bone type, 160-320 px images), once per test session.
     # Smaller phantoms or fewer epochs fall short of the tests' accuracy bar.
@@ -87,15 +91,22 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "arch": ARCHITECTURE, "input_size": 96, "width_mult": 0.5, "epochs": 12,
         "shared_epochs": 20, "abnormal_epochs": 6, "batch_size": 32, "lr": 5e-3,
         "finetune_lr": 1e-3, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01,
-        "kernel_size": 48, "augment": True,
+        "kernel_size": 48, "augment": True, "body_part_pool": 1, "crop_foreground": False,
+        "photometric": False, "ema": False, "dense_weight": 1.0, "abnormal_batch_size": 32,
+        "shared_scope": "assessed",
     },
-    # Real radiographs (`ossa data import-fracatlas`): the shipped bundles/fracatlas. 224 px
-    # (the paper's input), width 0.5 so that three networks fit the 25 MB bundle budget.
+    # Real radiographs (`ossa data import-fracatlas`): the shipped bundles/fracatlas. 384 px
+    # after the foreground crop, so that a fracture spans a few map cells (FracAtlas's median
+    # box is 27 px on ~450 px films); stage 1 sees it pooled to 192 px. Width 0.5 so that the
+    # networks fit the 25 MB bundle budget; stage 2 in batches of 8, the fastest per image on
+    # 2 CPU cores at this size. The fracture network is pretrained on every region's films.
     "real": {
-        "arch": ARCHITECTURE, "input_size": 224, "width_mult": 0.5, "epochs": 14,
-        "shared_epochs": 30, "abnormal_epochs": 10, "batch_size": 32, "lr": 3e-3,
+        "arch": ARCHITECTURE, "input_size": 384, "width_mult": 0.5, "epochs": 12,
+        "shared_epochs": 20, "abnormal_epochs": 12, "batch_size": 32, "lr": 2e-3,
         "finetune_lr": 5e-4, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01,
-        "kernel_size": 56, "augment": True,
+        "kernel_size": 96, "augment": True, "body_part_pool": 2, "crop_foreground": True,
+        "photometric": True, "ema": True, "dense_weight": 1.0, "abnormal_batch_size": 8,
+        "shared_scope": "all", "normal_ratio": 1.5,
     },
 }
 
@@ -104,6 +115,8 @@ _RESUME_KEYS: tuple[str, ...] = (
     "data", "seed", "deterministic", "arch", "imagenet_weights", "epochs", "shared_epochs",
     "abnormal_epochs", "input_size", "width_mult", "batch_size", "lr", "finetune_lr",
     "weight_decay", "label_smoothing", "clip_limit", "kernel_size", "augment", "amp",
+    "body_part_pool", "crop_foreground", "photometric", "ema", "dense_weight",
+    "abnormal_batch_size", "shared_scope", "normal_ratio",
 )
 
 #: Format tag of the checkpoint files.
@@ -131,6 +144,18 @@ class TrainingOptions:
         Cross-entropy label smoothing in [0, 1).
     augment : bool
         Random mirroring and affine transform of each batch.
+    photometric : bool
+        Also a random gamma and contrast change of each image (with ``augment``).
+    ema : bool
+        Keep an exponential moving average of the weights (and BatchNorm statistics) and end
+        with it; its horizon is a tenth of the run's steps.
+    dense_weight : float
+        Weight of the fracture-map loss beside the image loss (networks with a fracture head,
+        trained with boxes).
+    normal_ratio : float, optional
+        Each epoch takes every abnormal image and this many times as many normal ones, drawn
+        afresh (binary targets only): rare findings are seen every epoch without a pass over
+        every normal film. None: every image every epoch.
     """
 
     epochs: int
@@ -139,6 +164,10 @@ class TrainingOptions:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     augment: bool = True
+    photometric: bool = False
+    ema: bool = False
+    dense_weight: float = 1.0
+    normal_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -151,6 +180,10 @@ class TrainingOptions:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.dense_weight >= 0:
+            raise ValueError(f"dense_weight must be >= 0, got {self.dense_weight}")
+        if self.normal_ratio is not None and not self.normal_ratio > 0:
+            raise ValueError(f"normal_ratio must be > 0, got {self.normal_ratio}")
 
 
 def mura_class_weights(labels: torch.Tensor) -> torch.Tensor:
@@ -180,7 +213,8 @@ def mura_class_weights(labels: torch.Tensor) -> torch.Tensor:
     return torch.tensor([abnormal / n, normal / n], dtype=torch.float32)
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator, *, fill: float,
+def augment_batch(images: torch.Tensor, generator: torch.Generator, *,
+                  fill: float | torch.Tensor,
                   max_rotation: float = 15.0, max_scale: float = 0.1,
                   max_shift: float = 0.08) -> torch.Tensor:
     """Random mirror and small affine transform of a batch (N x C x S x S).
@@ -191,8 +225,9 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, *, fill: flo
         Normalized batch.
     generator : torch.Generator
         Source of randomness (seeded by the caller).
-    fill : float
-        Value outside the transformed image (the normalized black background).
+    fill : float or torch.Tensor
+        Value outside the transformed image (the normalized black background), or one per
+        channel (1 x C x 1 x 1) when target maps ride along as extra channels.
     max_rotation : float
         Largest rotation in degrees.
     max_scale : float
@@ -218,6 +253,65 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, *, fill: flo
     out = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros",
                         align_corners=False)
     return out + fill
+
+
+def photometric_batch(images: torch.Tensor, generator: torch.Generator, *, mean: float,
+                      std: float, max_gamma: float = 0.3, max_contrast: float = 0.2
+                      ) -> torch.Tensor:
+    """Random gamma (``x ** g``, log g uniform in +-``max_gamma``) and contrast (about the
+    image mean, x 1 +- ``max_contrast``) of normalized images, exposure differences between
+    films; black stays black."""
+    n = images.shape[0]
+    log_gamma = (torch.rand(n, generator=generator) * 2 - 1) * max_gamma
+    contrast = 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * max_contrast
+    x = (images * std + mean).clamp(0.0, 1.0) ** torch.exp(log_gamma)[:, None, None, None]
+    centre = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - centre) * contrast[:, None, None, None] + centre).clamp(0.0, 1.0)
+    return (x - mean) / std
+
+
+def box_masks(boxes: Sequence[torch.Tensor], annotated: torch.Tensor, labels: torch.Tensor,
+              size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input-resolution targets of the fracture head: (positive, weight), each N x 1 x S x S.
+
+    ``positive`` is 1 inside an image's boxes. ``weight`` says which pixels train the map:
+    every pixel of a normal image (label 0; it has no fracture anywhere), the boxes of an
+    annotated fractured image (the rest of it is ignored: an annotator may have boxed one
+    fracture of several), nothing of an unannotated fractured image.
+    """
+    n = len(boxes)
+    positive = torch.zeros(n, 1, size, size)
+    weight = torch.zeros(n, 1, size, size)
+    for i, image_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in image_boxes.tolist():
+            c0, r0 = max(math.floor(x0), 0), max(math.floor(y0), 0)
+            c1, r1 = min(math.ceil(x1), size), min(math.ceil(y1), size)
+            positive[i, 0, r0:r1, c0:c1] = 1.0
+        if int(labels[i]) == 0:
+            weight[i] = 1.0
+        elif bool(annotated[i]):
+            weight[i] = positive[i]
+    return positive, weight
+
+
+def dense_loss(fmap: torch.Tensor, positive: torch.Tensor, weight: torch.Tensor, *,
+               stride: int) -> torch.Tensor:
+    """Balanced binary cross-entropy of the fracture map against pixel targets.
+
+    A cell is positive when a box touches its centre half (max-pooled positive > 0.5) and
+    trains when its weight does; positive and negative cells each contribute their mean, so
+    that a few fracture cells weigh as much as a film of normal ones.
+    """
+    cell_pos = (F.max_pool2d(positive, stride) > 0.5)[:, 0].float()
+    cell_w = (F.max_pool2d(weight, stride) > 0.5)[:, 0].float()
+    bce = F.binary_cross_entropy_with_logits(fmap.float(), cell_pos, reduction="none")
+    pos, neg = cell_pos * cell_w, (1 - cell_pos) * cell_w
+    loss = fmap.new_zeros((), dtype=torch.float32)
+    if pos.sum() > 0:
+        loss = loss + (bce * pos).sum() / pos.sum()
+    if neg.sum() > 0:
+        loss = loss + (bce * neg).sum() / neg.sum()
+    return loss
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -265,6 +359,9 @@ def train_network(
     autocast_dtype: torch.dtype | None = None,
     resume: Mapping[str, Any] | None = None,
     on_epoch: Callable[[EpochState], None] | None = None,
+    boxes: Sequence[torch.Tensor] | None = None,
+    annotated: torch.Tensor | None = None,
+    normalization: tuple[float, float] = (0.449, 0.226),
 ) -> list[dict[str, float]]:
     """Train ``model`` on in-memory ``images`` with AdamW and a one-cycle schedule.
 
@@ -295,7 +392,16 @@ def train_network(
         continues after its epoch, with the same result as if it had never stopped.
     on_epoch : callable, optional
         Called after every epoch with the complete state (model, optimizer, scheduler, gradient
-        scaler, ``generator``'s and torch's global random states, history) to checkpoint.
+        scaler, ``generator``'s and torch's global random states, weight average, history) to
+        checkpoint.
+    boxes : sequence of torch.Tensor, optional
+        Each image's finding boxes in input pixels (K x 4): with a model that returns
+        ``(logits, map)`` (:class:`~models.networks.FractureNet`), the map is trained on them
+        (:func:`box_masks`, :func:`dense_loss`) beside the image loss.
+    annotated : torch.Tensor, optional
+        Bool per image: whether its boxes are all its findings (with ``boxes``).
+    normalization : tuple of float
+        The inputs' (mean, std), for the photometric augmentation.
 
     Returns
     -------
@@ -306,8 +412,16 @@ def train_network(
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"{name}: needs at least 2 training images, got {n}")
-    batch_size = min(options.batch_size, n)
-    steps_per_epoch = n // batch_size
+    abnormal_rows = torch.nonzero(targets == 1).flatten()
+    normal_rows = torch.nonzero(targets == 0).flatten()
+    per_epoch = n
+    if options.normal_ratio is not None:
+        if len(abnormal_rows) + len(normal_rows) != n:
+            raise ValueError(f"{name}: normal_ratio needs binary targets")
+        normals = min(len(normal_rows), round(options.normal_ratio * len(abnormal_rows)))
+        per_epoch = len(abnormal_rows) + normals
+    batch_size = min(options.batch_size, per_epoch)
+    steps_per_epoch = per_epoch // batch_size
     # channels-last runs MobileNet's depthwise convolutions markedly faster on CPU
     model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr,
@@ -319,6 +433,13 @@ def train_network(
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     weight = class_weights.to(device) if class_weights is not None else None
     history: list[dict[str, float]] = []
+    ema = ({k: v.detach().clone() for k, v in model.state_dict().items()} if options.ema
+           else None)
+    ema_decay = 1.0 - 1.0 / max(10.0, 0.1 * options.epochs * steps_per_epoch)
+    dense = boxes is not None and annotated is not None
+    if dense and len(boxes or ()) != n:
+        raise ValueError(f"{name}: boxes must hold one entry per image ({n})")
+    stride = MAP_STRIDE
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -330,32 +451,61 @@ def train_network(
         if resume["cuda_rng"] is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
         history = [dict(record) for record in resume["history"]]
+        if ema is not None:
+            ema = {k: v.to(device) for k, v in resume["ema"].items()}
     progress = tqdm(total=options.epochs * steps_per_epoch * batch_size,
                     initial=len(history) * steps_per_epoch * batch_size, desc=name, unit="img",
                     file=sys.stderr, disable=None, leave=False, dynamic_ncols=True)
     try:
         for epoch in range(len(history) + 1, options.epochs + 1):
             start = time.perf_counter()
-            order = torch.randperm(n, generator=generator)
-            total_loss, correct, seen = 0.0, 0, 0
+            if options.normal_ratio is None:
+                order = torch.randperm(n, generator=generator)
+            else:
+                drawn = normal_rows[torch.randperm(len(normal_rows), generator=generator)]
+                epoch_rows = torch.cat([abnormal_rows, drawn[: per_epoch - len(abnormal_rows)]])
+                order = epoch_rows[torch.randperm(per_epoch, generator=generator)]
+            total_loss, total_dense, correct, seen = 0.0, 0.0, 0, 0
             for step in range(steps_per_epoch):
                 index = order[step * batch_size : (step + 1) * batch_size]
                 x = images[index].float()
+                size = x.shape[-1]
+                if options.augment and options.photometric:
+                    x = photometric_batch(x, generator, mean=normalization[0],
+                                          std=normalization[1])
+                masks = None
+                if dense:
+                    assert boxes is not None and annotated is not None
+                    positive, mask_weight = box_masks([boxes[int(i)] for i in index],
+                                                      annotated[index], targets[index], size)
+                    x = torch.cat([x, positive, mask_weight], dim=1)
                 if options.augment:
-                    x = augment_batch(x, generator, fill=fill)
+                    channel_fill = torch.zeros(1, x.shape[1], 1, 1)
+                    channel_fill[:, : x.shape[1] - (2 if dense else 0)] = fill
+                    x = augment_batch(x, generator, fill=channel_fill if dense else fill)
+                if dense:
+                    masks = (x[:, -2:-1].to(device), x[:, -1:].to(device))
+                    x = x[:, :-2]
                 x = x.to(device).contiguous(memory_format=torch.channels_last)
                 y = targets[index].to(device)
                 with torch.autocast(device.type, dtype=autocast_dtype,
                                     enabled=autocast_dtype is not None):
-                    logits = model(x)
+                    out = model(x)
+                logits, fmap = out if isinstance(out, tuple) else (out, None)
                 # the loss in float32; with weights, MURA's mean of weighted cross-entropies
                 loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="none",
                                        label_smoothing=options.label_smoothing).mean()
+                if masks is not None and fmap is not None:
+                    map_loss = dense_loss(fmap, *masks, stride=stride)
+                    loss = loss + options.dense_weight * map_loss
+                    total_dense += float(map_loss.detach()) * len(index)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    _update_average(ema, model, ema_decay)
                 total_loss += float(loss.detach()) * len(index)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(index)
@@ -365,6 +515,8 @@ def train_network(
             seconds = time.perf_counter() - start
             record = {"epoch": epoch, "loss": total_loss / seen, "accuracy": correct / seen,
                       "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9)}
+            if dense:
+                record["dense_loss"] = total_dense / seen
             history.append(record)
             logger.info("%s epoch %d/%d loss %.4f acc %.3f %.0f img/s (%.1fs)", name, epoch,
                         options.epochs, record["loss"], record["accuracy"],
@@ -380,12 +532,26 @@ def train_network(
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": (torch.cuda.get_rng_state_all() if device.type == "cuda"
                                  else None),
+                    "ema": ema,
                     "history": [dict(r) for r in history],
                 })
     finally:
         progress.close()
+    if ema is not None:
+        model.load_state_dict(ema)
     model.to(memory_format=torch.contiguous_format).eval()
     return history
+
+
+def _update_average(average: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
+    """One step of the exponential moving average of ``model``'s state (integer buffers,
+    such as BatchNorm's batch count, are copied)."""
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                average[key].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+            else:
+                average[key].copy_(value)
 
 
 class CheckpointDir:
@@ -508,6 +674,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--clip-limit", type=float, default=None, help="CLAHE clip limit")
     parser.add_argument("--kernel-size", type=int, default=None, help="CLAHE tile size (px)")
+    parser.add_argument("--abnormal-batch-size", type=int, default=None,
+                        help="batch size of the stage-2 (fracture) networks")
+    parser.add_argument("--body-part-pool", type=int, choices=(1, 2, 4), default=None,
+                        help="average pooling at the start of the stage-1 network")
+    parser.add_argument("--crop-foreground", action=argparse.BooleanOptionalAction,
+                        default=None, help="crop each image to its exposed field first")
+    parser.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=None,
+                        help="random gamma and contrast in the augmentation")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help="end each network with its exponential moving average weights")
+    parser.add_argument("--dense-weight", type=float, default=None,
+                        help="weight of the fracture-map loss (datasets with boxes)")
+    parser.add_argument("--shared-scope", choices=("assessed", "all"), default=None,
+                        help="images of the shared fracture network: the assessed classes', "
+                             "or every class's (fractures of every region)")
+    parser.add_argument("--normal-ratio", type=float, default=None,
+                        help="stage-2 epochs take every abnormal image and this many times as "
+                             "many normal ones, drawn afresh each epoch (default: preset's; "
+                             "none in the demo and test presets)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="mirror + random affine augmentation")
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
@@ -549,7 +734,13 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
     resolved = argparse.Namespace(**vars(args))
-    for key, value in PRESETS[args.preset].items():
+    preset = PRESETS[args.preset]
+    if getattr(args, "input_size", None) is not None and getattr(args, "kernel_size",
+                                                                 None) is None:
+        # CLAHE tiles scale with the input: the same share of the image
+        resolved.kernel_size = max(2, round(preset["kernel_size"] * args.input_size
+                                            / preset["input_size"]))
+    for key, value in preset.items():
         if getattr(resolved, key, None) is None:
             setattr(resolved, key, value)
     if resolved.threads is None:
@@ -644,6 +835,7 @@ class _Job:
     targets: torch.Tensor  # over the train bank
     options: TrainingOptions
     class_weights: torch.Tensor | None
+    dense: bool = False  # train the fracture map on the boxes
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> None:
@@ -665,16 +857,24 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
         logger.info("no checkpoint in %s: training from the start", store.path)
 
     preprocessing = Preprocessing(input_size=args.input_size, clip_limit=args.clip_limit,
-                                  kernel_size=args.kernel_size)
+                                  kernel_size=args.kernel_size,
+                                  crop_foreground=args.crop_foreground)
+    if args.input_size % (32 * args.body_part_pool):
+        raise ValueError(f"input_size must be a multiple of {32 * args.body_part_pool} "
+                         f"(32 x body_part_pool), got {args.input_size}")
     build = {"arch": args.arch, "width_mult": args.width_mult,
              "in_channels": preprocessing.channels, "imagenet_weights": args.imagenet_weights,
              "zero_init_residual": True}
     autocast = amp_dtype(device, args.amp)
 
-    def options(epochs: int, lr: float) -> TrainingOptions:
-        return TrainingOptions(epochs=epochs, batch_size=args.batch_size, lr=lr,
+    def options(epochs: int, lr: float, batch_size: int | None = None,
+                binary: bool = False) -> TrainingOptions:
+        return TrainingOptions(epochs=epochs, batch_size=batch_size or args.batch_size, lr=lr,
                                weight_decay=args.weight_decay,
-                               label_smoothing=args.label_smoothing, augment=args.augment)
+                               label_smoothing=args.label_smoothing, augment=args.augment,
+                               photometric=args.photometric, ema=args.ema,
+                               dense_weight=args.dense_weight,
+                               normal_ratio=None if binary is False else args.normal_ratio)
 
     train_studies = load_studies(args.data, "train")
     valid_studies = load_studies(args.data, "valid")
@@ -682,12 +882,18 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
     # a labelled dataset names its classes and codes (taxonomy.json); MURA's are the paper's
     base = load_taxonomy(args.data) or MURA_TAXONOMY
     taxonomy = Taxonomy.from_names([n for n in base.names if n in present], base)
+    loaded = load_boxes(args.data)
+    boxes = loaded[0] if loaded is not None else {}
     t0 = time.perf_counter()
-    train = MuraImageDataset(train_studies, preprocessing, taxonomy).bank(workers=args.workers)
-    valid = MuraImageDataset(valid_studies, preprocessing, taxonomy).bank(workers=args.workers)
-    logger.info("preprocessed %d train and %d valid images in %.1fs (classes %s)",
-                len(train.labels), len(valid.labels), time.perf_counter() - t0,
-                ", ".join(taxonomy.names))
+    train = MuraImageDataset(train_studies, preprocessing, taxonomy,
+                             boxes=boxes).bank(workers=args.workers)
+    valid = MuraImageDataset(valid_studies, preprocessing, taxonomy,
+                             boxes=boxes).bank(workers=args.workers)
+    logger.info("preprocessed %d train and %d valid images in %.1fs (classes %s); %d train "
+                "images annotated with %d boxes", len(train.labels), len(valid.labels),
+                time.perf_counter() - t0, ", ".join(taxonomy.names),
+                int(train.annotated.sum()) if train.annotated is not None else 0,
+                sum(len(b) for b in train.boxes))
     counts = {name: int((train.classes == i).sum()) for i, name in enumerate(taxonomy.names)}
     for name, count in counts.items():
         if count < 2:
@@ -710,18 +916,24 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
         0, 2**31 - 1, size=2 + len(base))]
     assessed = torch.tensor([taxonomy.is_assessed(n) for n in taxonomy.names])[train.classes]
     everything = torch.ones_like(assessed)
+    with_boxes = bool(train.annotated is not None and train.annotated.any())
     jobs = [_Job("body_part", seeds[0], everything, train.classes,
                  options(args.epochs, args.lr), None)]
     if args.shared_epochs > 0:
-        jobs.append(_Job("shared_abnormal", seeds[1], assessed, train.labels,
-                         options(args.shared_epochs, args.lr),
-                         _class_weights(train.labels[assessed], "shared_abnormal")))
+        shared = everything if args.shared_scope == "all" else assessed
+        jobs.append(_Job("shared_abnormal", seeds[1], shared, train.labels,
+                         options(args.shared_epochs, args.lr, args.abnormal_batch_size, True),
+                         _class_weights(train.labels[shared], "shared_abnormal",
+                                        args.normal_ratio), with_boxes))
     finetune_lr = args.finetune_lr if args.shared_epochs else args.lr
     for name in taxonomy.assessed:
         select = train.classes == taxonomy.index(name)
         jobs.append(_Job(f"abnormal_{name}", seeds[2 + base.index(name)], select,
-                         train.labels, options(args.abnormal_epochs, finetune_lr),
-                         _class_weights(train.labels[select], f"abnormal_{name}")))
+                         train.labels,
+                         options(args.abnormal_epochs, finetune_lr, args.abnormal_batch_size,
+                                 True),
+                         _class_weights(train.labels[select], f"abnormal_{name}",
+                                        args.normal_ratio), with_boxes))
 
     finished: dict[str, dict[str, Any]] = dict(checkpoint["finished"]) if checkpoint else {}
     fill = preprocessing.background
@@ -729,9 +941,10 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
     for position, job in enumerate(jobs):
         generator = _seeded(job.seed)
         if job.name == "body_part":
-            model = body_part_classifier(num_classes=len(taxonomy), **build)
+            model = pooled_input(body_part_classifier(num_classes=len(taxonomy), **build),
+                                 args.body_part_pool)
         elif job.name == "shared_abnormal":
-            model = abnormality_classifier(**build)
+            model = fracture_classifier(**build)
         else:
             model = copy.deepcopy(models["shared_abnormal"])
         if job.name in finished:
@@ -747,11 +960,15 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
                             "position": position, "network": name, "epoch": state["epoch"],
                             "current": state, "finished": finished})
 
+            rows = torch.nonzero(job.select).flatten()
             history = train_network(
                 model, train.images[job.select], job.targets[job.select], job.options,
                 generator=generator, fill=fill, device=device, name=job.name,
                 class_weights=job.class_weights, autocast_dtype=autocast, resume=resume,
-                on_epoch=save)
+                on_epoch=save,
+                boxes=[train.boxes[int(i)] for i in rows] if job.dense else None,
+                annotated=train.annotated[job.select] if job.dense else None,
+                normalization=(preprocessing.mean, preprocessing.std))
             finished[job.name] = {
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "history": history,
@@ -760,7 +977,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
         if job.name == "body_part" and args.shared_epochs == 0:
             # the per-class networks start from one untrained (or ImageNet) network
             _seeded(seeds[1])
-            models["shared_abnormal"] = abnormality_classifier(**build).to(device).eval()
+            models["shared_abnormal"] = fracture_classifier(**build).to(device).eval()
 
     network = TwoStageNetwork(models["body_part"],
                               {name: models[f"abnormal_{name}"] for name in taxonomy.assessed},
@@ -779,11 +996,19 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
     logger.info("bundle written to %s in %.0fs", path, time.perf_counter() - started)
 
 
-def _class_weights(labels: torch.Tensor, name: str) -> torch.Tensor:
+def _class_weights(labels: torch.Tensor, name: str,
+                   normal_ratio: float | None = None) -> torch.Tensor:
+    """MURA's weights over the images one epoch sees (with ``normal_ratio``, the drawn share
+    of normal images)."""
     try:
-        return mura_class_weights(labels)
+        weights = mura_class_weights(labels)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from exc
+    if normal_ratio is None:
+        return weights
+    abnormal = int((labels == 1).sum())
+    normal = min(int((labels == 0).sum()), round(normal_ratio * abnormal))
+    return mura_class_weights(torch.cat([torch.ones(abnormal), torch.zeros(normal)]))
 
 
 def _provenance(args: argparse.Namespace, *, device: torch.device,
@@ -812,6 +1037,9 @@ def _provenance(args: argparse.Namespace, *, device: torch.device,
             "train_images_per_class": {
                 name: int((train.classes == i).sum()) for i, name in enumerate(taxonomy.names)
             },
+            "train_images_annotated": (int(train.annotated.sum())
+                                       if train.annotated is not None else 0),
+            "train_boxes": sum(len(b) for b in train.boxes),
         },
         "class_weights": {job.name: [float(w) for w in job.class_weights]
                           for job in jobs if job.class_weights is not None},

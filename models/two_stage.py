@@ -1,11 +1,11 @@
 """The two-stage network in PyTorch: what training builds, bundles store and ONNX exports.
 
-:class:`ServingHead` wraps a torchvision MobileNet so that one forward pass returns, with the
-logits, what serving needs without gradients: the pooled features (stage 1, for the
-out-of-distribution score) or a class-activation map (stage 2, for the annotated secondary
-capture). The same wrapper is exported to ONNX and run by the torch backend, so both backends
-compute the same graph; routing, flip averaging and softmax happen once, in numpy
-(:mod:`models.engine`).
+:class:`ServingHead` wraps a network so that one forward pass returns, with the logits, what
+serving needs without gradients: the pooled features (stage 1, for the out-of-distribution
+score) or the fracture probability map (stage 2, a :class:`models.networks.FractureNet`: the
+image score and the findings). The same wrapper is exported to ONNX and run by the torch
+backend, so both backends compute the same graph; routing, flip averaging, softmax and the
+image score happen once, in numpy (:mod:`models.engine`).
 """
 
 from __future__ import annotations
@@ -18,50 +18,49 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from torch import nn
 
+from models.networks import FractureNet
 from models.taxonomy import Taxonomy
 
 #: Output names of the stage-1 network, in order.
 BODY_PART_OUTPUTS: tuple[str, str] = ("logits", "features")
 #: Output names of a stage-2 network, in order.
-ABNORMAL_OUTPUTS: tuple[str, str] = ("logits", "cam")
+ABNORMAL_OUTPUTS: tuple[str, str] = ("logits", "map")
 #: Input name of every network.
 INPUT_NAME = "image"
 
 
 class ServingHead(nn.Module):
-    """A torchvision MobileNet (``features`` + ``classifier``) that also returns a map.
+    """A network's serving outputs: its logits and the pooled features or the fracture map.
 
     Parameters
     ----------
     model : torch.nn.Module
-        A torchvision ``MobileNetV2`` or ``MobileNetV3``.
-    output : {"features", "cam"}
+        ``"features"``: a torchvision MobileNet (``features`` + ``classifier``);
+        ``"map"``: a :class:`models.networks.FractureNet`.
+    output : {"features", "map"}
         ``"features"``: the globally pooled last feature map (N x D).
-        ``"cam"``: the class-activation map of class 1 against class 0 (N x h x w): the
-        classifier applied at every location of the last feature map (Zhou et al. 2016;
-        for MobileNetV2's linear head its spatial mean is exactly the logit difference).
+        ``"map"``: the fracture probability of every cell (sigmoid of the head, N x h x w).
     """
 
     def __init__(self, model: nn.Module, output: str) -> None:
         super().__init__()
-        if output not in ("features", "cam"):
-            raise ValueError(f"output must be 'features' or 'cam', got {output!r}")
+        if output not in ("features", "map"):
+            raise ValueError(f"output must be 'features' or 'map', got {output!r}")
+        if output == "map" and not isinstance(model, FractureNet):
+            raise ValueError("output 'map' needs a FractureNet")
         trunk, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
         if not isinstance(trunk, nn.Module) or not isinstance(classifier, nn.Module):
             raise ValueError("model must have 'features' and 'classifier' modules "
                              "(a torchvision MobileNet)")
-        self.trunk = trunk
-        self.classifier = classifier
+        self.model = model
         self.output = output
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.trunk(x)
-        pooled = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
-        logits = self.classifier(pooled)
-        if self.output == "features":
-            return logits, pooled
-        local = self.classifier(fmap.permute(0, 2, 3, 1))
-        return logits, local[..., 1] - local[..., 0]
+        if self.output == "map":
+            logits, fmap = self.model(x)
+            return logits, torch.sigmoid(fmap)
+        pooled = F.adaptive_avg_pool2d(self.model.features(x), 1).flatten(1)
+        return self.model.classifier(pooled), pooled
 
 
 class TwoStageNetwork(nn.Module):
@@ -71,8 +70,9 @@ class TwoStageNetwork(nn.Module):
     ----------
     body_part : torch.nn.Module
         Stage 1: maps a batch to ``len(taxonomy)`` logits (a torchvision MobileNet).
-    abnormal : mapping of str to torch.nn.Module
-        Stage 2: one 2-logit network (class 1 = abnormal) per assessed class of ``taxonomy``.
+    abnormal : mapping of str to FractureNet
+        Stage 2: one network (2 logits, class 1 = abnormal, and a fracture map) per assessed
+        class of ``taxonomy``.
     taxonomy : Taxonomy
         Class order of ``body_part``'s logits and which classes are assessed.
     """
@@ -90,7 +90,7 @@ class TwoStageNetwork(nn.Module):
     def heads(self) -> dict[str, ServingHead]:
         """Every network wrapped for serving, keyed ``"body_part"`` or the class name."""
         heads = {"body_part": ServingHead(self.body_part, "features")}
-        heads.update({name: ServingHead(net, "cam") for name, net in self.abnormal.items()})
+        heads.update({name: ServingHead(net, "map") for name, net in self.abnormal.items()})
         return heads
 
 
@@ -122,6 +122,6 @@ class TorchRunner:
 
     def abnormal(self, name: str,
                  x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Stage-2 logits (N x 2) and class-activation maps (N x h x w) of class ``name``."""
-        logits, cam = self._run(name, x)
-        return logits, cam
+        """Stage-2 logits (N x 2) and fracture maps (N x h x w) of class ``name``."""
+        logits, fmap = self._run(name, x)
+        return logits, fmap
