@@ -3,7 +3,13 @@
 One JSON object per file on standard output, in the order given::
 
     {"file": "a.dcm", "body_part": "WRIST", "body_part_probability": 0.97,
-     "assessed": true, "reason": "", "abnormal_probability": 0.81, "ood_score": 4.2}
+     "assessed": true, "reason": "", "abnormal_probability": 0.81, "ood_score": 4.2,
+     "findings": [{"x0": 412.0, "y0": 630.5, "x1": 498.0, "y1": 702.0,
+                   "probability": 0.74}]}
+
+``findings`` are the suspected fractures located on the file's image (:mod:`models.findings`),
+in its pixels (a DICOM file's Columns x Rows, x = column, y = row, top-left origin), the
+most probable first; empty for an image that is not assessed or not flagged.
 
 then one ``"study"`` line per study the files form: DICOM files sharing a Study Instance UID,
 or image files in the same folder (MURA's layout: one folder per study). A file that cannot be
@@ -48,8 +54,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def read_file(path: Path, max_side: int | None = None) -> tuple[NDArray[np.float32], str]:
-    """A file's normalized image and its study key (Study Instance UID or folder).
+def read_file(path: Path, max_side: int | None = None
+              ) -> tuple[NDArray[np.float32], str, tuple[int, int]]:
+    """A file's normalized image, its study key (Study Instance UID or folder) and the size
+    (columns, rows) of the image as stored, which findings are given in.
 
     ``max_side``: the longest side the classifier needs
     (:meth:`models.enhance.Preprocessing.working_side`); a DICOM image is rendered at the
@@ -64,7 +72,8 @@ def read_file(path: Path, max_side: int | None = None) -> tuple[NDArray[np.float
     if path.suffix.lower() in IMAGE_SUFFIXES:
         from models.data import read_image
 
-        return read_image(path), f"folder:{path.parent.resolve()}"
+        image = read_image(path)
+        return image, f"folder:{path.parent.resolve()}", (image.shape[1], image.shape[0])
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -75,15 +84,17 @@ def read_file(path: Path, max_side: int | None = None) -> tuple[NDArray[np.float
         image = normalize_radiograph(ds, max_side=max_side)
     except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError) as exc:
         raise ValueError(f"not a readable DICOM radiograph: {exc}") from exc
-    return image, f"study:{ds.get('StudyInstanceUID', path.parent.resolve())}"
+    return (image, f"study:{ds.get('StudyInstanceUID', path.parent.resolve())}",
+            (int(ds.Columns), int(ds.Rows)))
 
 
-def _image_line(path: Path, p: Any) -> dict[str, Any]:
+def _image_line(path: Path, p: Any, scale: tuple[float, float]) -> dict[str, Any]:
     return {"file": str(path), "body_part": p.body_part,
             "body_part_probability": round(p.body_part_probability, 6), "assessed": p.assessed,
             "reason": p.reason, "abnormal_probability": (
                 None if p.abnormal_probability is None else round(p.abnormal_probability, 6)),
-            "ood_score": None if p.ood_score is None else round(p.ood_score, 4)}
+            "ood_score": None if p.ood_score is None else round(p.ood_score, 4),
+            "findings": [f.scaled(*scale).as_dict() for f in p.findings]}
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -99,24 +110,24 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     max_side = classifier.preprocessing.working_side()  # no secondary capture here
     images: list[NDArray[np.float32]] = []
-    readable: list[tuple[Path, str]] = []
+    readable: list[tuple[Path, str, tuple[float, float]]] = []
     lines: dict[int, dict[str, Any]] = {}
     for i, path in enumerate(args.files):
         try:
-            image, study = read_file(path, max_side)
+            image, study, (columns, rows) = read_file(path, max_side)
         except ValueError as exc:
             logger.error("%s: %s", path, exc)
             lines[i] = {"file": str(path), "error": str(exc)}
             continue
         images.append(image)
-        readable.append((path, study))
+        readable.append((path, study, (columns / image.shape[1], rows / image.shape[0])))
     predictions = classifier.predict_images(images) if images else []
     by_path = iter(zip(readable, predictions, strict=True))
     studies: dict[str, list[Any]] = {}
     for i in range(len(args.files)):
         if i not in lines:
-            (path, study), p = next(by_path)
-            lines[i] = _image_line(path, p)
+            (path, study, scale), p = next(by_path)
+            lines[i] = _image_line(path, p, scale)
             studies.setdefault(study, []).append(p)
         out.write(json.dumps(lines[i]) + "\n")
     for key, preds in studies.items():

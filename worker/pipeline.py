@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -37,7 +37,7 @@ from dicom_io.secondary_capture import (
     secondary_capture_uids,
 )
 from models.engine import EngineOutput
-from models.enhance import Preprocessing
+from models.enhance import InputGeometry, Preprocessing
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.taxonomy import Taxonomy
 from worker.spool import Spool
@@ -69,16 +69,18 @@ class StudyClassifier(Protocol):
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """How images become network inputs (the input size places a CAM on its image)."""
+        """How images become network inputs (the working size the images are rendered at)."""
         ...
 
-    def preprocess(self, images: Sequence[NDArray[np.floating]]) -> NDArray[np.float32]:
-        """Network inputs of normalized images."""
+    def preprocess(self, images: Sequence[NDArray[np.floating]]
+                   ) -> tuple[NDArray[np.float32], list[InputGeometry]]:
+        """Network inputs of normalized images, and where their pixels come from."""
         ...
 
-    def predict_arrays(self, inputs: NDArray[np.float32], *, cams: bool = False
-                       ) -> tuple[EngineOutput, list[ImagePrediction]]:
-        """Raw output (with class-activation maps when asked) and one prediction per input."""
+    def predict_arrays(self, inputs: NDArray[np.float32],
+                       geometries: Sequence[InputGeometry] | None = None, *,
+                       maps: bool = False) -> tuple[EngineOutput, list[ImagePrediction]]:
+        """Raw output and one prediction per input (with its findings, given geometries)."""
         ...
 
     def study(self, images: Sequence[ImagePrediction]) -> StudyPrediction:
@@ -119,14 +121,13 @@ class LoadedStudy:
 class Classified:
     """What the classify stage hands to the report stage for one job.
 
-    ``cams[i]`` is the class-activation map of ``study.sources[i]`` when it was assessed and
-    maps were asked for (secondary captures), else None.
+    The findings of ``prediction.images[i]`` are in the pixels of ``study.sources[i]``
+    (Columns x Rows), whatever size the image was rendered at.
     """
 
     study: LoadedStudy
     prediction: StudyPrediction | None
     error: str | None = None
-    cams: tuple[NDArray[np.float32] | None, ...] = ()
 
 
 class Scheduler:
@@ -201,7 +202,7 @@ class ClassifyStage:
         stop: threading.Event,
         *,
         scope: ScopeTable | None = None,
-        cams: bool = False,
+        captures: bool = False,
         max_batch_studies: int = 16,
         metrics: InferenceMetrics | None = None,
     ) -> None:
@@ -213,7 +214,7 @@ class ClassifyStage:
         self.out = out
         self.stop = stop
         self.scope = scope or ScopeTable()
-        self.cams = cams
+        self.captures = captures
         self.max_batch_studies = max_batch_studies
         self.metrics = metrics
 
@@ -223,15 +224,17 @@ class ClassifyStage:
         if not jobs:
             return 0
         loaded = [self._load(job) for job in jobs]
-        flat = [image for study in loaded for image in study.images if image is not None]
+        flat = [(ds, image) for study in loaded
+                for ds, image in zip(study.sources, study.images, strict=True)
+                if image is not None]
         try:
-            predictions, maps = self._predict(flat)
+            predictions = self._predict(flat)
             error = None
         except Exception as exc:  # one bad batch must not stop the stage
             logger.exception("Classifying studies %s failed", [j.study_uid for j in jobs])
-            predictions, maps = [], []
+            predictions = []
             error = f"classifier failed: {type(exc).__name__}: {exc}"
-        results, cams = iter(predictions), iter(maps)
+        results = iter(predictions)
         for study in loaded:
             if not study.sources:
                 item = Classified(study, None, f"no readable instance in {study.job.study_uid}")
@@ -239,36 +242,32 @@ class ClassifyStage:
                 item = Classified(study, None, error)
             else:
                 images: list[ImagePrediction] = []
-                study_cams: list[NDArray[np.float32] | None] = []
                 for image, verdict in zip(study.images, study.verdicts, strict=True):
                     if image is None:
                         assert verdict is not None
                         images.append(verdict)
-                        study_cams.append(None)
                     else:
                         images.append(next(results))
-                        study_cams.append(next(cams, None))
-                item = Classified(study, self.classifier.study(images), cams=tuple(study_cams))
+                item = Classified(study, self.classifier.study(images))
             if not self._hand_over(item):
                 break
         return len(jobs)
 
-    def _predict(self, images: Sequence[NDArray[np.float32]]
-                 ) -> tuple[list[ImagePrediction], list[NDArray[np.float32] | None]]:
-        """Every image's prediction and, when asked for, its class-activation map."""
-        if not images:
-            return [], []
+    def _predict(self, items: Sequence[tuple[Dataset, NDArray[np.float32]]]
+                 ) -> list[ImagePrediction]:
+        """Every image's prediction, its findings in the pixels of its source instance."""
+        if not items:
+            return []
         started = time.perf_counter()
-        output, predictions = self.classifier.predict_arrays(
-            self.classifier.preprocess(images), cams=self.cams
-        )
+        inputs, geometries = self.classifier.preprocess([image for _, image in items])
+        _, predictions = self.classifier.predict_arrays(inputs, geometries)
         if self.metrics is not None:
-            self.metrics.observe_inference(time.perf_counter() - started, len(images))
-        if not self.cams:
-            return predictions, []
-        maps = [None if not p.assessed or np.isnan(cam).all() else cam
-                for p, cam in zip(predictions, output.cams, strict=True)]
-        return predictions, maps
+            self.metrics.observe_inference(time.perf_counter() - started, len(items))
+        # the image was rendered at the working size: findings go back to Columns x Rows
+        return [replace(p, findings=tuple(
+                    f.scaled(int(ds.Columns) / image.shape[1], int(ds.Rows) / image.shape[0])
+                    for f in p.findings)) if p.findings else p
+                for (ds, image), p in zip(items, predictions, strict=True)]
 
     def _hand_over(self, item: Classified) -> bool:
         """Queue ``item`` for the report stage, waiting while the queue is full; give up
@@ -290,7 +289,8 @@ class ClassifyStage:
         with the reason, so that the report says so.
         """
         loaded = LoadedStudy(job)
-        working_side = self.classifier.preprocessing.working_side(MAX_SIDE if self.cams else None)
+        working_side = self.classifier.preprocessing.working_side(
+            MAX_SIDE if self.captures else None)
         for instance in job.instances:
             try:
                 ds = pydicom.dcmread(self.spool.path(instance.path))
@@ -330,10 +330,9 @@ class ReportStage:
         The model's name and version (the objects' UIDs derive from the version).
     destinations : sequence of str
         Names of the destinations; each object gets one pending delivery to each.
-    input_size : int, optional
-        The networks' input size, which places a class-activation map on its image; with it,
-        each assessed image that has a map gets a secondary capture
-        (:mod:`dicom_io.secondary_capture`). None: SR only.
+    captures : bool
+        Also write a secondary capture of each assessed image, with its findings outlined
+        (:mod:`dicom_io.secondary_capture`). False: SR only.
     """
 
     def __init__(
@@ -344,14 +343,14 @@ class ReportStage:
         algorithm: AlgorithmInfo,
         destinations: Sequence[str],
         *,
-        input_size: int | None = None,
+        captures: bool = False,
     ) -> None:
         self.store = store
         self.spool = spool
         self.taxonomy = taxonomy
         self.algorithm = algorithm
         self.destinations = tuple(destinations)
-        self.input_size = input_size
+        self.captures = captures
 
     def handle(self, item: Classified) -> NewObject | None:
         """Report one study; return the SR recorded, or None when the job failed.
@@ -371,21 +370,21 @@ class ReportStage:
             logger.exception("Could not build the SR of study %s", job.study_uid)
             self.store.finish_job(job.job_id, error=f"SR not built: {type(exc).__name__}: {exc}")
             return None
-        captures = self._write_captures(item) if self.input_size is not None else []
+        captures = self._write_captures(item) if self.captures else []
         self.store.finish_job(job.job_id, objects=[sr, *captures], destinations=self.destinations,
                               result=study_result(item.prediction))
         return sr
 
     def _write_captures(self, item: Classified) -> list[NewObject]:
-        """One secondary capture per assessed image with a class-activation map."""
-        assert item.prediction is not None and self.input_size is not None
+        """One secondary capture per assessed image, its findings outlined."""
+        assert item.prediction is not None
         study, prediction = item.study, item.prediction
         thresholds = dict(prediction.thresholds)
         written = []
-        for number, (source, image, verdict, cam) in enumerate(zip(
-            study.sources, study.images, prediction.images, item.cams, strict=True
+        for number, (source, image, verdict) in enumerate(zip(
+            study.sources, study.images, prediction.images, strict=True
         ), start=1):
-            if image is None or cam is None or not verdict.assessed:
+            if image is None or not verdict.assessed:
                 continue
             source_uid = str(source.SOPInstanceUID)
             series_uid, sop_uid = secondary_capture_uids(
@@ -393,7 +392,7 @@ class ReportStage:
             )
             try:
                 capture = build_secondary_capture(
-                    source, image, cam, input_size=self.input_size,
+                    source, image, verdict.findings,
                     label=sc_label(verdict, thresholds[verdict.body_part]),
                     series_instance_uid=series_uid, sop_instance_uid=sop_uid,
                     instance_number=number, algorithm=self.algorithm,

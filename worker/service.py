@@ -415,14 +415,13 @@ def build_service(
                   quiet_since=store.now()),
         ClassifyStage(
             store, spool, classifier, results, stop_event, scope=config.scope.table(),
-            cams=config.results.secondary_capture, max_batch_studies=MAX_BATCH_STUDIES,
+            captures=config.results.secondary_capture, max_batch_studies=MAX_BATCH_STUDIES,
             metrics=metrics,
         ),
         ReportStage(
             store, spool, classifier.taxonomy, classifier.algorithm,
             [d.name for d in config.destinations],
-            input_size=classifier.preprocessing.input_size
-            if config.results.secondary_capture else None,
+            captures=config.results.secondary_capture,
         ),
         deliveries,
         stop_event=stop_event,
