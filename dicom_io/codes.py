@@ -45,6 +45,11 @@ ABNORMALITY_PROBABILITY: Code = Code("ABNPROB", OSSA_SCHEME, "Probability of abn
 BODY_PART_PROBABILITY: Code = Code("BONEPROB", OSSA_SCHEME, "Probability of predicted body part")
 #: Study probability at or above which the study is called abnormal.
 ABNORMALITY_THRESHOLD: Code = Code("ABNTHRESH", OSSA_SCHEME, "Abnormality probability threshold")
+#: Highest fracture probability of the cells of a located finding's region (the fracture map of
+#: :mod:`models.findings`, not the image classifier): the measurement of each TID 1410 group.
+#: Not :data:`ABNORMALITY_PROBABILITY`, which is the image's and the study's probability, so
+#: that a reader collecting that concept does not mix the two quantities.
+FRACTURE_PROBABILITY: Code = Code("FRACPROB", OSSA_SCHEME, "Probability of fracture in region")
 #: UCUM unit of a probability in [0, 1]: unity with an annotation (UCUM Section 2.2.3).
 PROBABILITY_UNIT: Code = Code("{probability}", "UCUM", "probability")
 #: Derivation of the study probability from the images' probabilities (PS3.16 CID 7464).
@@ -91,6 +96,9 @@ IMAGING_MEASUREMENTS: Code = codes.DCM.ImagingMeasurements
 #: TID 1501 container and its TID 4108 human-readable identifier, used to find Ossa's groups.
 MEASUREMENT_GROUP: Code = codes.DCM.MeasurementGroup
 TRACKING_IDENTIFIER: Code = codes.DCM.TrackingIdentifier
+#: Finding (Finding Type) of a located suspected fracture, a TID 1410 planar ROI group: SNOMED
+#: CT 125605004 "Fracture of bone" (not in pydicom's concept dictionary).
+FRACTURE: Code = Code("125605004", "SCT", "Fracture of bone")
 
 # --- Secondary Capture (dicom_io.secondary_capture) --------------------------------------------
 

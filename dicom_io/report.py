@@ -11,6 +11,11 @@ PS3.16 TID 1500 "Measurement Report", built with highdicom:
   Finding = Abnormal/Normal, probability of abnormality and of the predicted body part, TID
   4019 algorithm identification, TID 4108 tracking identifier) and one study-level group
   (Finding, mean probability of the assessed images, threshold);
+- before those groups, one Planar ROI Measurements and Qualitative Evaluations group (TID
+  1410) per located finding of an assessed image (:attr:`ImagePrediction.findings`), in image
+  order then most probable first: an Image Region (SCOORD, PS3.3 C.18.6) that outlines the
+  finding's box on its source image as a closed POLYLINE, Finding = "Fracture of bone" (SCT
+  125605004), finding site, the region's fracture probability, TID 4019 and TID 4108;
 - an image the model did not assess (out-of-scope body part, low confidence, unreadable...)
   keeps its group, with its source image and, when known, its finding site, but has no
   Finding and no probability of abnormality: a TEXT "Comment" (DCM 121106, TID 1501 row 12)
@@ -40,6 +45,7 @@ import logging
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.valuerep import _check_specific_character_set  # what its constructors apply
 from pydicom import Dataset
@@ -93,6 +99,9 @@ _TYPE2_HEADER = (
     "ReferringPhysicianName",
 )
 _LO_MAX = 64
+#: How far (pixels) a finding's box may pass the image's edge and be clipped back to it: the
+#: float rounding of scaling a box to Columns x Rows, not a box that is really outside.
+_BOX_TOLERANCE = 1e-3
 
 
 def build_sr(
@@ -114,6 +123,20 @@ def build_sr(
     per image and one for the study (each with TID 4019 Algorithm Identification and a TID 4108
     tracking identifier), and a research-use disclaimer. Images and studies that were not
     assessed are reported without a Finding, with a Comment that says why.
+
+    Each located finding of an assessed image is a PS3.16 TID 1410 "Planar ROI Measurements
+    and Qualitative Evaluations" group, written before the TID 1501 groups (TID 1500 lists
+    TID 1410 first), in the order of ``prediction.images`` and then of each image's findings
+    (most probable first). Its Image Region is a SCOORD (PS3.3 C.18.6) of Graphic Type
+    POLYLINE (C.18.6.1.1) that closes the finding's box, five (column, row) points from the
+    top-left corner clockwise back to it, in the image-relative pixel coordinates of
+    C.18.6.1.2 (the top-left corner of the top-left pixel is 0\\0, the bottom-right corner of
+    the bottom-right pixel Columns\\Rows), which are those of :class:`models.findings.Finding`
+    unchanged; Graphic Data is FL, so the corners are stored as float32. The group also holds
+    Finding = "Fracture of bone" (SCT 125605004), the image's Finding Site, the region's
+    fracture probability (99OSSA FRACPROB, TID 300), TID 4019 Algorithm Identification and a
+    TID 4108 tracking identifier whose UID is derived from the model version, the source's
+    SOP Instance UID and the finding's rank, so that a re-run writes the same UIDs.
 
     Parameters
     ----------
@@ -154,8 +177,9 @@ def build_sr(
         ``taxonomy`` not a Taxonomy.
     ValueError
         If ``sources`` and ``prediction.images`` differ in length, the sources are not all of
-        one study, a source lacks a required UID or is not an image, a source repeats, or an
-        assessed image's body part is not a class of ``taxonomy``.
+        one study, a source lacks a required UID or is not an image, a source repeats, an
+        assessed image's body part is not a class of ``taxonomy``, or a finding's box reaches
+        beyond its source's Columns x Rows.
     """
     _validate(
         sources,
@@ -184,11 +208,24 @@ def build_sr(
         for i, (header, image) in enumerate(zip(headers, prediction.images, strict=True), 1)
     ]
     groups.append(_study_group(headers, prediction, taxonomy=taxonomy))
+    regions = [
+        region
+        for i, (header, image) in enumerate(zip(headers, prediction.images, strict=True), 1)
+        for region in _finding_groups(
+            header,
+            image,
+            taxonomy=taxonomy,
+            number=i,
+            algorithm=algorithm,
+            algorithm_id=algorithm_id,
+        )
+    ]
 
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups,
+        # TID 1500 row order: the TID 1410 groups come before the TID 1501 groups.
+        imaging_measurements=[*regions, *groups],
     )
     root = report[0]
     _insert_image_library(root, headers)
@@ -222,8 +259,9 @@ def build_sr(
     if original_name is not None:
         sr.PatientName = original_name
     logger.info(
-        "built SR: %d image(s), %d assessed, study %s%s",
+        "built SR: %d image(s), %d located finding(s), %d assessed, study %s%s",
         len(headers),
+        len(regions),
         len(prediction.assessed_images),
         prediction.verdict,
         _probability_note(prediction),
@@ -463,6 +501,13 @@ def _validate(
         first = seen.setdefault(str(ds.SOPInstanceUID), i)
         if first != i:
             raise ValueError(f"sources[{i}] repeats the SOP Instance UID of sources[{first}]")
+        columns, rows = int(ds.Columns), int(ds.Rows)
+        for rank, f in enumerate(prediction.images[i].findings):
+            if f.x1 > columns + _BOX_TOLERANCE or f.y1 > rows + _BOX_TOLERANCE:
+                raise ValueError(
+                    f"prediction.images[{i}].findings[{rank}] reaches beyond its source's "
+                    f"{columns} x {rows} pixels: x1={f.x1:g}, y1={f.y1:g}"
+                )
 
 
 def source_header(source: Dataset) -> Dataset:
@@ -656,6 +701,62 @@ def _image_group(
     if not image.assessed:
         _add_comment(group, f"{IMAGE_NOT_ASSESSED}: {image.reason}")
     return group
+
+
+def _finding_groups(
+    header: Dataset,
+    image: ImagePrediction,
+    *,
+    taxonomy: Taxonomy,
+    number: int,
+    algorithm: AlgorithmInfo,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """TID 1410 group of each finding of one image, most probable first (none if it has none).
+
+    The Image Region is a closed POLYLINE around the box (PS3.3 C.18.6.1.1), in the source's
+    pixel coordinates (C.18.6.1.2), clipped to its Columns x Rows (:func:`_validate` has
+    checked that a box passes the edge by rounding only).
+    """
+    columns, rows = float(header.Columns), float(header.Rows)
+    sop_instance_uid = str(header.SOPInstanceUID)
+    sites = _finding_sites(image.body_part, taxonomy)
+    groups = []
+    for rank, finding in enumerate(image.findings, 1):
+        x0, x1 = min(finding.x0, columns), min(finding.x1, columns)
+        y0, y1 = min(finding.y0, rows), min(finding.y1, rows)
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.array(
+                [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float64
+            ),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=header.SOPClassUID,
+                referenced_sop_instance_uid=sop_instance_uid,
+            ),
+        )
+        tracking = hd.sr.TrackingIdentifier(
+            uid=generate_uid(
+                entropy_srcs=[
+                    "Ossa located finding",
+                    algorithm.version,
+                    sop_instance_uid,
+                    str(rank),
+                ]
+            ),
+            identifier=f"Ossa image {number} finding {rank} of {len(image.findings)}",
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_region=region,
+                finding_type=codes.FRACTURE,
+                algorithm_id=algorithm_id,
+                finding_sites=sites,
+                measurements=[_probability(codes.FRACTURE_PROBABILITY, finding.probability)],
+            )
+        )
+    return groups
 
 
 def _study_group(

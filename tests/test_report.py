@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
@@ -31,6 +32,7 @@ from dicom_io.report import (
     study_finding,
 )
 from dicom_io.synthetic import StudyIdentity
+from models.findings import Finding
 from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.taxonomy import MURA_TAXONOMY, BodyPartClass, CodedConcept, Taxonomy
 from tests.conftest import dciodvfy_errors, dcmtk
@@ -593,6 +595,170 @@ def test_every_variant_is_valid_and_readable_by_dcmtk(
     assert isinstance(parsed.content, hd.sr.MeasurementReport)
     assert len(parsed.content.get_image_measurement_groups()) == len(sources) + 1
     assert _ossa_equipment(pydicom.dcmread(path)).SoftwareVersions == ALGORITHM.version
+
+
+# --- located findings (TID 1410) -------------------------------------------------------------
+
+#: Two findings on the first 48 x 64 source image, most probable first; the second touches the
+#: right and bottom edges (x1 == Columns, y1 == Rows), which PS3.3 C.18.6.1.2 allows.
+FINDINGS = (
+    Finding(10.3, 20.7, 30.1, 41.9, 0.8731),
+    Finding(40.25, 50.5, 48.0, 64.0, 0.6125),
+)
+
+PlanarROIGroup = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+
+
+def _with_findings(
+    findings: tuple[Finding, ...] = FINDINGS, algorithm: AlgorithmInfo = ALGORITHM
+) -> StudyPrediction:
+    """Image 1 (WRIST) has ``findings``; image 2 (HAND) is assessed without any; image 3 is
+    not assessed."""
+    return StudyPrediction(
+        images=(
+            ImagePrediction("WRIST", 0.93, True, 0.87, findings=findings),
+            _assessed("HAND", 0.61, 0.72),
+            _skipped("OTHER", 0.8, OUT_OF_SCOPE),
+        ),
+        thresholds=_thresholds(0.5),
+        algorithm=algorithm,
+    )
+
+
+def _report(sr: Dataset) -> hd.sr.MeasurementReport:
+    """The TID 1500 content of an SR, parsed by highdicom from its Part 10 bytes."""
+    content = hd.sr.srread(io.BytesIO(encode_file(sr))).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
+
+
+def _coded(concept: hd.sr.CodedConcept | None) -> tuple[str, str]:
+    assert concept is not None
+    return (concept.value, concept.scheme_designator)
+
+
+def _box(finding: Finding) -> list[list[float]]:
+    """The closed POLYLINE of a box: top-left, clockwise, back to top-left (column, row)."""
+    x0, y0, x1, y1 = finding.x0, finding.y0, finding.x1, finding.y1
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def _region(group: PlanarROIGroup) -> hd.sr.ImageRegion:
+    region = group.roi
+    assert isinstance(region, hd.sr.ImageRegion)
+    return region
+
+
+def test_findings_are_planar_roi_groups_read_back_by_highdicom(sources: list[Dataset]) -> None:
+    assert (sources[0].Columns, sources[0].Rows) == (48, 64)
+    sr = _build(sources, _with_findings())
+    report = _report(sr)
+    rois = report.get_planar_roi_measurement_groups()
+    assert len(rois) == len(FINDINGS)
+    wrist = MURA_TAXONOMY.get("WRIST").code
+    for rank, (roi, finding) in enumerate(zip(rois, FINDINGS, strict=True), 1):
+        assert roi[0].ContentTemplateSequence[0].TemplateIdentifier == "1410"
+        assert _coded(roi.finding_type) == _key(codes.FRACTURE) == ("125605004", "SCT")
+        assert [_coded(site.value) for site in roi.finding_sites] == [(wrist.value, wrist.scheme)]
+        region = _region(roi)
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        # Graphic Data is FL: the corners come back as their float32 values, no other change.
+        np.testing.assert_array_equal(region.value, np.array(_box(finding), dtype=np.float32))
+        (reference,) = region.ContentSequence
+        (sop,) = reference.ReferencedSOPSequence
+        assert (sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID) == (
+            sources[0].SOPClassUID,
+            sources[0].SOPInstanceUID,
+        )
+        (measurement,) = roi.get_measurements()
+        assert _coded(measurement.name) == _key(codes.FRACTURE_PROBABILITY)
+        assert measurement.value == pytest.approx(finding.probability)
+        assert _coded(measurement.unit) == _key(codes.PROBABILITY_UNIT)
+        assert roi.tracking_identifier == f"Ossa image 1 finding {rank} of {len(FINDINGS)}"
+        texts = {_concept(i): i.TextValue for i in roi[0].ContentSequence if i.ValueType == "TEXT"}
+        assert texts[("111001", "DCM")] == ALGORITHM.name  # TID 4019 Algorithm Name
+        assert texts[("111003", "DCM")] == ALGORITHM.version  # and Version
+    assert len({roi.tracking_uid for roi in rois}) == len(rois)
+    # The image groups and the study group are there as before, after the TID 1410 groups.
+    assert len(report.get_image_measurement_groups()) == len(sources) + 1
+    assert [_tracking_identifier(g) for g in _groups(_read(sr))[len(rois) :]] == [
+        "Ossa image 1 of 3",
+        "Ossa image 2 of 3",
+        "Ossa image 3 of 3",
+        STUDY_TRACKING_IDENTIFIER,
+    ]
+    assert study_finding(_read(sr)) is True
+
+
+def test_images_without_findings_or_not_assessed_have_no_planar_roi_group(
+    sources: list[Dataset],
+) -> None:
+    report = _report(_build(sources, _with_findings()))
+    on_first = report.get_planar_roi_measurement_groups(
+        referenced_sop_instance_uid=sources[0].SOPInstanceUID
+    )
+    assert len(on_first) == len(FINDINGS)
+    for source in sources[1:]:  # assessed without findings; not assessed
+        uid = source.SOPInstanceUID
+        assert report.get_planar_roi_measurement_groups(referenced_sop_instance_uid=uid) == []
+    # Without any finding, the report has no TID 1410 group at all.
+    plain = _build(sources, _with_findings(()))
+    assert _report(plain).get_planar_roi_measurement_groups() == []
+    assert len(_groups(_read(plain))) == len(sources) + 1
+    assert not any(item.ValueType == "SCOORD" for item in _walk(plain.ContentSequence))
+
+
+def test_sr_with_findings_passes_dciodvfy_and_dsrdump(
+    sources: list[Dataset], tmp_path: Path
+) -> None:
+    """Includes the box that touches the right and bottom edges (x1 == Columns)."""
+    sr = _build(sources, _with_findings())
+    path = _write(sr, tmp_path / "findings.dcm")
+    assert dciodvfy_errors(path) == []
+    dump = _dsrdump(path)
+    assert dump.count('(125605004,SCT,"Fracture of bone")') == len(FINDINGS)
+    assert dump.count("SCOORD:") == len(FINDINGS)
+    edge = _region(_report(sr).get_planar_roi_measurement_groups()[1])
+    assert edge.value.max(axis=0).tolist() == [sources[0].Columns, sources[0].Rows]
+
+
+def test_finding_groups_are_the_same_when_the_sr_is_built_again(sources: list[Dataset]) -> None:
+    """A re-run (same study, sources, model) writes the same content, tracking UIDs included;
+    another model version tracks its findings under other UIDs."""
+    series, sop = report_uids(
+        sources[0].StudyInstanceUID, [ds.SOPInstanceUID for ds in sources], ALGORITHM.version
+    )
+
+    def build(prediction: StudyPrediction) -> Dataset:
+        return _read(
+            build_sr(
+                sources,
+                prediction,
+                taxonomy=MURA_TAXONOMY,
+                series_instance_uid=series,
+                sop_instance_uid=sop,
+            )
+        )
+
+    def tracking_uids(sr: Dataset) -> list[str]:
+        return [str(g.tracking_uid) for g in _report(sr).get_planar_roi_measurement_groups()]
+
+    first, second = build(_with_findings()), build(_with_findings())
+    assert first.ContentSequence == second.ContentSequence
+    assert len(set(tracking_uids(first))) == len(FINDINGS)
+    other = build(_with_findings(algorithm=AlgorithmInfo(ALGORITHM.name, "mura-v2 0000000")))
+    assert set(tracking_uids(other)).isdisjoint(tracking_uids(first))
+
+
+def test_finding_boxes_must_lie_on_their_image(sources: list[Dataset]) -> None:
+    """A box past the edge is refused; one past it by float rounding only is clipped."""
+    outside = _with_findings((Finding(10.0, 10.0, 48.5, 20.0, 0.9),))
+    with pytest.raises(ValueError, match=r"prediction.images\[0\].findings\[0\].*48 x 64"):
+        _build(sources, outside)
+    rounding = Finding(10.0, 10.0, 48.0005, 64.0005, 0.9)
+    report = _report(_build(sources, _with_findings((rounding,))))
+    (roi,) = report.get_planar_roi_measurement_groups()
+    assert _region(roi).value.max(axis=0).tolist() == [48.0, 64.0]
 
 
 # --- validation -------------------------------------------------------------------------------
