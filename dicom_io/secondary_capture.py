@@ -1,34 +1,47 @@
-"""Turn a radiograph and its class-activation map into a DICOM Secondary Capture image.
+"""Turn a radiograph and its findings into a DICOM Secondary Capture image.
 
-The SC is the result a viewer that shows no SR still displays: the radiograph, with the
-class-activation map (CAM) of the abnormality network blended over it as a heatmap, above a
-burned-in label band such as ``"Ossa research use - not for diagnosis - ABNORMAL p=0.87 -
-WRIST"``. It is a Secondary Capture Image (SOP Class 1.2.840.10008.5.1.4.1.1.7, PS3.3 A.8.1),
-built with highdicom, that joins the source study (same Study Instance UID, patient and study
-attributes and Specific Character Set copied from the source) in a series of its own.
+The SC is the result a viewer that shows no SR still displays: the radiograph as the film
+(grey, VOI LUT applied), with an outline around each finding of the model
+(:class:`models.findings.Finding`, a suspected fracture) and its rank and probability written
+beside it (``"1: 0.74"``), above a burned-in label band such as ``"Ossa research use - not for
+diagnosis - ABNORMAL p=0.87 - WRIST"``. Nothing is washed over the film: outside the outlines
+and their text its pixels are those of the radiograph. It is a Secondary Capture Image (SOP
+Class 1.2.840.10008.5.1.4.1.1.7, PS3.3 A.8.1), built with highdicom, that joins the source
+study (same Study Instance UID, patient and study attributes and Specific Character Set copied
+from the source) in a series of its own.
+
+Which images get one. The worker (:meth:`worker.pipeline.ReportStage._write_captures`) builds
+one per *assessed* image. An image the model flags abnormal has findings (the most probable
+first, see :mod:`models.findings`) and gets an RGB capture (PS3.3 C.7.6.3.1.2), its findings
+outlined in :data:`OUTLINE_COLOR`. An image without findings (a normal one, or an abnormal one
+from a model without a fracture map) gets the film and the label band only, MONOCHROME2: no
+outline, and a third of the bytes. An image that was not assessed (out of scope, undecodable)
+gets no capture; the SR says why.
 
 Nothing in it passes for an original image: Image Type DERIVED\\SECONDARY, Modality OT,
 Conversion Type WSD (workstation), Burned In Annotation YES, Content Qualification RESEARCH,
-a Derivation Description and Source Image Sequence naming the radiograph, Manufacturer
-"Ossa", the algorithm in the Contributing Equipment Sequence, no Pixel Spacing (nothing to
-measure on it), and the research-use notice in the Series Description and the pixels.
-The listener recognises it when a PACS forwards it back
+a Derivation Description (how many findings are outlined) and Source Image Sequence naming
+the radiograph, Manufacturer "Ossa", the algorithm in the Contributing Equipment Sequence, no
+Pixel Spacing (nothing to measure on it), and the research-use notice in the Series
+Description and the pixels. The listener recognises it when a PACS forwards it back
 (:meth:`worker.intake.Intake.is_own_object`).
 
-Geometry. :func:`models.enhance.preprocess` resizes the image so that its longest side is the
-network's input size and pads it to a centred square; the CAM (``h x w``, usually smaller)
-covers that square. Here the CAM is upsampled bilinearly to the square, the square's image
-region is cropped out (undoing the padding) and resized bilinearly to the displayed image
-(undoing the resize). The displayed radiograph's longest side is clamped to
+Geometry. A finding is a box in the pixels of the source instance (Columns x Rows); the image
+given here is the radiograph rendered at a working size
+(:func:`dicom_io.pixels.normalize_radiograph` with ``max_side``), possibly smaller. The image
+is resized once to the displayed size (area averaging when shrinking, bilinear when
+enlarging, of the 8-bit values: :func:`display_film`), whose longest side is clamped to
 [:data:`MIN_SIDE`, :data:`MAX_SIDE`]: small enough to keep the object small, large enough for
-the label to be legible.
+the text to be legible. Each box is scaled by image / source, then by display / image
+(:func:`display_boxes`). The drawing itself is a pure image function (:func:`draw_findings`),
+apart from the DICOM object building.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -40,28 +53,22 @@ from pydicom.uid import generate_uid
 from dicom_io import codes
 from dicom_io.report import MANUFACTURER, algorithm_equipment, source_header
 from models.enhance import check_image
+from models.findings import Finding
 from models.results import AlgorithmInfo, ImagePrediction
-
-if TYPE_CHECKING:
-    from matplotlib.colors import Colormap
 
 logger = logging.getLogger(__name__)
 
 #: Default Series Number of the SC series (the SR's is 9001).
 DEFAULT_SERIES_NUMBER = 9002
-#: Series Description (0008,103E) of every SC Ossa writes.
-SERIES_DESCRIPTION = "Ossa heatmap - research use, not for diagnosis"
+#: Series Description (0008,103E) of every SC Ossa writes. One value for the whole series
+#: (a series attribute): the number of findings of each capture is in its Derivation
+#: Description.
+SERIES_DESCRIPTION = "Ossa findings - research use, not for diagnosis"
 #: Start of every burned-in label; :func:`build_secondary_capture` refuses a label without it.
 RESEARCH_NOTICE = "Ossa research use - not for diagnosis"
-#: Derivation Description (0008,2111) of every SC.
-DERIVATION_DESCRIPTION = (
-    "Ossa research output, not for diagnosis and not an original image: the source "
-    "radiograph (VOI LUT applied, resampled, 8 bit) with the class-activation map of the "
-    "abnormality network as a heatmap and a burned-in label. Not for measurement."
-)
 #: Contribution Description (0018,A003) of Ossa's Contributing Equipment item in an SC.
 SC_CONTRIBUTION = (
-    "Ossa drew the class-activation heatmap and the label over the source radiograph "
+    "Ossa outlined its findings and drew the label over the source radiograph "
     "(research use, not for diagnosis)"
 )
 #: Conversion Type (0008,0064, SC Equipment Module): WSD = workstation. Not DI (digital
@@ -71,15 +78,14 @@ CONVERSION_TYPE = "WSD"
 #: Longest side, in pixels, of the displayed radiograph (the label band comes below it).
 MAX_SIDE = 1024
 MIN_SIDE = 512
-#: matplotlib colormap of the heatmap: blue to red, red = where the network's evidence is
-#: strongest, the convention of published CAM figures.
-COLORMAP = "jet"
-#: Point of :data:`COLORMAP` that the CAM's maximum maps to: jet is pure red at 0.89 and
-#: darkens to maroon above it, a colour that vanishes into grey bone.
-COLORMAP_TOP = 0.89
-#: Opacity of the heatmap where the CAM is highest; it falls linearly to 0 where it is lowest,
-#: so that the radiograph stays readable where the network did not look.
-HEAT_OPACITY = 0.5
+#: Colour of the outlines and of their text: pure yellow, which stands out on grey film and
+#: which no film pixel has (R = G = B there).
+OUTLINE_COLOR = (255, 255, 0)
+#: Width, in capture pixels, of an outline. It is drawn just outside its box, so that it
+#: covers none of the region it points at (where the box reaches the image's edge, along it).
+OUTLINE_WIDTH = 3
+#: Colour of the 1-pixel edge around the outlines' text, legible on bright bone too.
+_TEXT_EDGE = (0, 0, 0)
 
 _LO_MAX = 64
 _TEXT = 255
@@ -175,12 +181,28 @@ def sc_label(prediction: ImagePrediction, threshold: float) -> str:
     return f"{RESEARCH_NOTICE} - {verdict} p={probability:.2f} - {prediction.body_part}"
 
 
+def derivation_description(n_findings: int) -> str:
+    """Derivation Description (0008,2111, PS3.3 C.7.6.1) of a capture with ``n_findings``
+    findings outlined; it states that the capture is research output, not an original image."""
+    if n_findings == 0:
+        drawn = "and a burned-in label; no finding"
+    else:
+        outlined = "1 finding" if n_findings == 1 else f"{n_findings} findings"
+        drawn = (
+            f"with {outlined} outlined (suspected fractures, each with its rank and "
+            "probability) and a burned-in label"
+        )
+    return (
+        "Ossa research output, not for diagnosis and not an original image: the source "
+        f"radiograph (VOI LUT applied, resampled, 8 bit) {drawn}. Not for measurement."
+    )
+
+
 def build_secondary_capture(
     source: Dataset,
     image: NDArray[np.floating],
-    cam: NDArray[np.floating] | None,
+    findings: Sequence[Finding],
     *,
-    input_size: int,
     label: str,
     series_instance_uid: str,
     sop_instance_uid: str,
@@ -189,7 +211,13 @@ def build_secondary_capture(
     series_number: int = DEFAULT_SERIES_NUMBER,
     institution_name: str | None = None,
 ) -> hd.sc.SCImage:
-    """Build the Ossa Secondary Capture of one radiograph.
+    """Build the Ossa Secondary Capture Image (PS3.3 A.8.1) of one assessed radiograph.
+
+    The capture shows the film (``image`` resized to :func:`display_size`, 8 bit), an outline
+    with its rank and probability around each finding (:func:`draw_findings`), and the label
+    band below. With findings it is RGB; without (a normal image: the film and the label band
+    only, no outline) MONOCHROME2. The worker builds one for every assessed image; an image
+    that was not assessed gets none (the SR says why).
 
     Parameters
     ----------
@@ -197,14 +225,13 @@ def build_secondary_capture(
         The radiograph (its header is enough; pixel data is neither needed nor read). Not
         modified.
     image : numpy.ndarray
-        The radiograph as :mod:`dicom_io.pixels` gives it: 2-D float in [0, 1], 1 = bright;
-        the array that was preprocessed for the network.
-    cam : numpy.ndarray or None
-        Class-activation map of the abnormality network for this image (``EngineOutput.cams[i]``):
-        2-D, finite, on the network's square input of side ``input_size``. ``None`` gives a
-        grayscale SC with the label only.
-    input_size : int
-        Side of the network's square input (the bundle's ``Preprocessing.input_size``).
+        The radiograph as :func:`dicom_io.pixels.normalize_radiograph` gives it: 2-D float in
+        [0, 1], 1 = bright; it may be rendered smaller than the source's Rows x Columns (a
+        working size), but covers the whole of it.
+    findings : sequence of Finding
+        The image's findings (``ImagePrediction.findings``), boxes in the pixels of
+        ``source`` (x = column in [0, Columns], y = row in [0, Rows]), the most probable
+        first: the rank written beside each outline is its position here. Empty: no outline.
     label : str
         Text burned in below the image, e.g. from :func:`sc_label`; it must contain
         :data:`RESEARCH_NOTICE`.
@@ -223,23 +250,24 @@ def build_secondary_capture(
     Returns
     -------
     highdicom.sc.SCImage
-        An RGB SC (MONOCHROME2 without ``cam``), 8 bit, explicit VR little endian, with file
-        meta information; :func:`dicom_io.report.encode_file` encodes it.
+        An 8-bit SC, RGB with findings and MONOCHROME2 without, explicit VR little endian,
+        with file meta information; :func:`dicom_io.report.encode_file` encodes it. Its
+        Derivation Description says how many findings are outlined
+        (:func:`derivation_description`).
 
     Raises
     ------
     TypeError
-        If ``source`` is not a Dataset, ``image`` or ``cam`` not a float array, or
-        ``algorithm`` not an AlgorithmInfo.
+        If ``source`` is not a Dataset, ``image`` not a float array, ``findings`` not a
+        sequence of Finding, or ``algorithm`` not an AlgorithmInfo.
     ValueError
         If ``source`` lacks a UID or is not an image, ``image`` is not a 2-D array in [0, 1],
-        ``cam`` is not a finite 2-D array, ``label`` lacks the research-use notice, or a
-        number is out of range.
+        a finding starts outside the source's Columns x Rows, ``label`` lacks the
+        research-use notice, or a number is out of range.
     """
-    _validate(
+    findings = _validate(
         source,
-        cam,
-        input_size=input_size,
+        findings,
         label=label,
         instance_number=instance_number,
         series_number=series_number,
@@ -247,14 +275,15 @@ def build_secondary_capture(
     )
     radiograph = check_image(image)
     height, width = display_size(radiograph.shape)
-    shown = _resize(radiograph, (height, width))
-    if cam is None:
-        pixels = _to_uint8(shown)
-        photometric = "MONOCHROME2"
-    else:
-        heat = cam_on_image(cam, radiograph.shape, input_size, (height, width))
-        pixels = _blend(shown, heat)
+    pixels = display_film(radiograph, (height, width))
+    if findings:
+        boxes = display_boxes(
+            findings, (int(source.Rows), int(source.Columns)), radiograph.shape, (height, width)
+        )
+        pixels = draw_findings(pixels, boxes, [f.probability for f in findings])
         photometric = "RGB"
+    else:
+        photometric = "MONOCHROME2"
     pixels = _with_label(pixels, label)
 
     header = source_header(source)
@@ -296,17 +325,17 @@ def build_secondary_capture(
     sc.ConversionType = CONVERSION_TYPE
     sc.BurnedInAnnotation = "YES"
     sc.ContentQualification = "RESEARCH"
-    sc.DerivationDescription = DERIVATION_DESCRIPTION
+    sc.DerivationDescription = derivation_description(len(findings))
     sc.SourceImageSequence = [_source_reference(header)]
     if header.get("LossyImageCompression") == "01":
         # PS3.3 C.7.6.1.1.5: an image derived from a lossy one stays marked lossy.
         sc.LossyImageCompression = "01"
     logger.info(
-        "built secondary capture: %d x %d %s, %s",
+        "built secondary capture: %d x %d %s, %d finding(s) outlined",
         sc.Columns,
         sc.Rows,
         photometric,
-        "with heatmap" if cam is not None else "without heatmap",
+        len(findings),
     )
     return sc
 
@@ -326,87 +355,172 @@ def display_size(shape: tuple[int, ...]) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def input_region(shape: tuple[int, ...], input_size: int) -> tuple[int, int, int, int]:
-    """``(top, left, rows, columns)`` of an image of ``shape`` in the network's square input.
-
-    The same arithmetic as :func:`models.enhance.resize_longest` and
-    :func:`models.enhance.preprocess`: longest side resized to ``input_size``, centred.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    scale = input_size / max(h, w)
-    rows, columns = max(1, round(h * scale)), max(1, round(w * scale))
-    return (input_size - rows) // 2, (input_size - columns) // 2, rows, columns
-
-
-def cam_on_image(
-    cam: NDArray[np.floating],
+def display_boxes(
+    findings: Sequence[Finding],
+    source_size: tuple[int, int],
     image_shape: tuple[int, ...],
-    input_size: int,
-    out_shape: tuple[int, int],
-) -> NDArray[np.float32]:
-    """Map a CAM on the network's square input back onto the image, scaled to [0, 1].
+    display_shape: tuple[int, int],
+) -> list[tuple[float, float, float, float]]:
+    """The boxes of ``findings`` in the pixels of the displayed image.
 
-    The CAM is upsampled bilinearly to ``input_size x input_size``, the region the image
-    occupies there (:func:`input_region`) is cropped out and resized bilinearly to
-    ``out_shape``; its values are then min-max scaled to [0, 1] over the image (the heatmap
-    is relative: where the network's evidence is strongest, not how strong it is). A CAM
-    that is flat over the image gives zeros.
-
-    Parameters
-    ----------
-    cam : numpy.ndarray
-        2-D finite class-activation map covering the square input.
-    image_shape : tuple of int
-        Shape of the image that was preprocessed.
-    input_size : int
-        Side of the square input.
-    out_shape : tuple of int
-        ``(rows, columns)`` of the result.
+    A finding is in the pixels of the source instance (``source_size`` = ``(Rows,
+    Columns)``). It is scaled by ``image_shape / source_size`` onto the rendered image (the
+    inverse of the scaling :class:`worker.pipeline.ClassifyStage` applies to the findings of a
+    reduced rendering), then by ``display_shape / image_shape`` onto the displayed one.
 
     Returns
     -------
-    numpy.ndarray
-        float32 array of ``out_shape`` in [0, 1].
+    list of tuple of float
+        ``(x0, y0, x1, y1)`` per finding, continuous pixel coordinates (x = column).
     """
-    square = _resize(np.asarray(cam, dtype=np.float32), (input_size, input_size))
-    top, left, rows, columns = input_region(image_shape, input_size)
-    region = _resize(square[top : top + rows, left : left + columns], out_shape)
-    low, high = float(region.min()), float(region.max())
-    if not high - low > 1e-6 * max(1.0, abs(high)):
-        return np.zeros(out_shape, dtype=np.float32)
-    return np.clip((region - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    rows, columns = source_size
+    image_rows, image_columns = int(image_shape[0]), int(image_shape[1])
+    sx = (image_columns / columns) * (display_shape[1] / image_columns)
+    sy = (image_rows / rows) * (display_shape[0] / image_rows)
+    return [(f.x0 * sx, f.y0 * sy, f.x1 * sx, f.y1 * sy) for f in findings]
 
 
-def _resize(array: NDArray[np.float32], shape: tuple[int, int]) -> NDArray[np.float32]:
-    """Bilinear resize of a 2-D float array to ``(rows, columns)`` (antialiased when shrinking)."""
-    if array.shape == shape:
-        return np.asarray(array, dtype=np.float32)
-    resized = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F").resize(
-        (shape[1], shape[0]), Image.Resampling.BILINEAR
-    )
-    return np.asarray(resized, dtype=np.float32)
+def display_film(image: NDArray[np.float32], shape: tuple[int, int]) -> NDArray[np.uint8]:
+    """The film as the capture shows it: ``image`` (in [0, 1]) quantised to 8 bits, then
+    resized to ``(rows, columns)``, once.
+
+    Area averaging when shrinking (the reduction :func:`dicom_io.pixels.normalize_radiograph`
+    makes too, as free of aliasing as an antialiased bilinear filter and cheaper), bilinear
+    when enlarging. Resampling the 8-bit values (Pillow's integer path) costs about two thirds
+    of resampling the floats and differs from it by at most one grey level (brighter by under
+    half a level on average).
+    """
+    gray = _to_uint8(image)
+    if gray.shape == shape:
+        return gray
+    shrinking = shape[0] <= gray.shape[0] and shape[1] <= gray.shape[1]
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    resized = Image.fromarray(gray, mode="L").resize((shape[1], shape[0]), resample)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 # --- pixels -----------------------------------------------------------------------------------
 
 
-def _to_uint8(array: NDArray[np.float32]) -> NDArray[np.uint8]:
-    return np.asarray(np.round(np.clip(array, 0.0, 1.0) * 255.0), dtype=np.uint8)
+def _to_uint8(array: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """[0, 1] floats to 0-255, rounded to nearest (values outside [0, 1] clipped)."""
+    scaled = np.clip(np.asarray(array, dtype=np.float32), 0.0, 1.0)
+    scaled *= 255.0
+    scaled += 0.5
+    return scaled.astype(np.uint8)
 
 
-def _colormap() -> Colormap:
-    # Imported here: matplotlib is only needed when a heatmap is drawn.
-    from matplotlib import colormaps
+def draw_findings(
+    image: NDArray[np.uint8] | NDArray[np.floating],
+    boxes: Sequence[tuple[float, float, float, float]],
+    probabilities: Sequence[float],
+) -> NDArray[np.uint8]:
+    """The film with an outline, its rank and its probability around each box.
 
-    return colormaps[COLORMAP]
+    A pure image function (no DICOM). Each box is outlined in :data:`OUTLINE_COLOR`,
+    :data:`OUTLINE_WIDTH` pixels wide, just outside it: the outline's inner edge follows the
+    box's edge (box corners rounded to whole pixels) and leaves the boxed region as it is;
+    where the box reaches the image's edge the outline runs along that edge instead. Beside it
+    (above its top-left corner; below the box when there is no room above; always within the
+    image) the text ``"<rank>: <probability>"``, e.g. ``"1: 0.74"``, in the same colour with
+    a 1-pixel black edge. Every outline is drawn before any text, so that no outline crosses
+    a text. Everything else keeps its grey value.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        The film: 2-D, uint8 (0-255) or float in [0, 1] (1 = white).
+    boxes : sequence of tuple of float
+        ``(x0, y0, x1, y1)`` per finding in the pixels of ``image`` (x = column; pixel
+        ``(r, c)`` spans ``[c, c + 1) x [r, r + 1)``), ranked: the first is ``"1"``. A box
+        wholly outside the image is not drawn.
+    probabilities : sequence of float
+        The probability of each box, written with two decimals.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``rows x columns x 3`` uint8 RGB image (grey where nothing is drawn).
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D, a box is not ``x0 < x1``, ``y0 < y1`` or
+        ``probabilities`` has not one value per box.
+    """
+    gray = np.asarray(image)
+    if gray.ndim != 2 or min(gray.shape) < 1:
+        raise ValueError(f"image must be a non-empty 2-D array, got shape {gray.shape}")
+    if gray.dtype != np.uint8:
+        gray = _to_uint8(gray)
+    if len(boxes) != len(probabilities):
+        raise ValueError(
+            f"probabilities must have one value per box: {len(probabilities)} for {len(boxes)}"
+        )
+    canvas = Image.fromarray(np.ascontiguousarray(gray), mode="L").convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    rows, columns = gray.shape
+    outlines = []
+    for rank, (box, probability) in enumerate(zip(boxes, probabilities, strict=True), start=1):
+        outline = _outline(box, rows, columns)
+        if outline is None:
+            continue
+        draw.rectangle(outline, outline=OUTLINE_COLOR, width=OUTLINE_WIDTH)
+        outlines.append((rank, probability, outline))
+    font = _font(columns)
+    for rank, probability, outline in outlines:
+        text = f"{rank}: {probability:.2f}"
+        left, top, right, bottom = font.getbbox(text, stroke_width=1)
+        size = (math.ceil(right - left), math.ceil(bottom - top))
+        x, y = _text_position(outline, size, rows, columns)
+        draw.text(
+            (x - left, y - top),
+            text,
+            fill=OUTLINE_COLOR,
+            font=font,
+            stroke_width=1,
+            stroke_fill=_TEXT_EDGE,
+        )
+    return np.asarray(canvas, dtype=np.uint8)
 
 
-def _blend(gray: NDArray[np.float32], heat: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """RGB radiograph with ``heat`` (in [0, 1]) blended in, opacity proportional to heat."""
-    colors = np.asarray(_colormap()(COLORMAP_TOP * heat)[..., :3], dtype=np.float32)
-    alpha = (HEAT_OPACITY * heat)[..., None]
-    rgb = np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2) * (1.0 - alpha)
-    return _to_uint8(rgb + colors * alpha)
+def _outline(
+    box: tuple[float, float, float, float], rows: int, columns: int
+) -> tuple[int, int, int, int] | None:
+    """Inclusive ``(left, top, right, bottom)`` of the outline around ``box`` (its outer edge,
+    :data:`OUTLINE_WIDTH` pixels outside the box's pixels, clipped to the image), or None when
+    the box lies wholly outside the image."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (math.isfinite(x0 + y0 + x1 + y1) and x1 > x0 and y1 > y0):
+        raise ValueError(f"a box must be finite with x0 < x1 and y0 < y1, got {box}")
+    left, top = round(x0), round(y0)
+    right, bottom = max(left, round(x1) - 1), max(top, round(y1) - 1)
+    if left >= columns or top >= rows or right < 0 or bottom < 0:
+        return None
+    return (
+        max(0, left - OUTLINE_WIDTH),
+        max(0, top - OUTLINE_WIDTH),
+        min(columns - 1, right + OUTLINE_WIDTH),
+        min(rows - 1, bottom + OUTLINE_WIDTH),
+    )
+
+
+def _text_position(
+    outline: tuple[int, int, int, int], size: tuple[int, int], rows: int, columns: int
+) -> tuple[int, int]:
+    """Top-left corner of a text of ``size`` (width, height) beside ``outline``: above it, or
+    below it when there is no room above, or inside its top edge; always within the image."""
+    left, top, _right, bottom = outline
+    width, height = size
+    gap = 2
+    if top - gap - height >= 0:
+        y = top - gap - height
+    elif bottom + 1 + gap + height <= rows:
+        y = bottom + 1 + gap
+    else:
+        y = top + OUTLINE_WIDTH + gap
+    x = min(max(0, left), max(0, columns - width))
+    return x, min(max(0, y), max(0, rows - height))
 
 
 def _font(width: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -417,8 +531,14 @@ def _font(width: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
     """Greedy word wrap of ``text`` to lines at most ``width`` pixels wide (long words kept)."""
+    words = text.split()
+    if not words:
+        return []
+    one_line = " ".join(words)
+    if font.getlength(one_line) <= width:  # the usual case: one measurement, not one per word
+        return [one_line]
     lines: list[str] = []
-    for word in text.split():
+    for word in words:
         candidate = f"{lines[-1]} {word}" if lines else word
         if lines and font.getlength(candidate) <= width:
             lines[-1] = candidate
@@ -448,9 +568,12 @@ def label_band(label: str, width: int, channels: int) -> NDArray[np.uint8]:
 
 def _with_label(pixels: NDArray[np.uint8], label: str) -> NDArray[np.uint8]:
     """``pixels`` with the label band appended below (the image itself is not covered)."""
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    band = label_band(label, pixels.shape[1], channels)
-    return np.ascontiguousarray(np.concatenate([pixels, band], axis=0))
+    band = label_band(label, pixels.shape[1], 1)
+    rows = pixels.shape[0]
+    out = np.empty((rows + band.shape[0], *pixels.shape[1:]), dtype=np.uint8)
+    out[:rows] = pixels
+    out[rows:] = band if pixels.ndim == 2 else band[..., None]  # grey band on every channel
+    return out
 
 
 # --- header -----------------------------------------------------------------------------------
@@ -458,39 +581,41 @@ def _with_label(pixels: NDArray[np.uint8], label: str) -> NDArray[np.uint8]:
 
 def _validate(
     source: Dataset,
-    cam: NDArray[np.floating] | None,
+    findings: Sequence[Finding],
     *,
-    input_size: int,
     label: str,
     instance_number: int,
     series_number: int,
     algorithm: AlgorithmInfo,
-) -> None:
+) -> tuple[Finding, ...]:
+    """Check the arguments of :func:`build_secondary_capture`; return ``findings`` as a tuple."""
     # Messages name attributes, never their values: they may end up in logs.
     if not isinstance(source, Dataset):
         raise TypeError(f"source must be a pydicom Dataset, got {type(source)}")
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not source.get(keyword):
             raise ValueError(f"source lacks {keyword}")
-    if "Rows" not in source or "Columns" not in source:
+    if not source.get("Rows") or not source.get("Columns"):
         raise ValueError("source is not an image: it lacks Rows or Columns")
     if not isinstance(algorithm, AlgorithmInfo):
         raise TypeError(f"algorithm must be an AlgorithmInfo, got {type(algorithm)}")
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
-    if cam is not None:
-        if not isinstance(cam, np.ndarray) or not np.issubdtype(cam.dtype, np.floating):
-            raise TypeError("cam must be a floating-point numpy array or None")
-        if cam.ndim != 2 or min(cam.shape) < 1:
-            raise ValueError(f"cam must be a non-empty 2-D array, got shape {cam.shape}")
-        if not np.isfinite(cam).all():
-            raise ValueError("cam holds non-finite values (was the image assessed?)")
+    if not isinstance(findings, Sequence) or isinstance(findings, str):
+        raise TypeError(f"findings must be a sequence of Finding, got {type(findings)}")
+    for i, finding in enumerate(findings):
+        if not isinstance(finding, Finding):
+            raise TypeError(f"findings[{i}] must be a Finding, got {type(finding)}")
+        if finding.x0 >= int(source.Columns) or finding.y0 >= int(source.Rows):
+            raise ValueError(
+                f"findings[{i}] starts outside the source image (Columns x Rows): its box "
+                "must be in the source's pixels"
+            )
     if not isinstance(label, str) or RESEARCH_NOTICE not in label:
         raise ValueError(f"label must contain {RESEARCH_NOTICE!r}, got {label!r}")
     if instance_number < 1:
         raise ValueError(f"instance_number must be >= 1, got {instance_number}")
     if series_number < 1:
         raise ValueError(f"series_number must be >= 1, got {series_number}")
+    return tuple(findings)
 
 
 def _laterality(header: Dataset) -> str | None:

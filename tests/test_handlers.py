@@ -316,7 +316,7 @@ def test_digitised_film_secondary_capture_is_stored(
 def test_own_secondary_capture_is_acknowledged_before_any_pixel_check(
     scp: Scp, make_radiograph: Callable[..., Dataset], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Ossa's own SCs may be RGB (a heatmap): recognised first, so never refused for that.
+    # Ossa's own SCs may be RGB (outlined findings): recognised first, so never refused for that.
     by_manufacturer = _rgb(_secondary_capture(make_radiograph, manufacturer=MANUFACTURER))
     by_uid = _rgb(_secondary_capture(make_radiograph, manufacturer="Other"))
     record_object(scp.store, scp.spool, by_uid, [])

@@ -64,7 +64,7 @@ def stages(tmp_path: Path, classifier: TwoStageClassifier) -> Iterator[Stages]:
     with StateStore(tmp_path / STORE_FILE, clock=clock) as store:
         yield Stages(
             store, spool, clock, out, stop,
-            ClassifyStage(store, spool, classifier, out, stop, cams=True),
+            ClassifyStage(store, spool, classifier, out, stop, captures=True),
             ReportStage(store, spool, classifier.taxonomy, classifier.algorithm, ["pacs"]),
         )
 
@@ -101,8 +101,10 @@ def test_out_of_scope_and_undecodable_images_are_reported_as_not_assessed(
         chest.SOPInstanceUID].reason
     assert not by_uid[broken.SOPInstanceUID].assessed
     assert "pixel data could not be decoded" in by_uid[broken.SOPInstanceUID].reason
-    cams = dict(zip([ds.SOPInstanceUID for ds in item.study.sources], item.cams, strict=True))
-    assert cams[wrist.SOPInstanceUID] is not None and cams[chest.SOPInstanceUID] is None
+    # The assessed image's rendering is kept for its secondary capture; the others have none.
+    images = dict(zip([ds.SOPInstanceUID for ds in item.study.sources], item.study.images,
+                      strict=True))
+    assert images[wrist.SOPInstanceUID] is not None and images[chest.SOPInstanceUID] is None
     # The sources kept for the report are headers: no radiograph's pixels stay in memory.
     assert all("PixelData" not in ds for ds in item.study.sources)
 
@@ -169,7 +171,7 @@ def test_secondary_capture_per_assessed_image_recorded_with_the_sr(
     stages.receive([wrist, chest])
     (item,) = stages.classify_all()
     report = ReportStage(stages.store, stages.spool, classifier.taxonomy, classifier.algorithm,
-                         ["pacs"], input_size=classifier.preprocessing.input_size)
+                         ["pacs"], captures=True)
     assert report.handle(item) is not None
     summary = stages.store.summary()
     assert summary.deliveries == {"pacs": {"pending": 2}}  # the SR and one SC (not the chest)

@@ -1,4 +1,5 @@
-"""Tests of dicom_io.secondary_capture: the heatmap Secondary Capture of one radiograph."""
+"""Tests of dicom_io.secondary_capture: the Secondary Capture of one radiograph, its
+findings outlined."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import io
 import logging
 import subprocess
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,29 +22,33 @@ from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from dicom_io.report import encode_file
 from dicom_io.secondary_capture import (
-    DERIVATION_DESCRIPTION,
+    OUTLINE_COLOR,
+    OUTLINE_WIDTH,
     RESEARCH_NOTICE,
     SC_CONTRIBUTION,
     SERIES_DESCRIPTION,
     build_secondary_capture,
+    derivation_description,
+    display_boxes,
+    display_film,
     display_size,
-    input_region,
+    draw_findings,
     label_band,
     sc_label,
     secondary_capture_uids,
 )
 from dicom_io.synthetic import StudyIdentity
-from models.enhance import Preprocessing, preprocess
+from models.findings import Finding
 from models.results import AlgorithmInfo, ImagePrediction
 from tests.conftest import dciodvfy_errors, dcmtk
 
 ALGORITHM = AlgorithmInfo(name="Ossa two-stage MobileNetV2", version="mura-v1 3f2a9c1")
 LABEL = "Ossa research use - not for diagnosis - ABNORMAL p=0.87 - WRIST"
-#: Network input side of the tests' CAMs.
-SIZE = 64
 #: A 300 x 200 radiograph of uniform grey 120/255 is shown at 512 x 341 (longest side 512).
 SHOWN = (512, 341)
 GREY = 120
+#: A finding in the pixels of the 300 x 200 source: columns 60-120, rows 90-180.
+FINDING = Finding(60.0, 90.0, 120.0, 180.0, 0.74)
 
 MakeRadiograph = Callable[..., Dataset]
 
@@ -65,10 +71,9 @@ def _grey(rows: int = 300, columns: int = 200, value: int = GREY) -> NDArray[np.
 def _build(
     source: Dataset,
     image: NDArray[np.uint8],
-    cam: NDArray[np.float32] | None,
+    findings: Sequence[Finding] = (),
     *,
     label: str = LABEL,
-    input_size: int = SIZE,
 ) -> Dataset:
     """Build an SC and return it as a PACS would hand it back (encoded, decoded again)."""
     series, sop = secondary_capture_uids(
@@ -77,8 +82,7 @@ def _build(
     sc = build_secondary_capture(
         source,
         image.astype(np.float32) / 255.0,
-        cam,
-        input_size=input_size,
+        findings,
         label=label,
         series_instance_uid=series,
         sop_instance_uid=sop,
@@ -93,13 +97,19 @@ def _write(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def _quadrant_cam(shape: tuple[int, int], size: int = SIZE) -> NDArray[np.float32]:
-    """A full-resolution CAM on the square input, 1 over the top-left quadrant of the region
-    an image of ``shape`` occupies there, 0 elsewhere (padding included)."""
-    top, left, rows, columns = input_region(shape, size)
-    cam = np.zeros((size, size), dtype=np.float32)
-    cam[top : top + rows // 2, left : left + columns // 2] = 1.0
-    return cam
+def _ring(outer: tuple[int, int, int, int], shape: tuple[int, int]) -> NDArray[np.bool_]:
+    """Mask of an outline ``OUTLINE_WIDTH`` wide whose outer edge is ``outer`` (inclusive
+    left, top, right, bottom)."""
+    left, top, right, bottom = outer
+    mask = np.zeros(shape, dtype=bool)
+    mask[top : bottom + 1, left : right + 1] = True
+    w = OUTLINE_WIDTH
+    mask[top + w : bottom + 1 - w, left + w : right + 1 - w] = False
+    return mask
+
+
+def _is_outline(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    return np.all(rgb == np.array(OUTLINE_COLOR, dtype=np.uint8), axis=-1)
 
 
 @pytest.fixture
@@ -147,21 +157,20 @@ def test_label_states_verdict_probability_and_body_part() -> None:
 
 
 @pytest.mark.parametrize("modality", ["CR", "DX"])
-@pytest.mark.parametrize("heatmap", [True, False], ids=["rgb", "grayscale"])
+@pytest.mark.parametrize("findings", [(FINDING,), ()], ids=["findings", "normal"])
 def test_sc_passes_dciodvfy(
-    make_radiograph: MakeRadiograph, tmp_path: Path, modality: str, heatmap: bool
+    make_radiograph: MakeRadiograph, tmp_path: Path, modality: str, findings: tuple[Finding, ...]
 ) -> None:
     source = make_radiograph(_identity(), image=_grey(), modality=modality)
-    cam = _quadrant_cam((300, 200)) if heatmap else None
-    sc = _build(source, _grey(), cam)
+    sc = _build(source, _grey(), findings)
     assert (sc.PhotometricInterpretation, sc.SamplesPerPixel) == (
-        ("RGB", 3) if heatmap else ("MONOCHROME2", 1)
+        ("RGB", 3) if findings else ("MONOCHROME2", 1)
     )
     assert dciodvfy_errors(_write(sc, tmp_path / "sc.dcm")) == []
 
 
 def test_identity_marks_it_as_derived_research_output(source: Dataset) -> None:
-    sc = _build(source, _grey(), _quadrant_cam((300, 200)))
+    sc = _build(source, _grey(), [FINDING])
     assert sc.SOPClassUID == SecondaryCaptureImageStorage
     assert sc.file_meta.MediaStorageSOPClassUID == SecondaryCaptureImageStorage
     assert sc.Modality == "OT"
@@ -170,9 +179,10 @@ def test_identity_marks_it_as_derived_research_output(source: Dataset) -> None:
     assert sc.BurnedInAnnotation == "YES"
     assert sc.ContentQualification == "RESEARCH"
     assert sc.SeriesDescription == SERIES_DESCRIPTION
-    assert SERIES_DESCRIPTION == "Ossa heatmap - research use, not for diagnosis"
-    assert sc.DerivationDescription == DERIVATION_DESCRIPTION
+    assert SERIES_DESCRIPTION == "Ossa findings - research use, not for diagnosis"
+    assert sc.DerivationDescription == derivation_description(1)
     assert "not an original image" in sc.DerivationDescription
+    assert "1 finding outlined" in sc.DerivationDescription
     assert (sc.Manufacturer, sc.ManufacturerModelName, sc.SoftwareVersions) == (
         "Ossa", ALGORITHM.name, ALGORITHM.version)
     assert (sc.SeriesNumber, sc.InstanceNumber) == (9002, 1)
@@ -183,13 +193,31 @@ def test_identity_marks_it_as_derived_research_output(source: Dataset) -> None:
         ALGORITHM.name, ALGORITHM.version)
     assert ossa.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
     assert ossa.ContributionDescription == SC_CONTRIBUTION
+    assert "heatmap" not in SC_CONTRIBUTION
     assert [i.Manufacturer for i in sc.ContributingEquipmentSequence] == [
         "Ossa phantom", "Ossa", "Highdicom open-source contributors"]
 
 
+def test_derivation_description_counts_the_outlined_findings(source: Dataset) -> None:
+    assert derivation_description(0) == (
+        "Ossa research output, not for diagnosis and not an original image: the source "
+        "radiograph (VOI LUT applied, resampled, 8 bit) and a burned-in label; no finding. "
+        "Not for measurement."
+    )
+    assert "with 1 finding outlined (suspected fractures" in derivation_description(1)
+    assert "with 3 findings outlined (suspected fractures" in derivation_description(3)
+    assert all(len(derivation_description(n)) <= 1024 for n in (0, 1, 99))  # ST
+    normal = _build(source, _grey())
+    assert normal.DerivationDescription == derivation_description(0)
+    two = _build(source, _grey(), [FINDING, Finding(10, 10, 40, 50, 0.3)])
+    assert two.DerivationDescription == derivation_description(2)
+    # One Series Description for the whole series, whatever each capture shows.
+    assert normal.SeriesDescription == two.SeriesDescription == SERIES_DESCRIPTION
+
+
 def test_same_study_own_series_and_references_its_source(source: Dataset) -> None:
     before = copy.deepcopy(source)
-    sc = _build(source, _grey(), _quadrant_cam((300, 200)))
+    sc = _build(source, _grey(), [FINDING])
     assert source == before  # not modified
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID
@@ -211,7 +239,7 @@ def test_same_study_own_series_and_references_its_source(source: Dataset) -> Non
 
 def test_dx_orientation_and_laterality_are_kept(make_radiograph: MakeRadiograph) -> None:
     source = make_radiograph(_identity(), image=_grey(), modality="DX")
-    sc = _build(source, _grey(), None)
+    sc = _build(source, _grey())
     assert list(sc.PatientOrientation) == ["A", "F"]
     assert sc.Laterality == "R"  # from the DX Image Laterality
 
@@ -231,7 +259,7 @@ def test_utf8_patient_name_survives_byte_for_byte(
     source.SpecificCharacterSet = "ISO_IR 192"
     source.PatientName = name
     received = pydicom.dcmread(_write(source, tmp_path / "source.dcm"))
-    path = _write(_build(received, _grey(), _quadrant_cam((300, 200))), tmp_path / "sc.dcm")
+    path = _write(_build(received, _grey(), [FINDING]), tmp_path / "sc.dcm")
     sc = pydicom.dcmread(path)
     assert sc.get_item("PatientName").value == raw
     assert sc.SpecificCharacterSet == "ISO_IR 192"
@@ -248,22 +276,23 @@ def test_no_patient_identifiers_in_logs_or_warnings(
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sc = _build(source, _grey(), _quadrant_cam((300, 200)))
+        sc = _build(source, _grey(), [FINDING])
     assert sc.PatientName == "SECRETNAME"
     messages = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
-    assert "built secondary capture: 341 x 559 RGB, with heatmap" in messages
+    assert "built secondary capture: 341 x 559 RGB, 1 finding(s) outlined" in messages
     assert not [m for m in messages if "SECRETNAME" in m or "SECRETID" in m]
 
 
 def test_lossy_source_stays_marked_lossy(make_radiograph: MakeRadiograph) -> None:
     source = make_radiograph(_identity(), image=_grey())
-    assert "LossyImageCompression" not in _build(source, _grey(), None)
+    assert "LossyImageCompression" not in _build(source, _grey())
     source.LossyImageCompression = "01"
-    assert _build(source, _grey(), None).LossyImageCompression == "01"
+    assert _build(source, _grey()).LossyImageCompression == "01"
 
 
 def test_real_cr_from_pydicom_data(tmp_path: Path) -> None:
-    """NEMA WG04 CR (2140 x 1760, 12 bit): downscaled to 1024 on its longest side."""
+    """NEMA WG04 CR (1955 x 1841, 12 bit): downscaled to 1024 on its longest side, with two
+    findings outlined; it passes dciodvfy."""
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file("RG1_UNCR.dcm")
@@ -272,20 +301,23 @@ def test_real_cr_from_pydicom_data(tmp_path: Path) -> None:
     pixels = source.pixel_array.astype(np.float32)
     image = (pixels - pixels.min()) / (pixels.max() - pixels.min())
     series, sop = secondary_capture_uids(source.StudyInstanceUID, source.SOPInstanceUID, "v")
+    findings = [Finding(900.0, 700.0, 1300.0, 1100.0, 0.81), Finding(200.0, 1500.0, 420.0,
+                                                                     1800.0, 0.43)]
     sc = build_secondary_capture(
-        source, image, np.random.default_rng(0).random((7, 7), dtype=np.float32),
-        input_size=224, label=LABEL, series_instance_uid=series, sop_instance_uid=sop,
-        instance_number=1, algorithm=ALGORITHM,
+        source, image, findings, label=LABEL, series_instance_uid=series,
+        sop_instance_uid=sop, instance_number=1, algorithm=ALGORITHM,
     )
     rows, columns = display_size(image.shape)
     assert max(rows, columns) == 1024
     assert (sc.Columns, sc.Rows - rows) == (columns, label_band(LABEL, columns, 1).shape[0])
+    assert sc.PhotometricInterpretation == "RGB"
+    assert int(_is_outline(sc.pixel_array[:rows]).sum()) > 2 * 4 * 100 * OUTLINE_WIDTH
     out = _write(sc, tmp_path / "sc.dcm")
     assert dciodvfy_errors(out) == []
     assert pydicom.dcmread(out).PatientID == source.PatientID
 
 
-# --- pixels -----------------------------------------------------------------------------------
+# --- pixels of the capture --------------------------------------------------------------------
 
 
 def _dcmj2pnm_png(path: Path, tmp_path: Path) -> NDArray[np.uint8]:
@@ -300,30 +332,33 @@ def _dcmj2pnm_png(path: Path, tmp_path: Path) -> NDArray[np.uint8]:
         return np.asarray(image)
 
 
-@pytest.mark.parametrize("heatmap", [True, False], ids=["rgb", "grayscale"])
-def test_dcmtk_renders_it_with_the_label(source: Dataset, tmp_path: Path, heatmap: bool) -> None:
-    sc = _build(source, _grey(), _quadrant_cam((300, 200)) if heatmap else None)
+@pytest.mark.parametrize("findings", [(FINDING,), ()], ids=["findings", "normal"])
+def test_dcmtk_renders_it_with_the_label(
+    source: Dataset, tmp_path: Path, findings: tuple[Finding, ...]
+) -> None:
+    sc = _build(source, _grey(), findings)
     rendered = _dcmj2pnm_png(_write(sc, tmp_path / "sc.dcm"), tmp_path)
     # DCMTK shows exactly the stored pixels (8 bit, no VOI LUT to apply).
-    assert rendered.shape == ((559, 341, 3) if heatmap else (559, 341))
+    assert rendered.shape == ((559, 341, 3) if findings else (559, 341))
     np.testing.assert_array_equal(rendered, sc.pixel_array)
     grey = rendered if rendered.ndim == 2 else rendered.max(axis=2)
     band = grey[SHOWN[0] :]
     # The band: white text on black, a few hundred text pixels; nothing of it above.
     assert 300 < int((band > 200).sum()) < 2000
     assert int((band == 0).sum()) > 0.8 * band.size
-    above = grey[: SHOWN[0]]
-    assert int((above > 200).sum()) == 0 and int((above == 0).sum()) == 0
-    if not heatmap:
+    above = rendered[: SHOWN[0]]
+    if findings:
+        assert int(_is_outline(above).sum()) > 0  # yellow outline and text, on grey film
+        film = np.all(above == GREY, axis=-1)
+        assert film.mean() > 0.9
+    else:
         assert np.unique(above).tolist() == [GREY]
 
 
 def test_label_band_shows_the_text(source: Dataset) -> None:
-    abnormal = _build(source, _grey(), None).pixel_array
-    normal = _build(
-        source, _grey(), None, label=LABEL.replace("ABNORMAL", "NORMAL")
-    ).pixel_array
-    again = _build(source, _grey(), None).pixel_array
+    abnormal = _build(source, _grey()).pixel_array
+    normal = _build(source, _grey(), label=LABEL.replace("ABNORMAL", "NORMAL")).pixel_array
+    again = _build(source, _grey()).pixel_array
     np.testing.assert_array_equal(abnormal, again)  # deterministic
     np.testing.assert_array_equal(abnormal[: SHOWN[0]], normal[: SHOWN[0]])
     assert int((abnormal[SHOWN[0] :] != normal[SHOWN[0] :]).sum()) > 50
@@ -332,57 +367,84 @@ def test_label_band_shows_the_text(source: Dataset) -> None:
     assert int((label_band("", SHOWN[1], 1) > 0).sum()) == 0
 
 
-def test_heatmap_lies_where_the_cam_is_high(source: Dataset) -> None:
-    """A CAM hot over the top-left quadrant of the image's region of the padded square: the
-    top-left of the SC is red, the bottom-right plain grey."""
-    sc = _build(source, _grey(), _quadrant_cam((300, 200)))
-    rgb = sc.pixel_array[: SHOWN[0]].astype(np.int32)
-    rows, columns = SHOWN
-    hot = rgb[: rows // 2 - 20, : columns // 2 - 20]
-    cold = rgb[rows // 2 + 20 :, columns // 2 + 20 :]
-    assert hot[..., 0].mean() > cold[..., 0].mean() + 50
-    assert (hot[..., 0] > hot[..., 2]).all()  # red over blue where the CAM is high
-    assert np.unique(cold).tolist() == [GREY]  # no heat where the CAM is low
-    # The other two quadrants (hot in only one direction) get no heat either.
-    assert np.unique(rgb[rows // 2 + 20 :, : columns // 2 - 20]).tolist() == [GREY]
-    assert np.unique(rgb[: rows // 2 - 20, columns // 2 + 20 :]).tolist() == [GREY]
+def test_normal_image_is_the_film_unchanged_above_the_label_band(
+    make_radiograph: MakeRadiograph,
+) -> None:
+    """No finding: MONOCHROME2, the film's own 8-bit values (shown at its own size: no
+    resampling), then the research-use label band."""
+    film = np.random.default_rng(3).integers(0, 256, SHOWN, dtype=np.uint8)
+    source = make_radiograph(_identity(), image=film)
+    sc = _build(source, film)
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel) == ("MONOCHROME2", 1)
+    np.testing.assert_array_equal(sc.pixel_array[: SHOWN[0]], film)
+    np.testing.assert_array_equal(sc.pixel_array[SHOWN[0] :], label_band(LABEL, SHOWN[1], 1))
 
 
-def test_coarse_cam_is_upsampled_onto_the_image(make_radiograph: MakeRadiograph) -> None:
-    """A 7 x 7 CAM (224 px input / 32) hot in its top-left cell on a square image: heat in
-    the top-left corner, grey in the opposite one."""
-    image = _grey(448, 448, value=30)
-    source = make_radiograph(_identity(), image=image)
-    cam = np.zeros((7, 7), dtype=np.float32)
-    cam[0, 0] = 4.0
-    sc = _build(source, image, cam, input_size=224)
-    rgb = sc.pixel_array[:512].astype(np.int32)
-    corner, opposite = rgb[:20, :20], rgb[-20:, -20:]
-    assert corner[..., 0].mean() > 60 > 30 + 5 > opposite[..., 0].mean()
-    assert np.unique(opposite).tolist() == [30]
+def test_capture_with_findings_is_the_film_but_for_outlines_and_text(
+    make_radiograph: MakeRadiograph,
+) -> None:
+    """Findings: the film's values on every channel except on the outline and its text above
+    it; the label band is that of the same capture without findings; the research-use label
+    stays."""
+    film = np.random.default_rng(4).integers(0, 200, SHOWN, dtype=np.uint8)
+    source = make_radiograph(_identity(), image=film)
+    finding = Finding(100.0, 200.0, 200.0, 300.0, 0.74)
+    sc = _build(source, film, [finding]).pixel_array
+    normal = _build(source, film).pixel_array
+    assert sc.shape == (*normal.shape, 3)
+    np.testing.assert_array_equal(sc[SHOWN[0] :], np.repeat(normal[SHOWN[0] :, :, None], 3, 2))
+    shown = sc[: SHOWN[0]]
+    ring = _ring((100 - 3, 200 - 3, 199 + 3, 299 + 3), SHOWN)
+    assert _is_outline(shown[ring]).all()
+    changed = np.any(shown != film[..., None], axis=-1)
+    assert not changed[203:297, 103:197].any()  # the boxed region is left as it is
+    text = changed & ~ring
+    rows, columns = np.nonzero(text)
+    assert rows.size > 20  # "1: 0.74"
+    assert rows.max() < 200 - 3 and rows.min() > 200 - 3 - 40  # just above the outline
+    assert columns.min() >= 100 - 3 and columns.max() < 100 - 3 + 120
+    # The research-use label band, grey on every channel.
+    for channel in range(3):
+        np.testing.assert_array_equal(sc[SHOWN[0] :, :, channel], label_band(LABEL, SHOWN[1], 1))
 
 
-def test_cam_over_the_padding_only_gives_no_heat(make_radiograph: MakeRadiograph) -> None:
-    """A wide image is padded above and below; a CAM hot only there leaves the image grey."""
-    image = _grey(200, 300)
-    source = make_radiograph(_identity(), image=image)
-    top, _left, rows, _columns = input_region(image.shape, SIZE)
-    assert (top, rows) == (10, 43)
-    cam = np.zeros((SIZE, SIZE), dtype=np.float32)
-    cam[:top] = 1.0
-    cam[top + rows :] = 1.0
-    sc = _build(source, image, cam)
-    assert np.unique(sc.pixel_array[: display_size(image.shape)[0]]).tolist() == [GREY]
+def test_findings_are_scaled_from_the_source_onto_a_reduced_rendering(
+    make_radiograph: MakeRadiograph,
+) -> None:
+    """A 600 x 400 source rendered at 300 x 200 (a working size) and shown at 512 x 341: a
+    finding in the source's pixels is outlined where it lies on the shown film."""
+    source = make_radiograph(_identity(), image=_grey(600, 400))
+    finding = Finding(100.0, 120.0, 220.0, 300.0, 0.5)
+    sc = _build(source, _grey(), [finding]).pixel_array[: SHOWN[0]]
+    sx, sy = SHOWN[1] / 400, SHOWN[0] / 600
+    left, top = round(100 * sx), round(120 * sy)
+    right, bottom = round(220 * sx) - 1, round(300 * sy) - 1
+    assert (left, top, right, bottom) == (85, 102, 187, 255)
+    ring = _ring((left - 3, top - 3, right + 3, bottom + 3), SHOWN)
+    assert _is_outline(sc[ring]).all()
+    outline = _is_outline(sc)
+    assert not outline[top : bottom + 1, left : right + 1].any()
+    assert not outline[bottom + 4 :].any() and not outline[:, right + 4 :].any()
+    assert not outline[:, : left - 3].any()
+    assert display_boxes([finding], (600, 400), (300, 200), SHOWN) == [
+        pytest.approx((100 * sx, 120 * sy, 220 * sx, 300 * sy))]
 
 
-@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (97, 61), (64, 64), (1000, 333)])
-def test_input_region_is_where_preprocess_puts_the_image(shape: tuple[int, int]) -> None:
-    params = Preprocessing(input_size=SIZE, clahe=False, mean=0.0, std=1.0)
-    square = preprocess(np.ones(shape, dtype=np.float32), params)[0]
-    rows, columns = np.nonzero(square)
-    top, left, height, width = input_region(shape, SIZE)
-    assert (rows.min(), columns.min()) == (top, left)
-    assert (rows.max() - rows.min() + 1, columns.max() - columns.min() + 1) == (height, width)
+def test_probability_and_rank_are_written(source: Dataset) -> None:
+    """The text above an outline changes with the probability and with the rank, and nothing
+    else does."""
+    left = round(FINDING.x0 * SHOWN[1] / 200) - OUTLINE_WIDTH
+    top = round(FINDING.y0 * SHOWN[0] / 300) - OUTLINE_WIDTH
+    text = np.zeros((559, 341), dtype=bool)
+    text[top - 40 : top, left : left + 100] = True
+    first = _build(source, _grey(), [FINDING]).pixel_array
+    other = _build(source, _grey(), [replace(FINDING, probability=0.41)]).pixel_array
+    differs = np.any(first != other, axis=-1)
+    assert int(differs[text].sum()) > 10  # "1: 0.74" against "1: 0.41"
+    assert not differs[~text].any()
+    # The same finding ranked second: "2: 0.74" instead of "1: 0.74" at the same place.
+    second = _build(source, _grey(), [Finding(5.0, 250.0, 30.0, 290.0, 0.9), FINDING])
+    assert np.any(second.pixel_array != first, axis=-1)[text].any()
 
 
 @pytest.mark.parametrize(
@@ -396,39 +458,138 @@ def test_display_size_clamps_the_longest_side(
     assert display_size(shape) == expected
 
 
+def test_display_film_resizes_once_in_8_bits() -> None:
+    """Shrinking averages areas: a 2x reduction gives the 2 x 2 block means of the 8-bit
+    values, and is within one grey level of resampling the floats; the same size is the image
+    quantised; enlarging stays within the image's range."""
+    image = np.random.default_rng(5).random((300, 200), dtype=np.float32)
+    shrunk = display_film(image, (150, 100))
+    assert shrunk.dtype == np.uint8 and shrunk.shape == (150, 100)
+    quantised = np.round(image * 255.0)
+    blocks = quantised.reshape(150, 2, 100, 2).mean(axis=(1, 3))
+    assert np.abs(shrunk - blocks).max() <= 1.0
+    floats = np.asarray(Image.fromarray(image, mode="F").resize((100, 150), Image.Resampling.BOX))
+    assert np.abs(shrunk.astype(np.int16) - np.round(floats * 255.0)).max() <= 1
+    np.testing.assert_array_equal(display_film(image, (300, 200)),
+                                  np.round(image * 255.0).astype(np.uint8))
+    ramp = np.tile(np.linspace(0.2, 0.6, 64, dtype=np.float32), (48, 1))
+    enlarged = display_film(ramp, (512, 683))
+    assert enlarged.shape == (512, 683)
+    assert round(0.2 * 255) <= enlarged.min() and enlarged.max() <= round(0.6 * 255)
+    assert (np.diff(enlarged.astype(np.int16), axis=1) >= 0).all()  # a ramp stays a ramp
+
+
+# --- draw_findings: the pure drawing ----------------------------------------------------------
+
+
+def _film(rows: int = 300, columns: int = 200) -> NDArray[np.uint8]:
+    return np.full((rows, columns), GREY, dtype=np.uint8)
+
+
+def _changed(drawn: NDArray[np.uint8], film: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    return np.any(drawn != film[..., None], axis=-1)
+
+
+def test_draw_findings_outlines_the_box_just_outside_it() -> None:
+    """A box over columns 50-149, rows 60-139: a yellow ring 3 px wide around it, nothing
+    inside it, and nothing elsewhere but the text above the ring."""
+    film = _film()
+    drawn = draw_findings(film, [(50.0, 60.0, 150.0, 140.0)], [0.74])
+    assert drawn.shape == (300, 200, 3) and drawn.dtype == np.uint8
+    ring = _ring((47, 57, 152, 142), film.shape)
+    assert _is_outline(drawn[ring]).all()
+    changed = _changed(drawn, film)
+    assert not changed[60:140, 50:150].any()
+    outside = changed & ~ring
+    rows, columns = np.nonzero(outside)
+    assert rows.size > 20
+    assert 57 - 40 < rows.min() and rows.max() < 57  # the text, just above the outline
+    assert columns.min() >= 47 and columns.max() < 47 + 100
+    # Film pixels are grey (R = G = B): the outline colour is not one of them.
+    assert len(set(OUTLINE_COLOR)) > 1
+
+
+def test_draw_findings_takes_float_film_and_rounds_as_uint8() -> None:
+    film = np.random.default_rng(0).integers(0, 256, (120, 90), dtype=np.uint8)
+    boxes, probabilities = [(10.4, 20.6, 50.2, 70.9)], [0.5]
+    np.testing.assert_array_equal(
+        draw_findings(film.astype(np.float32) / 255.0, boxes, probabilities),
+        draw_findings(film, boxes, probabilities),
+    )
+
+
+def test_draw_findings_without_boxes_is_the_film_in_rgb() -> None:
+    film = np.random.default_rng(1).integers(0, 256, (50, 70), dtype=np.uint8)
+    np.testing.assert_array_equal(draw_findings(film, [], []), np.repeat(film[..., None], 3, 2))
+    # A box wholly outside the image is not drawn.
+    np.testing.assert_array_equal(
+        draw_findings(film, [(80.0, 10.0, 90.0, 20.0)], [0.9]), np.repeat(film[..., None], 3, 2)
+    )
+
+
+@pytest.mark.parametrize(
+    "box",
+    [(150.0, 260.0, 200.0, 300.0), (0.0, 0.0, 40.0, 30.0), (80.0, 0.0, 120.0, 20.0),
+     (0.0, 150.0, 200.0, 300.0)],
+    ids=["bottom-right", "top-left", "top", "bottom-half"],
+)
+def test_draw_findings_keeps_the_text_inside_the_image(
+    box: tuple[float, float, float, float],
+) -> None:
+    """Wherever the box lies, its whole text is drawn (as many pixels as in the open) and the
+    outline runs along the image's edge where the box reaches it."""
+    film = _film()
+    in_the_open = _changed(draw_findings(film, [(50.0, 100.0, 150.0, 140.0)], [0.74]), film)
+    open_text = int((in_the_open & ~_ring((47, 97, 152, 142), film.shape)).sum())
+    drawn = draw_findings(film, [box], [0.74])
+    x0, y0, x1, y1 = (round(v) for v in box)
+    outer = (max(0, x0 - 3), max(0, y0 - 3), min(199, x1 + 2), min(299, y1 + 2))
+    ring = _ring(outer, film.shape)
+    assert _is_outline(drawn[ring]).all()
+    text = _changed(drawn, film) & ~ring & ~_is_outline(drawn)
+    assert int(text.sum()) == pytest.approx(open_text, rel=0.05)
+
+
+def test_draw_findings_rejects_mismatched_arguments() -> None:
+    with pytest.raises(ValueError, match="probabilities must have one value per box"):
+        draw_findings(_film(), [(1.0, 1.0, 5.0, 5.0)], [])
+    with pytest.raises(ValueError, match="image must be a non-empty 2-D array"):
+        draw_findings(np.zeros((4, 4, 3), dtype=np.uint8), [], [])
+    with pytest.raises(ValueError, match="a box must be finite with x0 < x1"):
+        draw_findings(_film(), [(5.0, 1.0, 5.0, 5.0)], [0.5])
+
+
 # --- validation -------------------------------------------------------------------------------
 
 
-def _call(source: Dataset, image: object, cam: object, **overrides: object) -> object:
+def _call(source: Dataset, image: object, findings: object, **overrides: object) -> object:
     kwargs: dict[str, object] = {
-        "input_size": SIZE, "label": LABEL, "series_instance_uid": generate_uid(),
+        "label": LABEL, "series_instance_uid": generate_uid(),
         "sop_instance_uid": generate_uid(), "instance_number": 1, "algorithm": ALGORITHM,
     }
     kwargs.update(overrides)
-    return build_secondary_capture(source, image, cam, **kwargs)  # type: ignore[arg-type]
+    return build_secondary_capture(source, image, findings, **kwargs)  # type: ignore[arg-type]
 
 
 def test_rejects_invalid_arguments(source: Dataset) -> None:
     image = _grey().astype(np.float32) / 255.0
-    cam = _quadrant_cam((300, 200))
+    findings = [FINDING]
     with pytest.raises(ValueError, match="label must contain 'Ossa research use - not for"):
-        _call(source, image, cam, label="ABNORMAL p=0.87")
-    with pytest.raises(ValueError, match="cam holds non-finite values"):
-        _call(source, image, np.full((7, 7), np.nan, dtype=np.float32))
-    with pytest.raises(ValueError, match="cam must be a non-empty 2-D array"):
-        _call(source, image, cam[None])
-    with pytest.raises(TypeError, match="cam must be a floating-point numpy array"):
-        _call(source, image, cam.astype(np.int64))
+        _call(source, image, findings, label="ABNORMAL p=0.87")
+    with pytest.raises(TypeError, match="findings must be a sequence of Finding"):
+        _call(source, image, None)
+    with pytest.raises(TypeError, match=r"findings\[0\] must be a Finding"):
+        _call(source, image, [(60, 90, 120, 180)])
+    with pytest.raises(ValueError, match=r"findings\[1\] starts outside the source image"):
+        _call(source, image, [FINDING, Finding(200.0, 10.0, 230.0, 40.0, 0.5)])
     with pytest.raises(ValueError, match="image must lie in"):
-        _call(source, image * 3, cam)
-    with pytest.raises(ValueError, match="input_size must be a positive integer"):
-        _call(source, image, cam, input_size=0)
+        _call(source, image * 3, findings)
     with pytest.raises(ValueError, match="instance_number must be >= 1"):
-        _call(source, image, cam, instance_number=0)
+        _call(source, image, findings, instance_number=0)
     with pytest.raises(TypeError, match="algorithm must be an AlgorithmInfo"):
-        _call(source, image, cam, algorithm="Ossa")
+        _call(source, image, findings, algorithm="Ossa")
     with pytest.raises(TypeError, match="source must be a pydicom Dataset"):
-        _call({"SOPInstanceUID": "1.2"}, image, cam)  # type: ignore[arg-type]
+        _call({"SOPInstanceUID": "1.2"}, image, findings)  # type: ignore[arg-type]
     del source.SOPInstanceUID
     with pytest.raises(ValueError, match="source lacks SOPInstanceUID"):
-        _call(source, image, cam)
+        _call(source, image, findings)
