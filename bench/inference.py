@@ -183,9 +183,9 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
             normalize_radiograph(pydicom.dcmread(io.BytesIO(b)), max_side=max_side)
             for b in blobs]
         decoded = time.perf_counter()
-        inputs = classifier.preprocess(images)
+        inputs, geometries = classifier.preprocess(images)
         prepared = time.perf_counter()
-        classifier.predict_arrays(inputs)
+        classifier.predict_arrays(inputs, geometries)
         done = time.perf_counter()
         return decoded - start, prepared - decoded, done - prepared
 

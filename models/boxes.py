@@ -148,7 +148,8 @@ class BoxReport:
 
 def write_coco(path: Path, images: Iterable[AnnotatedImage]) -> None:
     """Write ``images`` as COCO JSON at ``path`` (atomically: a partial file, then rename)."""
-    coco_images, annotations = [], []
+    coco_images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, image in enumerate(images, start=1):
         coco_images.append({"id": image_id, "file_name": image.file_name,
                             "width": image.width, "height": image.height})
@@ -195,10 +196,10 @@ def read_coco(path: Path, *, known: Sequence[str] | None = None
         try:
             if not isinstance(entry, Mapping):
                 raise ValueError("not an object")
-            image = AnnotatedImage(str(entry.get("file_name", "")), entry.get("width"),
-                                   entry.get("height"))
-        except (TypeError, ValueError) as exc:
-            report.warn(f"{path.name}: images[{n}] skipped: {exc}")
+            image = AnnotatedImage(str(entry.get("file_name", "")), entry["width"],
+                                   entry["height"])
+        except (KeyError, TypeError, ValueError) as exc:
+            report.warn(f"{path.name}: images[{n}] skipped: {exc!r}")
             continue
         if known_names is not None and image.file_name not in known_names:
             report.warn(f"{path.name}: images[{n}] {image.file_name!r} is not an image of the "

@@ -4,7 +4,10 @@
 of the split twice: routed by stage 1 with the bundle's abstention (what Ossa reports) and
 routed by the true class (the "oracle" that isolates stage 2), then writes
 ``predictions.csv``, ``metrics.json``, PNG plots and ``report.md``
-(:mod:`models.evaluation_report`, which defines every figure). Runs on the base install
+(:mod:`models.evaluation_report`, which defines every figure). A bundle that locates findings
+also gets ``findings.csv`` (``path,rank,x0,y0,x1,y1,probability``, image pixels), and, where
+the data has boxes (``boxes.json``), the localisation figures and ``froc.png``
+(:mod:`models.localisation`). Runs on the base install
 (ONNX Runtime) by default; nothing here imports torch.
 """
 
@@ -13,15 +16,25 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
 
-from models.data import MuraStudy, load_studies, read_image
+from models.boxes import AnnotatedImage, Box
+from models.data import MuraStudy, load_boxes, load_studies, read_image
 from models.engine import BACKENDS
 from models.evaluation_report import EvaluatedImage, compute_metrics, write_report
+from models.localisation import (
+    FROC_THRESHOLDS,
+    LocalisedImage,
+    localisation_metrics,
+    locate,
+    plot_froc,
+    write_findings_csv,
+)
 from models.predict import TwoStageClassifier
 
 logger = logging.getLogger(__name__)
@@ -31,22 +44,43 @@ CHUNK = 256
 
 
 def evaluate_classifier(classifier: TwoStageClassifier, studies: Sequence[MuraStudy], *,
-                        progress: bool = False) -> list[EvaluatedImage]:
+                        progress: bool = False,
+                        boxes: Mapping[Path, AnnotatedImage] | None = None,
+                        localised: list[LocalisedImage] | None = None) -> list[EvaluatedImage]:
     """One :class:`EvaluatedImage` per image of ``studies`` (routed and oracle-routed).
 
     A study whose class the bundle does not know (e.g. ``OTHER`` for a bundle without it)
-    is still predicted; its images have no oracle probability.
+    is still predicted; its images have no oracle probability. When ``localised`` is given
+    (a list to fill) and the bundle locates findings, one :class:`LocalisedImage` per image
+    of an assessed class is appended to it, with its boxes from ``boxes`` (by file).
     """
     taxonomy = classifier.taxonomy
+    locate_findings = localised is not None and classifier.reports_findings
+    settings = classifier.localisation
     items = [(study, path) for study in studies for path in study.images]
     rows: list[EvaluatedImage] = []
     with tqdm(total=len(items), unit="img", disable=not progress, desc="evaluate") as bar:
         for start in range(0, len(items), CHUNK):
             chunk = items[start : start + CHUNK]
             # damaged but decodable files (FracAtlas has some) were named at import time
-            inputs = classifier.preprocess([read_image(path, tolerate_truncated=True)
-                                            for _, path in chunk])
-            _, predictions = classifier.predict_arrays(inputs)
+            images = [read_image(path, tolerate_truncated=True) for _, path in chunk]
+            inputs, geometries = classifier.preprocess(images)
+            output, predictions = classifier.predict_arrays(
+                inputs, geometries if locate_findings else None)
+            if locate_findings:
+                assert localised is not None
+                for i, ((study, path), p) in enumerate(zip(chunk, predictions, strict=True)):
+                    if not (study.body_part in taxonomy
+                            and taxonomy.is_assessed(study.body_part)):
+                        continue
+                    top, froc = (locate(output.maps[i], geometries[i], stride=settings.stride,
+                                        max_findings=settings.max_findings)
+                                 if p.assessed else (None, ()))
+                    localised.append(LocalisedImage(
+                        path=str(path), true_type=study.body_part, label=study.label,
+                        boxes=_image_boxes(boxes, path, images[i]), findings=p.findings,
+                        top_region=top,
+                        froc_regions=froc or tuple(() for _ in FROC_THRESHOLDS)))
             oracle = np.full(len(chunk), np.nan, dtype=np.float32)
             in_scope = [i for i, (s, _) in enumerate(chunk)
                         if s.body_part in taxonomy and taxonomy.is_assessed(s.body_part)]
@@ -64,6 +98,17 @@ def evaluate_classifier(classifier: TwoStageClassifier, studies: Sequence[MuraSt
                 ))
             bar.update(len(chunk))
     return rows
+
+
+def _image_boxes(boxes: Mapping[Path, AnnotatedImage] | None, path: Path,
+                 image: NDArray[np.float32]) -> tuple[Box, ...] | None:
+    """The annotated boxes of ``path`` in the pixels of its image as read (None: not
+    annotated)."""
+    annotated = (boxes or {}).get(path)
+    if annotated is None:
+        return None
+    sx, sy = image.shape[1] / annotated.width, image.shape[0] / annotated.height
+    return tuple(Box(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy) for b in annotated.boxes)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -99,15 +144,30 @@ def main(args: argparse.Namespace) -> int:
                                                 threads=args.threads)
     taxonomy = classifier.taxonomy
     studies = load_studies(args.data, args.split)
-    rows = evaluate_classifier(classifier, studies, progress=True)
+    loaded = load_boxes(args.data)
+    localised: list[LocalisedImage] = []
+    rows = evaluate_classifier(classifier, studies, progress=True,
+                               boxes=loaded[0] if loaded is not None else None,
+                               localised=localised)
     known = tuple(dict.fromkeys([*taxonomy.names, *(r.true_type for r in rows)]))
     metrics = compute_metrics(rows, classes=known, assessed_classes=taxonomy.assessed,
                               thresholds=dict(classifier.thresholds),
                               n_bootstrap=args.bootstrap, seed=args.seed)
+    if loaded is not None and localised:
+        metrics["localisation"] = localisation_metrics(localised, taxonomy.assessed,
+                                                       n_bootstrap=args.bootstrap,
+                                                       seed=args.seed)
     description = args.data_description or f"{args.split} split of {args.data}"
     paths = write_report(rows, args.out, metrics=metrics,
                          bundle_version=classifier.algorithm.version,
                          data_description=description)
+    if classifier.reports_findings:
+        write_findings_csv([(image.path, image.findings) for image in localised],
+                           Path(args.out) / "findings.csv")
+        paths.append(Path(args.out) / "findings.csv")
+    if "localisation" in metrics:
+        plot_froc(metrics["localisation"], Path(args.out) / "froc.png")
+        paths.append(Path(args.out) / "froc.png")
     merged = metrics["merged"]["study"]
     print(f"bundle {classifier.algorithm.version}: {len(rows)} images, "
           f"{metrics['n_studies']} studies ({description})")

@@ -762,6 +762,7 @@ def _markdown(metrics: Mapping[str, Any], *, bundle_version: str, data_descripti
             f"| {name} | {'yes' if a['assessed_class'] else 'no (high rate is the goal)'} | "
             f"{a['images']} | {_fmt(a['image_rate'], percent=True)} | {a['studies']} | "
             f"{_fmt(a['study_rate'], percent=True)} |")
+    lines += _localisation_markdown(metrics.get("localisation"))
     lines += [
         "",
         "## Figures",
@@ -774,6 +775,25 @@ def _markdown(metrics: Mapping[str, Any], *, bundle_version: str, data_descripti
         "",
     ]
     return "\n".join(lines)
+
+
+def _localisation_markdown(localisation: Mapping[str, Any] | None) -> list[str]:
+    """The localisation section (:mod:`models.localisation`), when the data has boxes."""
+    if not localisation:
+        return []
+    lines = ["", "## Localisation (findings against the annotated boxes)", "",
+             f"{localisation['definition']}. Findings per film: `findings.csv`; the FROC curve: "
+             "`froc.png`.", "",
+             "| class | fractured films (boxes) | hit rate | hit rate, IoU >= 0.1 | pointing hit "
+             "rate | normal films | findings per normal film |",
+             "|---|---|---|---|---|---|---|"]
+    for name, c in localisation["classes"].items():
+        lines.append(
+            f"| {name} | {c['fractured_annotated_films']} ({c['annotated_boxes']}) | "
+            f"{_fmt_est(c['hit_rate'])} | {_fmt_est(c['hit_rate_iou_0.1'])} | "
+            f"{_fmt_est(c['pointing_hit_rate'])} | {c['normal_films']} | "
+            f"{_fmt(c['findings_per_normal_film'])} |")
+    return lines
 
 
 def write_report(rows: Iterable[EvaluatedImage], out_dir: Path, *, metrics: Mapping[str, Any],

@@ -283,10 +283,9 @@ class BundleManifest:
                              f"assessed: {sorted(unknown)}")
         if self.body_part_pool not in (1, 2, 4) or isinstance(self.body_part_pool, bool):
             raise ValueError(f"body_part_pool must be 1, 2 or 4, got {self.body_part_pool!r}")
-        if self.preprocessing.input_size % (32 * self.body_part_pool):
-            raise ValueError(f"preprocessing.input_size must be a multiple of "
-                             f"{32 * self.body_part_pool} (32 x body_part_pool), got "
-                             f"{self.preprocessing.input_size}")
+        if self.preprocessing.input_size % self.body_part_pool:
+            raise ValueError(f"preprocessing.input_size must be a multiple of body_part_pool "
+                             f"{self.body_part_pool}, got {self.preprocessing.input_size}")
         for key in ("training", "metrics"):
             if not isinstance(getattr(self, key), Mapping):
                 raise ValueError(f"{key} must be a mapping")

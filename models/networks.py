@@ -262,7 +262,8 @@ def _stride16_split(features: nn.Sequential) -> int:
 
 
 def _stem_block_in_channels(features: nn.Sequential) -> int:
-    stem = features[0][0]
+    block = features[0]
+    stem = block[0] if isinstance(block, nn.Sequential) else None
     if not isinstance(stem, nn.Conv2d):
         raise TypeError(f"expected a stem convolution, got {stem!r}")
     return int(stem.in_channels)
@@ -282,8 +283,7 @@ class FractureNet(nn.Module):
     Parameters
     ----------
     model : torch.nn.Module
-        A torchvision MobileNet (``features`` + ``classifier``, 2 outputs). Input sides must
-        be multiples of 32.
+        A torchvision MobileNet (``features`` + ``classifier``, 2 outputs).
 
     Attributes
     ----------
@@ -325,13 +325,13 @@ class FractureNet(nn.Module):
         last = self.features[self.split :](mid)
         pooled = F.adaptive_avg_pool2d(last, 1).flatten(1)
         logits = self.classifier(pooled)
-        top = F.interpolate(self.dense["top"](last), scale_factor=2.0, mode="nearest")
+        top = F.interpolate(self.dense["top"](last), size=mid.shape[-2:], mode="nearest")
         fused = self.dense["lateral"](mid) + top
         fmap = self.dense["out"](self.dense["smooth"](fused))[:, 0]
         return logits, fmap, pooled
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image logits (N x 2) and fracture-map logits (N x h x w), h = w = side / 16."""
+        """Image logits (N x 2) and fracture-map logits (N x h x w), h = w = ceil(side / 16)."""
         logits, fmap, _ = self.forward_all(x)
         return logits, fmap
 

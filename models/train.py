@@ -859,9 +859,9 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
     preprocessing = Preprocessing(input_size=args.input_size, clip_limit=args.clip_limit,
                                   kernel_size=args.kernel_size,
                                   crop_foreground=args.crop_foreground)
-    if args.input_size % (32 * args.body_part_pool):
-        raise ValueError(f"input_size must be a multiple of {32 * args.body_part_pool} "
-                         f"(32 x body_part_pool), got {args.input_size}")
+    if args.input_size % args.body_part_pool:
+        raise ValueError(f"input_size must be a multiple of body_part_pool "
+                         f"{args.body_part_pool}, got {args.input_size}")
     build = {"arch": args.arch, "width_mult": args.width_mult,
              "in_channels": preprocessing.channels, "imagenet_weights": args.imagenet_weights,
              "zero_init_residual": True}
@@ -967,7 +967,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
                 class_weights=job.class_weights, autocast_dtype=autocast, resume=resume,
                 on_epoch=save,
                 boxes=[train.boxes[int(i)] for i in rows] if job.dense else None,
-                annotated=train.annotated[job.select] if job.dense else None,
+                annotated=(train.annotated[job.select]
+                           if job.dense and train.annotated is not None else None),
                 normalization=(preprocessing.mean, preprocessing.std))
             finished[job.name] = {
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},

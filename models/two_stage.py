@@ -53,14 +53,16 @@ class ServingHead(nn.Module):
             raise ValueError("model must have 'features' and 'classifier' modules "
                              "(a torchvision MobileNet)")
         self.model = model
+        self.trunk = trunk
+        self.classifier = classifier
         self.output = output
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.output == "map":
             logits, fmap = self.model(x)
             return logits, torch.sigmoid(fmap)
-        pooled = F.adaptive_avg_pool2d(self.model.features(x), 1).flatten(1)
-        return self.model.classifier(pooled), pooled
+        pooled = F.adaptive_avg_pool2d(self.trunk(x), 1).flatten(1)
+        return self.classifier(pooled), pooled
 
 
 class TwoStageNetwork(nn.Module):

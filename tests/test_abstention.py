@@ -212,7 +212,8 @@ def output(rows: list[tuple[int, float, float, float]]) -> EngineOutput:
         body_part_index=np.array([r[0] for r in rows], np.int64),
         features=np.array([[r[3], 0.0] for r in rows], np.float32),
         abnormal_probability=np.array([r[2] for r in rows], np.float32),
-        cams=np.zeros((n, 0, 0), np.float32),
+        maps=np.zeros((n, 0, 0), np.float32),
+        scores={"pooled": np.array([r[2] for r in rows], np.float32)},
     )
 
 

@@ -83,20 +83,46 @@ def test_onnx_matches_pytorch_within_1e4(saved: Path) -> None:
     x = _inputs()
     torch_engine = TwoStageEngine(TorchRunner(network), MURA_TAXONOMY, flip_tta=True)
     onnx_engine = TwoStageEngine(OnnxRunner(info), MURA_TAXONOMY, flip_tta=True)
-    a, b = torch_engine.predict(x, cams=True), onnx_engine.predict(x, cams=True)
+    a, b = torch_engine.predict(x, maps=True), onnx_engine.predict(x, maps=True)
     assert np.array_equal(a.body_part_index, b.body_part_index)
-    for field in ("body_part_probabilities", "features", "abnormal_probability", "cams"):
+    for field in ("body_part_probabilities", "features", "abnormal_probability", "maps"):
         left, right = getattr(a, field), getattr(b, field)
         assert left.shape == right.shape
         assert np.nanmax(np.abs(left - right)) < 1e-4, field
 
 
-def test_cam_of_mobilenet_v2_averages_to_the_logit_difference(saved: Path) -> None:
+def test_stage2_returns_a_fracture_probability_map_at_stride_16(saved: Path) -> None:
     info = open_bundle(saved)
     runner = OnnxRunner(info)
-    logits, cam = runner.abnormal("WRIST", _inputs(3))
-    assert cam.shape[0] == 3 and cam.ndim == 3
-    np.testing.assert_allclose(cam.mean(axis=(1, 2)), logits[:, 1] - logits[:, 0], atol=1e-4)
+    logits, fmap = runner.abnormal("WRIST", _inputs(3))
+    assert logits.shape == (3, 2)
+    assert fmap.shape == (3, 3, 3)  # ceil(48 / 16)
+    assert ((fmap > 0) & (fmap < 1)).all()  # sigmoid of the head: probabilities
+    # the untrained head starts from a low fracture prior (bias -4)
+    assert float(fmap.mean()) < 0.2
+
+
+def test_body_part_pool_is_part_of_the_exported_network(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    network = new_network(SMALL, architecture="mobilenet_v2", width_mult=0.35, in_channels=1,
+                          body_part_pool=2).eval()
+    path = _save(tmp_path / "pooled", network, body_part_pool=2)
+    info, loaded = load_network(path)
+    assert info.manifest.body_part_pool == 2
+    assert isinstance(loaded.body_part.features[0], torch.nn.AvgPool2d)
+    x = _inputs(4)
+    a = TwoStageEngine(TorchRunner(loaded), SMALL, flip_tta=False).body_parts(x)
+    b = TwoStageEngine(OnnxRunner(info), SMALL, flip_tta=False).body_parts(x)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-4)
+    # the pooled network sees the image at half size: a 2x2 block-constant image gives the
+    # same answer as its half-size version through the unpooled trunk
+    half = torch.nn.functional.avg_pool2d(torch.from_numpy(x), 2)
+    with torch.no_grad():
+        direct = loaded.body_part(torch.from_numpy(x))
+        trunk = torch.nn.Sequential(*list(loaded.body_part.features)[1:])
+        pooled = torch.nn.functional.adaptive_avg_pool2d(trunk(half), 1).flatten(1)
+        np.testing.assert_allclose(direct.numpy(), loaded.body_part.classifier(pooled).numpy(),
+                                   atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v3_large"])

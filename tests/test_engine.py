@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models.engine import EngineOutput, TwoStageEngine, softmax
+from models.engine import EngineOutput, TwoStageEngine, image_scores, softmax
 from models.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy.from_names(["ELBOW", "WRIST", "OTHER"])
@@ -130,7 +130,7 @@ def test_softmax_rows_and_stability() -> None:
 
 def test_routing_sends_each_image_to_its_class_network() -> None:
     images = batch(ELBOW_IMAGE, WRIST_IMAGE, OTHER_IMAGE, WRIST_IMAGE, ELBOW_IMAGE, OTHER_IMAGE)
-    out, runner = run(images, cams=True)
+    out, runner = run(images, maps=True)
 
     np.testing.assert_array_equal(out.body_part_index, [0, 1, 2, 1, 0, 2])
     assert out.body_part_index.dtype == np.int64
@@ -141,9 +141,9 @@ def test_routing_sends_each_image_to_its_class_network() -> None:
     expected_p = [sigmoid(2.0), sigmoid(-2.0), math.nan, sigmoid(-2.0), sigmoid(2.0), math.nan]
     np.testing.assert_allclose(out.abnormal_probability, expected_p, rtol=1e-6)
     assert out.abnormal_probability.dtype == np.float32
-    np.testing.assert_allclose(out.cams[0], images[0, 0] + RAMP)
-    np.testing.assert_allclose(out.cams[1], 100 * images[1, 0] + RAMP)
-    assert np.isnan(out.cams[[2, 5]]).all()
+    np.testing.assert_allclose(out.maps[0], images[0, 0] + RAMP)
+    np.testing.assert_allclose(out.maps[1], 100 * images[1, 0] + RAMP)
+    assert np.isnan(out.maps[[2, 5]]).all()
     np.testing.assert_allclose(out.body_part_probabilities[0], softmax_list([3, -1, 0]),
                                rtol=1e-6)
     np.testing.assert_allclose(out.features[2], [0.5, 0.5, 1.0])
@@ -156,16 +156,16 @@ def test_no_network_is_called_for_a_class_without_images() -> None:
 
 
 def test_unassessed_class_images_get_nan_and_no_network_call() -> None:
-    out, runner = run(batch(OTHER_IMAGE, OTHER_IMAGE, OTHER_IMAGE), cams=True)
+    out, runner = run(batch(OTHER_IMAGE, OTHER_IMAGE, OTHER_IMAGE), maps=True)
     assert runner.names() == ["body_part"]
     np.testing.assert_array_equal(out.body_part_index, [2, 2, 2])
     assert np.isnan(out.abnormal_probability).all()
-    assert out.cams.shape[0] == 3
+    assert out.maps.shape[0] == 3
 
 
 def test_route_overrides_stage1_routing() -> None:
     images = batch(ELBOW_IMAGE, WRIST_IMAGE, OTHER_IMAGE)
-    routed, runner = run(images, route=[1, 2, 0], cams=True)
+    routed, runner = run(images, route=[1, 2, 0], maps=True)
     plain, _ = run(images)
 
     np.testing.assert_array_equal(routed.body_part_index, [1, 2, 0])
@@ -178,8 +178,8 @@ def test_route_overrides_stage1_routing() -> None:
     np.testing.assert_allclose(routed.abnormal_probability[[0, 2]],
                                [sigmoid(2.0), sigmoid(0.5)], rtol=1e-6)
     assert math.isnan(routed.abnormal_probability[1])  # WRIST_IMAGE forced to OTHER
-    np.testing.assert_allclose(routed.cams[0], 100 * images[0, 0] + RAMP)
-    assert np.isnan(routed.cams[1]).all()
+    np.testing.assert_allclose(routed.maps[0], 100 * images[0, 0] + RAMP)
+    assert np.isnan(routed.maps[1]).all()
 
 
 def test_route_must_have_one_entry_per_image() -> None:
@@ -198,7 +198,7 @@ def test_flip_tta_feeds_original_then_mirrored_views() -> None:
 
 
 def test_flip_tta_averages_both_views_by_hand() -> None:
-    out, _ = run(batch(ELBOW_IMAGE), flip_tta=True, route=[0], cams=True)
+    out, _ = run(batch(ELBOW_IMAGE), flip_tta=True, route=[0], maps=True)
     original, mirrored = softmax_list([3, -1, 0]), softmax_list([0, 4, 0])
     expected = [(a + b) / 2 for a, b in zip(original, mirrored, strict=True)]
     np.testing.assert_allclose(out.body_part_probabilities[0], expected, rtol=1e-6)
@@ -217,16 +217,16 @@ def test_mirroring_changes_the_routing_under_flip_tta() -> None:
     assert runner.names() == ["body_part", "WRIST"]
 
 
-def test_flip_tta_unmirrors_the_cam_before_averaging() -> None:
+def test_flip_tta_unmirrors_the_map_before_averaging() -> None:
     rng = np.random.default_rng(1)
     images = (batch(ELBOW_IMAGE, WRIST_IMAGE) + rng.uniform(0, 0.1, (2, 1, H, W))
               ).astype(np.float32)
-    out, _ = run(images, flip_tta=True, route=[0, 1], cams=True)
+    out, _ = run(images, flip_tta=True, route=[0, 1], maps=True)
     # Each view's CAM is gain * view + RAMP; un-mirroring the second makes its ramp
     # 10 * (W - 1 - column) + row, so the average is gain * image + 10 * (W - 1) / 2 + row.
     rows = np.arange(H, dtype=np.float32)[:, None]
-    np.testing.assert_allclose(out.cams[0], images[0, 0] + 15.0 + rows, rtol=1e-6)
-    np.testing.assert_allclose(out.cams[1], 100 * images[1, 0] + 15.0 + rows, rtol=1e-6)
+    np.testing.assert_allclose(out.maps[0], images[0, 0] + 15.0 + rows, rtol=1e-6)
+    np.testing.assert_allclose(out.maps[1], 100 * images[1, 0] + 15.0 + rows, rtol=1e-6)
 
 
 # --- batching --------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_results_do_not_depend_on_batch_size(flip_tta: bool) -> None:
     images = mixed(7)
     outputs = {}
     for size in (1, 3, 64):
-        out, runner = run(images, flip_tta=flip_tta, batch_size=size, cams=True)
+        out, runner = run(images, flip_tta=flip_tta, batch_size=size, maps=True)
         limit = size * (2 if flip_tta else 1)
         assert all(len(x) <= limit for _, x in runner.calls)
         outputs[size] = out
@@ -245,7 +245,7 @@ def test_results_do_not_depend_on_batch_size(flip_tta: bool) -> None:
     assert set(outputs[64].body_part_index.tolist()) == ({1, 2} if flip_tta else {0, 1, 2})
     for size in (1, 3):
         for field in ("body_part_probabilities", "body_part_index", "features",
-                      "abnormal_probability", "cams"):
+                      "abnormal_probability", "maps"):
             np.testing.assert_allclose(getattr(outputs[size], field),
                                        getattr(outputs[64], field), rtol=1e-6,
                                        err_msg=f"{field} with batch_size={size}")
@@ -268,21 +268,21 @@ def test_batch_size_must_be_positive() -> None:
 # --- output shapes ---------------------------------------------------------------------------
 
 
-def test_without_cams_returns_an_empty_n_by_0_by_0_array() -> None:
-    out, runner = run(mixed(5), cams=False)
-    assert out.cams.shape == (5, 0, 0)
-    assert out.cams.dtype == np.float32
+def test_without_maps_returns_an_empty_n_by_0_by_0_array() -> None:
+    out, runner = run(mixed(5), maps=False)
+    assert out.maps.shape == (5, 0, 0)
+    assert out.maps.dtype == np.float32
     assert "ELBOW" in runner.names()  # stage 2 still ran
     assert np.isfinite(out.abnormal_probability[out.body_part_index != 2]).all()
 
 
 def test_output_shapes() -> None:
-    out, _ = run(mixed(5), cams=True, flip_tta=True)
+    out, _ = run(mixed(5), maps=True, flip_tta=True)
     assert out.body_part_probabilities.shape == (5, 3)
     assert out.body_part_index.shape == (5,)
     assert out.features.shape == (5, 3)
     assert out.abnormal_probability.shape == (5,)
-    assert out.cams.shape == (5, H, W)
+    assert out.maps.shape == (5, H, W)
     np.testing.assert_allclose(out.body_part_probabilities.sum(axis=1), 1.0, rtol=1e-6)
 
 
@@ -295,7 +295,7 @@ def test_stages_alone_compose_to_predict_and_run_each_network_once() -> None:
     images = mixed(9)
     runner = FakeRunner()
     engine = TwoStageEngine(runner, TAXONOMY, flip_tta=True, batch_size=4)
-    whole = engine.predict(images, cams=True)
+    whole = engine.predict(images, maps=True)
     predict_calls = runner.names()
 
     runner.calls.clear()
@@ -306,10 +306,43 @@ def test_stages_alone_compose_to_predict_and_run_each_network_once() -> None:
     assert set(stage1_calls) == {"body_part"}
 
     runner.calls.clear()
-    abnormal, cams = engine.abnormal(images, whole.body_part_index, cams=True)
-    np.testing.assert_array_equal(abnormal, whole.abnormal_probability)
-    np.testing.assert_array_equal(cams, whole.cams)
+    scores, maps = engine.abnormal(images, whole.body_part_index, maps=True)
+    np.testing.assert_array_equal(scores["pooled"], whole.abnormal_probability)
+    np.testing.assert_array_equal(maps, whole.maps)
     assert "body_part" not in runner.names()
     assert sorted(stage1_calls + runner.names()) == sorted(predict_calls)
     with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
         engine.abnormal(images[:1], [7])
+
+
+def test_image_scores_pooled_map_and_blend() -> None:
+    pooled = np.array([0.2, 0.9], np.float32)
+    maps = np.zeros((2, 3, 3), np.float32)
+    maps[0, 0, :3] = [0.9, 0.8, 0.7]
+    maps[0, 2, 2] = 0.6
+    maps[1] = 0.1
+    scores = image_scores(pooled, maps, top_k=4)
+    np.testing.assert_allclose(scores["pooled"], pooled)
+    np.testing.assert_allclose(scores["map"], [(0.9 + 0.8 + 0.7 + 0.6) / 4, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(scores["blend"], (pooled + scores["map"]) / 2, rtol=1e-6)
+    # top_k larger than the map: the mean of every cell
+    np.testing.assert_allclose(image_scores(pooled, maps, top_k=100)["map"],
+                               maps.reshape(2, -1).mean(axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["pooled", "map", "blend"])
+def test_engine_reports_the_chosen_image_score(rule: str) -> None:
+    images = mixed(6)
+    engine = TwoStageEngine(FakeRunner(), TAXONOMY, flip_tta=True, image_score=rule, top_k=2)
+    out = engine.predict(images)
+    assert set(out.scores) == {"pooled", "map", "blend"}
+    np.testing.assert_array_equal(out.abnormal_probability, out.scores[rule])
+    assessed = ~np.isnan(out.scores["pooled"])
+    assert assessed.any() and (~assessed).any()  # OTHER images have no score of any kind
+    for values in out.scores.values():
+        np.testing.assert_array_equal(np.isnan(values), ~assessed)
+
+
+def test_engine_refuses_an_unknown_image_score() -> None:
+    with pytest.raises(ValueError, match="image_score"):
+        TwoStageEngine(FakeRunner(), TAXONOMY, flip_tta=False, image_score="max")
