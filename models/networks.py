@@ -248,17 +248,26 @@ MAP_STRIDE = 16
 _DENSE_CHANNELS = 64
 
 
-def _stride16_split(features: nn.Sequential) -> int:
-    """Number of leading ``features`` blocks whose output is at stride 16 or finer."""
-    probe = torch.zeros(1, _stem_block_in_channels(features), 64, 64)
-    split = 0
-    with torch.no_grad():
-        x = probe
-        for i, block in enumerate(features):
-            x = block(x)
-            if x.shape[-1] >= 64 // MAP_STRIDE:
-                split = i + 1
-    return split
+def _probe_shapes(features: nn.Sequential) -> list[tuple[int, int]]:
+    """(channels, side) after each block of ``features`` for a 64 x 64 input; run in eval
+    mode, so that BatchNorm statistics (ImageNet's, say) are left as they are."""
+    training = features.training
+    features.eval()
+    shapes = []
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, _stem_block_in_channels(features), 64, 64)
+            for block in features:
+                x = block(x)
+                shapes.append((int(x.shape[1]), int(x.shape[-1])))
+    finally:
+        features.train(training)
+    return shapes
+
+
+def _stride16_split(shapes: list[tuple[int, int]]) -> int:
+    """Number of leading blocks whose output is at stride 16 or finer."""
+    return max(i + 1 for i, (_, side) in enumerate(shapes) if side >= 64 // MAP_STRIDE)
 
 
 def _stem_block_in_channels(features: nn.Sequential) -> int:
@@ -301,15 +310,12 @@ class FractureNet(nn.Module):
             raise TypeError("model must be a torchvision MobileNet (features, classifier)")
         self.features = features
         self.classifier = classifier
-        self.split = _stride16_split(features)
-        with torch.no_grad():
-            probe = torch.zeros(1, _stem_block_in_channels(features), 64, 64)
-            mid = features[: self.split](probe)
-            last = features[self.split :](mid)
+        shapes = _probe_shapes(features)
+        self.split = _stride16_split(shapes)
         c = _DENSE_CHANNELS
         self.dense = nn.ModuleDict({
-            "lateral": nn.Conv2d(int(mid.shape[1]), c, 1),
-            "top": nn.Conv2d(int(last.shape[1]), c, 1),
+            "lateral": nn.Conv2d(shapes[self.split - 1][0], c, 1),
+            "top": nn.Conv2d(shapes[-1][0], c, 1),
             "smooth": nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(c), nn.ReLU(inplace=True)),
             "out": nn.Conv2d(c, 1, 1),

@@ -95,6 +95,17 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "photometric": False, "ema": False, "dense_weight": 1.0, "abnormal_batch_size": 32,
         "shared_scope": "assessed",
     },
+    # The paper's setting on MURA-v1.1 (El-Saadawy et al. 2020): ImageNet-initialised
+    # MobileNetV2 at 224 px and width 1.0 (give --imagenet-weights), stage 1 at full
+    # resolution, each per-class network from ImageNet (no shared network).
+    "mura": {
+        "arch": ARCHITECTURE, "input_size": 224, "width_mult": 1.0, "epochs": 10,
+        "shared_epochs": 0, "abnormal_epochs": 10, "batch_size": 32, "lr": 1e-3,
+        "finetune_lr": 1e-3, "weight_decay": 1e-4, "label_smoothing": 0.0, "clip_limit": 0.01,
+        "kernel_size": 56, "augment": True, "body_part_pool": 1, "crop_foreground": False,
+        "photometric": False, "ema": True, "dense_weight": 1.0, "abnormal_batch_size": 32,
+        "shared_scope": "assessed", "normal_ratio": None,
+    },
     # Real radiographs (`ossa data import-fracatlas`): the shipped bundles/fracatlas. 384 px
     # after the foreground crop, so that a fracture spans a few map cells (FracAtlas's median
     # box is 27 px on ~450 px films); stage 1 sees it pooled to 192 px. Width 0.5 so that the

@@ -139,3 +139,45 @@ def test_working_side_is_the_input_size_or_the_larger_display() -> None:
     assert params.working_side() == 224
     assert params.working_side(1024) == 1024
     assert params.working_side(100) == 224
+
+
+def test_geometry_maps_input_boxes_back_to_the_source() -> None:
+    from models.enhance import preprocess_with_geometry
+
+    image = np.zeros((200, 100), np.float32)
+    image[50:70, 20:40] = 1.0  # a bright square at rows 50-70, columns 20-40
+    params = Preprocessing(input_size=64, kernel_size=16, clahe=False)
+    array, geometry = preprocess_with_geometry(image, params)
+    assert geometry.source_shape == (200, 100) and geometry.crop == (0, 0, 200, 100)
+    assert geometry.scale_y == pytest.approx(64 / 200) and geometry.pad_left == 16
+    # where the square landed in the input, mapped back, is where it was
+    rows, cols = np.nonzero(array[0] > (0.5 - params.mean) / params.std)
+    box = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+    x0, y0, x1, y1 = geometry.to_source(box)
+    assert (x0, y0, x1, y1) == pytest.approx((20, 50, 40, 70), abs=200 / 64)
+    assert geometry.to_input(geometry.to_source((16.0, 8.0, 40.0, 30.0))) == pytest.approx(
+        (16.0, 8.0, 40.0, 30.0))
+    # boxes on the padding are clipped to the image
+    assert geometry.to_source((0, 0, 8, 64)) == pytest.approx((0, 0, 0, 200))
+
+
+def test_foreground_crop_drops_the_collimation_border() -> None:
+    from models.enhance import foreground_box, preprocess_with_geometry
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((300, 400), np.float32)
+    image[60:240, 100:320] = rng.uniform(0.3, 0.9, (180, 220)).astype(np.float32)
+    top, left, bottom, right = foreground_box(image)
+    assert 50 <= top <= 60 and 240 <= bottom <= 250 and 90 <= left <= 100 and 320 <= right <= 330
+    params = Preprocessing(input_size=64, kernel_size=16, crop_foreground=True)
+    array, geometry = preprocess_with_geometry(image, params)
+    assert geometry.crop == (top, left, bottom, right)
+    # the exposed field now fills the input's width
+    assert geometry.scale_x == pytest.approx(64 / (right - left), rel=0.02)
+    assert geometry.to_source((0, geometry.pad_top, 64, 64 - geometry.pad_top))[0] == \
+        pytest.approx(left, abs=1)
+    # a blank image, or a "field" too small to trust, is kept whole
+    assert foreground_box(np.zeros((50, 50), np.float32)) == (0, 0, 50, 50)
+    speck = np.zeros((100, 100), np.float32)
+    speck[10:20, 10:20] = 1.0
+    assert foreground_box(speck) == (0, 0, 100, 100)

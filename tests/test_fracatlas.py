@@ -223,3 +223,66 @@ def test_codes_are_the_standard_meanings() -> None:
         code = standard[bone.name]
         assert (bone.code.value, bone.code.scheme, bone.code.meaning) == (
             code.value, code.scheme_designator, code.meaning), bone.name
+
+
+def _yolo(release: Path, image_id: str, text: str) -> None:
+    folder = release / "Annotations" / "YOLO"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{Path(image_id).stem}.txt").write_text(text)
+
+
+def test_yolo_boxes_become_coco_pixels_and_malformed_ones_are_skipped(
+        release: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from models.data import load_boxes
+
+    # IMG0000007 (hand, fractured, 52x40): two good boxes, a trailing newline
+    _yolo(release, "IMG0000007.jpg", "0 0.5 0.5 0.25 0.5\n0 0.1 0.2 0.1 0.2\n")
+    # IMG0000008 (hand, fractured): one good line and four malformed ones
+    _yolo(release, "IMG0000008.jpg",
+          "0 0.5 0.5 0.2 0.2\n0 0.5 0.5\n\n0 1.2 0.5 0.4 0.2\n1 0.5 0.5 0.1 0.1\n0 a b c d\n")
+    _yolo(release, "IMG0000000.jpg", "")  # hand, not fractured: annotated, no box
+    _yolo(release, "IMG9999999.jpg", "0 0.5 0.5 0.1 0.1\n")  # no such image
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="models.fracatlas"):
+        assert _import(release, out) == 0
+    coco = json.loads((out / "boxes.json").read_text())
+    by_name = {i["file_name"]: i for i in coco["images"]}
+    assert set(by_name) == {"images/IMG0000007.jpg", "images/IMG0000008.jpg",
+                            "images/IMG0000000.jpg"}
+    width, height = Image.open(release / "images" / "Fractured" / "IMG0000007.jpg").size
+    assert (by_name["images/IMG0000007.jpg"]["width"],
+            by_name["images/IMG0000007.jpg"]["height"]) == (width, height)
+    boxes = sorted(a["bbox"] for a in coco["annotations"]
+                   if a["image_id"] == by_name["images/IMG0000007.jpg"]["id"])
+    expected = sorted([[0.375 * width, 0.25 * height, 0.25 * width, 0.5 * height],
+                       [0.05 * width, 0.1 * height, 0.1 * width, 0.2 * height]])
+    np.testing.assert_allclose(boxes, expected, atol=0.01)
+    assert coco["categories"] == [{"id": 1, "name": "fracture", "supercategory": "finding"}]
+    # each malformed line and the orphan file is named in a warning; the import goes on
+    text = caplog.text
+    assert "IMG0000008.txt line 2" in text and "IMG0000008.txt line 3" in text
+    assert "IMG0000008.txt line 4" in text and "outside" in text
+    assert "IMG0000008.txt line 5" in text and "IMG0000008.txt line 6" in text
+    assert "IMG9999999.txt" in text
+    loaded = load_boxes(out)
+    assert loaded is not None
+    annotated, report = loaded
+    assert report.skipped == 0 and report.boxes == 3 and report.images == 3
+    assert len(annotated[out / "images" / "IMG0000008.jpg"].boxes) == 1
+    assert annotated[out / "images" / "IMG0000000.jpg"].boxes == ()
+
+
+def test_summary_counts_boxes(release: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    _yolo(release, "IMG0000007.jpg", "0 0.5 0.5 0.25 0.5\n0 0.5 0.5 0 0.1\n")
+    assert _import(release, tmp_path / "out") == 0
+    summary = capsys.readouterr().out
+    assert "1 annotated images, 1 fracture boxes, 1 malformed annotations skipped" in summary
+
+
+def test_release_without_annotations_imports_labels_only(release: Path, tmp_path: Path) -> None:
+    from models.data import load_boxes
+
+    assert _import(release, tmp_path / "out") == 0
+    assert not (tmp_path / "out" / "boxes.json").exists()
+    assert load_boxes(tmp_path / "out") is None

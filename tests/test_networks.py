@@ -177,3 +177,47 @@ def test_imagenet_weights_errors(fake_imagenet: dict[str, Path], tmp_path: Path)
     torch.save(state, partial)
     with pytest.raises(ValueError, match="missing"):
         mobilenet_v2(num_classes=2, imagenet_weights=partial)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_fracture_net_keeps_imagenet_trunk_and_adds_a_stride_16_map(
+        fake_imagenet: dict[str, Path], arch: str) -> None:
+    from models.networks import FractureNet, fracture_classifier
+
+    state = torch.load(fake_imagenet[arch], weights_only=True)
+    net = fracture_classifier(arch=arch, imagenet_weights=fake_imagenet[arch])
+    assert isinstance(net, FractureNet)
+    ours = net.state_dict()
+    backbone = [k for k in state if k.startswith("features.") and k != "features.0.0.weight"]
+    assert backbone and all(torch.equal(ours[k], state[k]) for k in backbone)
+    assert any(k.startswith("dense.") for k in ours)
+    net.eval()
+    with torch.no_grad():
+        logits, fmap = net(torch.zeros(2, 1, 96, 128))
+    assert logits.shape == (2, 2) and fmap.shape == (2, 6, 8)
+    # the head starts from a low fracture prior
+    assert float(torch.sigmoid(fmap).mean()) < 0.1
+
+
+def test_fracture_net_map_sees_where_the_input_changes() -> None:
+    """A change in one corner of the input moves the map there first (the head is local)."""
+    from models.networks import fracture_classifier
+
+    torch.manual_seed(0)
+    net = fracture_classifier(width_mult=0.5).eval()
+    x = torch.zeros(1, 1, 128, 128)
+    y = x.clone()
+    y[..., :16, :16] = 5.0
+    with torch.no_grad():
+        delta = (net(y)[1] - net(x)[1]).abs()[0]
+    assert delta[0, 0] > 0 and delta[0, 0] >= delta[-1, -1]
+
+
+def test_pooled_input_prepends_an_average_pooling() -> None:
+    from models.networks import body_part_classifier, pooled_input
+
+    model = body_part_classifier(num_classes=3, width_mult=0.5)
+    assert pooled_input(model, 1) is model
+    pooled = pooled_input(body_part_classifier(num_classes=3, width_mult=0.5), 2)
+    assert isinstance(pooled.features[0], torch.nn.AvgPool2d)
+    assert pooled(torch.zeros(2, 1, 64, 64)).shape == (2, 3)

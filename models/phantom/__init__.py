@@ -23,6 +23,13 @@ much easier than MURA. Views vary in rotation, mirroring, foreshortening, scale 
 exposures vary in attenuation, gamma, blur, noise and heel-effect shading; some images carry a
 collimation border or a bright side marker, whatever their label.
 
+Each image's findings come with their boxes in its pixels (:attr:`PhantomStudy.boxes`; how each
+kind is boxed: :mod:`.rendering`): each fracture site, each lesion and each metal implant (MURA
+calls hardware abnormal) the image shows. :func:`write_phantom` writes them for every image as
+COCO ``MURA-v1.1/boxes.json`` (:mod:`models.boxes`, read by :func:`models.data.load_boxes`), a
+normal study's images with none. Boxes are computed from the drawn geometry and draw no random
+number, so images are the same with or without them.
+
 Split rule (per class, see :func:`split_sizes`): of ``studies`` studies, the validation split
 gets ``ceil(studies * valid_fraction)`` (at least one, and at least one is left to train when
 ``studies >= 2``), the train split the rest. Within each split, ``round(n * abnormal_fraction)``

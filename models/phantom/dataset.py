@@ -1,4 +1,10 @@
-"""Writing the phantom in the MURA-v1.1 layout, and the ``ossa phantom`` command line."""
+"""Writing the phantom in the MURA-v1.1 layout, and the ``ossa phantom`` command line.
+
+Besides MURA's own files, ``MURA-v1.1/boxes.json`` (:data:`models.boxes.BOXES_JSON`, COCO,
+written by :func:`models.boxes.write_coco`) lists every image of both splits, ``file_name`` as
+in ``*_image_paths.csv``, with the boxes of the findings it shows (see
+:mod:`models.phantom.rendering`): every image is annotated, a normal study's images with no box.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.boxes import BOXES_JSON, AnnotatedImage, write_coco
 from models.layout import (
     DATASET_DIRNAME,
     SPLITS,
@@ -87,18 +94,26 @@ def _plan(studies: int, seed: int, valid_fraction: float,
     return plan
 
 
-def _write_study(job: _StudyJob, base: Path,
-                 config: PhantomConfig) -> tuple[list[str], tuple[str, str]]:
-    """Render and write one study; returns its image paths (CSV form), finding and anatomy."""
+@dataclass(frozen=True)
+class _WrittenStudy:
+    images: tuple[AnnotatedImage, ...]  # file_name: the image's path as the CSVs list it
+    finding: str
+    anatomy: str
+
+
+def _write_study(job: _StudyJob, base: Path, config: PhantomConfig) -> _WrittenStudy:
+    """Render and write one study; returns its images (CSV paths, sizes, boxes), finding and
+    anatomy."""
     study = render_study(job.body_part, job.abnormal, job.seed, config=config)
     directory = base / job.rel_dir
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n, image in enumerate(study.images, start=1):
+    images = []
+    for n, (image, boxes) in enumerate(zip(study.images, study.boxes, strict=True), start=1):
         pixels = np.round(image * 255.0).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(directory / f"image{n}.png", compress_level=3)
-        paths.append(f"{job.rel_dir}/image{n}.png")
-    return paths, (study.finding, study.anatomy)
+        height, width = pixels.shape
+        images.append(AnnotatedImage(f"{job.rel_dir}/image{n}.png", width, height, boxes))
+    return _WrittenStudy(tuple(images), study.finding, study.anatomy)
 
 
 def write_phantom(
@@ -144,7 +159,10 @@ def write_phantom(
     -----
     Besides the MURA layout, ``out/phantom_findings.csv`` (outside ``MURA-v1.1/``) lists each
     study directory with its finding kind and anatomy (see :data:`FINDINGS_CSV`), for
-    per-finding and per-kind analysis.
+    per-finding and per-kind analysis, and ``MURA-v1.1/boxes.json`` the boxes of the findings
+    on every image (COCO, see the module docstring), which :func:`models.data.load_boxes`
+    reads. The boxes are computed from the drawn geometry and draw no random number: images
+    and CSVs are the same as a phantom written without them.
     """
     if not 0.0 <= abnormal_fraction <= 1.0:
         raise ValueError(f"abnormal_fraction must be in [0, 1], got {abnormal_fraction}")
@@ -161,6 +179,7 @@ def write_phantom(
     root.mkdir(parents=True, exist_ok=True)
     plan = _plan(studies, seed, valid_fraction, abnormal_fraction)
     findings: list[tuple[str, str, str]] = []
+    annotated: list[AnnotatedImage] = []
     for split, jobs in plan:
         if workers > 0:
             with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -168,9 +187,10 @@ def write_phantom(
                                         [config] * len(jobs), chunksize=4))
         else:
             written = [_write_study(job, out, config) for job in jobs]
-        image_paths = [paths for paths, _ in written]
-        findings += [(f"{job.rel_dir}/", finding, anatomy)
-                     for job, (_, (finding, anatomy)) in zip(jobs, written, strict=True)]
+        image_paths = [[image.file_name for image in study.images] for study in written]
+        findings += [(f"{job.rel_dir}/", study.finding, study.anatomy)
+                     for job, study in zip(jobs, written, strict=True)]
+        annotated += [image for study in written for image in study.images]
         with open(root / image_paths_csv(split), "w", newline="") as f:
             for paths in image_paths:
                 f.writelines(f"{p}\n" for p in paths)
@@ -182,6 +202,9 @@ def write_phantom(
                     sum(len(p) for p in image_paths))
     with open(out / FINDINGS_CSV, "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows(findings)
+    write_coco(root / BOXES_JSON, annotated)
+    logger.info("phantom boxes: %d images, %d boxes", len(annotated),
+                sum(len(image.boxes) for image in annotated))
     return root
 
 

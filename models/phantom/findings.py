@@ -1,4 +1,10 @@
-"""Findings an abnormal study shows: fractures, lytic/blastic lesions and metal hardware."""
+"""Findings an abnormal study shows: fractures, lytic/blastic lesions and metal hardware.
+
+Each finding keeps the geometry that :mod:`.rendering` draws and that its boxes are computed
+from: a :class:`Fracture` its plane, gap, jag, displacement and the bone's local radius, a
+:class:`Lesion` its outline and a metal implant (a plate with its screws, one wire, a nail) its
+primitives, grouped per implant in :attr:`Findings.metal`.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ class Fracture:
     jag: float  # jag amplitude
     jag_freq: float
     phase: float
+    radius: float  # the bone's local radius (at least _MIN_FINDING_SCALE) that sized the rest
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class Lesion:
 class Findings:
     fractures: list[Fracture] = field(default_factory=list)
     lesions: list[Lesion] = field(default_factory=list)
-    metal: list[Primitive] = field(default_factory=list)
+    metal: list[tuple[Primitive, ...]] = field(default_factory=list)  # one tuple per implant
     swelling: list[Ellipse] = field(default_factory=list)
     callus: list[tuple[Ellipse, float]] = field(default_factory=list)  # (shape, density)
 
@@ -68,7 +75,7 @@ def _make_fracture(site: Site, rng: np.random.Generator, *, displaced: bool) -> 
     return Fracture(
         bone=site.bone, center=center, normal=normal, shift=shift, angle=angle, gap=gap,
         jag=rng.uniform(0.1, 0.25) * radius, jag_freq=rng.uniform(40, 90),
-        phase=rng.uniform(0, 2 * math.pi),
+        phase=rng.uniform(0, 2 * math.pi), radius=radius,
     )
 
 
@@ -90,7 +97,7 @@ def key_point(found: Findings) -> Point:
         return found.fractures[0].center
     if found.lesions:
         return found.lesions[0].center
-    first = found.metal[0]
+    first = found.metal[0][0]
     return first.point(0.5) if isinstance(first, Capsule) else first.c
 
 
@@ -131,13 +138,14 @@ def make_findings(an: Anatomy, finding: str, rng: np.random.Generator) -> Findin
             half_length = min(rng.uniform(0.18, 0.3), 0.45 * site.capsule.length())
             side = rng.choice([-1.0, 1.0]) * r * 0.9
             pc = (cu - av * side, cv + au * side)
-            found.metal.append(Box(pc, half_length, max(0.35 * r, 0.022), angle))
+            plate: list[Primitive] = [Box(pc, half_length, max(0.35 * r, 0.022), angle)]
             n_screws = int(rng.integers(3, 7))
             for s in np.linspace(-0.85, 0.85, n_screws):
                 sc = (pc[0] + au * s * half_length, pc[1] + av * s * half_length)
                 tip = (sc[0] + av * side * 2.2, sc[1] - au * side * 2.2)
-                found.metal.append(Capsule(sc, tip, max(0.14 * r, 0.009), max(0.1 * r, 0.007)))
-                found.metal.append(Ellipse(sc, max(0.3 * r, 0.02), max(0.3 * r, 0.02)))
+                plate.append(Capsule(sc, tip, max(0.14 * r, 0.009), max(0.1 * r, 0.007)))
+                plate.append(Ellipse(sc, max(0.3 * r, 0.02), max(0.3 * r, 0.02)))
+            found.metal.append(tuple(plate))
         else:  # Kirschner wires or an intramedullary nail
             if rng.random() < 0.5:
                 for _ in range(int(rng.integers(2, 4))):
@@ -147,10 +155,11 @@ def make_findings(an: Anatomy, finding: str, rng: np.random.Generator) -> Findin
                     c = (cu - av * off, cv + au * off)
                     a = (c[0] - math.cos(tilt) * half, c[1] - math.sin(tilt) * half)
                     b = (c[0] + math.cos(tilt) * half, c[1] + math.sin(tilt) * half)
-                    found.metal.append(Capsule(a, b, 0.022, 0.022))
+                    found.metal.append((Capsule(a, b, 0.022, 0.022),))
             else:
                 cap = site.capsule
-                found.metal.append(Capsule(cap.point(0.05), cap.point(0.95), 0.35 * r, 0.3 * r))
+                found.metal.append((Capsule(cap.point(0.05), cap.point(0.95), 0.35 * r,
+                                            0.3 * r),))
         if rng.random() < 0.5:  # the fixed fracture, not displaced
             fixed = Site(site.bone, site.capsule, max(t - 0.05, 0.0), min(t + 0.05, 1.0))
             found.fractures.append(_make_fracture(fixed, rng, displaced=False))
