@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import pytest
 from PIL import Image
 
 from models import phantom
+from models.boxes import BOXES_JSON, Box
+from models.data import load_boxes
 from models.phantom import (
     FINDINGS,
     OTHER_KINDS,
@@ -176,8 +180,8 @@ def test_write_phantom_mura_layout(tmp_path: Path) -> None:
     root = write_phantom(tmp_path, studies=6, seed=1)
     assert root == tmp_path / "MURA-v1.1"
     names = sorted(p.name for p in root.iterdir())
-    assert names == ["train", "train_image_paths.csv", "train_labeled_studies.csv", "valid",
-                     "valid_image_paths.csv", "valid_labeled_studies.csv"]
+    assert names == ["boxes.json", "train", "train_image_paths.csv", "train_labeled_studies.csv",
+                     "valid", "valid_image_paths.csv", "valid_labeled_studies.csv"]
     for split in ("train", "valid"):
         assert sorted(p.name for p in (root / split).iterdir()) == sorted(
             f"XR_{name}" for name in PHANTOM_CLASSES)
@@ -237,6 +241,11 @@ def test_write_phantom_is_deterministic_and_refuses_to_overwrite(tmp_path: Path)
         assert (a / name).read_bytes() == (b / name).read_bytes()
     findings = (tmp_path / "a" / phantom.FINDINGS_CSV).read_bytes()
     assert findings == (tmp_path / "b" / phantom.FINDINGS_CSV).read_bytes()
+    boxes = (a / BOXES_JSON).read_bytes()
+    assert boxes == (b / BOXES_JSON).read_bytes()  # in-process and worker processes alike
+    listed = [line for split in ("train", "valid")
+              for line in (a / f"{split}_image_paths.csv").read_text().splitlines()]
+    assert [image["file_name"] for image in json.loads(boxes)["images"]] == listed
     assert b"/XR_OTHER/" in findings
     for line in (a / "valid_image_paths.csv").read_text().splitlines():
         assert (tmp_path / "a" / line).read_bytes() == (tmp_path / "b" / line).read_bytes()
@@ -257,3 +266,125 @@ def test_cli_main(tmp_path: Path) -> None:
     for (line,) in _rows(tmp_path / "MURA-v1.1" / "train_image_paths.csv"):
         with Image.open(tmp_path / line) as im:
             assert max(im.size) <= 160 and min(im.size) >= 60
+
+
+def _inside(boxes: tuple[Box, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Mask of the pixels inside any of ``boxes``, checking that each lies in the image."""
+    height, width = shape
+    mask = np.zeros(shape, dtype=bool)
+    for box in boxes:
+        assert 0 <= box.x0 < box.x1 <= width and 0 <= box.y0 < box.y1 <= height, box
+        assert all(float(c).is_integer() for c in box.as_tuple()), box  # whole pixels
+        mask[int(box.y0) : int(box.y1), int(box.x0) : int(box.x1)] = True
+    return mask
+
+
+@pytest.mark.parametrize("bone", MURA_BONE_TYPES)
+@pytest.mark.parametrize("finding", ["lesion", "hardware"])
+def test_boxes_cover_what_the_finding_changes(bone: str, finding: str) -> None:
+    """A seed's normal and abnormal images differ only by the finding: inside its boxes."""
+    config = PhantomConfig(findings=(finding,))
+    normal = render_study(bone, False, seed=11, n_images=3, config=config)
+    abnormal = render_study(bone, True, seed=11, n_images=3, config=config)
+    assert normal.boxes == ((), (), ())
+    assert len(abnormal.boxes) == 3
+    for n, a, boxes in zip(normal.images, abnormal.images, abnormal.boxes, strict=True):
+        assert boxes, (bone, finding)
+        inside = _inside(boxes, a.shape)
+        changed = np.abs(a - n) > 0.1
+        assert inside[changed].mean() >= 0.9, (bone, finding, inside[changed].mean())
+        faint = np.abs(a - n) > 0.05
+        for box in boxes:
+            x0, y0, x1, y1 = (int(c) for c in box.as_tuple())
+            held = faint[y0:y1, x0:x1]
+            assert held.mean() > 0.02, (bone, finding, box)  # no box of an unchanged place
+            if finding == "lesion":  # tight: it ends within a few pixels of what changed
+                rows, cols = np.flatnonzero(held.any(axis=1)), np.flatnonzero(held.any(axis=0))
+                slack = (cols[0], rows[0], x1 - x0 - 1 - cols[-1], y1 - y0 - 1 - rows[-1])
+                assert max(slack) <= 6, (bone, box, slack)
+
+
+@pytest.mark.parametrize("bone", MURA_BONE_TYPES)
+def test_fracture_boxes_cover_the_fracture_site(bone: str) -> None:
+    """A fracture's box holds its gap, jagged line and callus, and stays at the site.
+
+    A displaced fracture also moves the whole distal fragment, far beyond the site, which the
+    box leaves out on purpose (an annotator boxes the fracture, not the forearm); so the same
+    view is rendered with the fracture undisplaced, and what that changes must be boxed.
+    """
+    from models.phantom.anatomy import ANATOMY
+    from models.phantom.findings import Findings, key_point, make_findings
+    from models.phantom.rendering import _finding_boxes, _random_view, _render_view
+
+    config = PhantomConfig(artifact_probability=0.0)
+    for seed in range(3):
+        rng = np.random.default_rng([seed, 1])
+        body = ANATOMY[bone](rng)
+        found = make_findings(body, "fracture", rng)
+        view = _random_view(bone, rng, config)
+        while not view.shows(key_point(found)):
+            view = _random_view(bone, rng, config)
+        undisplaced = Findings(
+            fractures=[dataclasses.replace(f, shift=(0.0, 0.0), angle=0.0)
+                       for f in found.fractures],
+            callus=found.callus)
+        # the same exposure, blur and noise draws for all three renderings
+        normal, _ = _render_view(body, Findings(), view, np.random.default_rng(7), config)
+        still, _ = _render_view(body, undisplaced, view, np.random.default_rng(7), config)
+        fractured, exposed = _render_view(body, found, view, np.random.default_rng(7), config)
+        assert exposed == (0, 0, view.width, view.height)
+        boxes = _finding_boxes(body, found, view, exposed)
+        assert 1 <= len(boxes) <= len(found.fractures)
+        inside = _inside(boxes, fractured.shape)
+        changed = np.abs(still - normal) > 0.1
+        assert changed.any() and inside[changed].mean() >= 0.9, (bone, seed)
+        first = found.fractures[0]  # the key point, shown by the view
+        x0, y0, x1, y1 = view.pixel_box((*first.center, *first.center))
+        assert inside[(y0 + y1) // 2, (x0 + x1) // 2]
+        # the site, not the bone: a box spans at most about a dozen local bone radii
+        for box in boxes:
+            assert max(box.x1 - box.x0, box.y1 - box.y0) <= (
+                14 * max(f.radius for f in found.fractures) * view.scale + 5), (bone, seed)
+
+
+def test_write_phantom_writes_the_boxes_of_every_image(tmp_path: Path) -> None:
+    config = PhantomConfig(min_size=96, max_size=128)
+    root = write_phantom(tmp_path, 4, 0, config=config)
+    again = write_phantom(tmp_path / "again", 4, 0, config=config)
+    assert (again / BOXES_JSON).read_bytes() == (root / BOXES_JSON).read_bytes()
+    listed = [line for split in ("train", "valid")
+              for (line,) in _rows(root / f"{split}_image_paths.csv")]
+    document = json.loads((root / BOXES_JSON).read_text())
+    assert [image["file_name"] for image in document["images"]] == listed
+    loaded = load_boxes(tmp_path)
+    assert loaded is not None
+    by_file, report = loaded
+    assert report.skipped == 0 and report.warnings == []
+    assert set(by_file) == {tmp_path / line for line in listed}
+    kinds = {path: finding for path, finding, _ in _rows(tmp_path / phantom.FINDINGS_CSV)}
+    assert set(kinds.values()) == {"none", *FINDINGS}  # this seed draws every kind
+    boxed: dict[str, int] = {}
+    for file, image in by_file.items():
+        with Image.open(file) as png:
+            assert (image.width, image.height) == png.size
+        _inside(image.boxes, (image.height, image.width))
+        study = image.file_name.rsplit("/", 1)[0] + "/"
+        if kinds[study] == "none":
+            assert image.boxes == (), image.file_name
+        boxed[study] = boxed.get(study, 0) + len(image.boxes)
+    for study, finding in kinds.items():
+        if finding != "none":
+            assert boxed[study] >= 1, (study, finding)
+    assert report.boxes == sum(boxed.values()) == len(document["annotations"])
+
+
+def test_phantom_study_validates_boxes() -> None:
+    image = np.zeros((8, 10), np.float32)
+    study = PhantomStudy("WRIST", True, "lesion", (image, image), anatomy="WRIST")
+    assert study.boxes == ((), ())
+    with pytest.raises(ValueError, match="boxes"):
+        PhantomStudy("WRIST", True, "lesion", (image,), "WRIST", boxes=((), ()))
+    with pytest.raises(ValueError, match="boxes"):
+        PhantomStudy("WRIST", False, "none", (image,), "WRIST", boxes=((Box(0, 0, 2, 2),),))
+    with pytest.raises(ValueError, match="outside"):
+        PhantomStudy("WRIST", True, "lesion", (image,), "WRIST", boxes=((Box(5, 0, 11, 2),),))
