@@ -76,7 +76,7 @@ def test_malformed_entries_are_skipped_with_a_warning(tmp_path: Path,
 @pytest.mark.parametrize("text", ["{not json", json.dumps({"images": []}), json.dumps([1])])
 def test_a_file_that_is_not_coco_is_refused(tmp_path: Path, text: str) -> None:
     (tmp_path / "boxes.json").write_text(text)
-    with pytest.raises(ValueError, match="boxes.json"):
+    with pytest.raises(ValueError, match=r"boxes\.json"):
         read_coco(tmp_path / "boxes.json")
 
 

@@ -170,7 +170,7 @@ def test_foreground_crop_drops_the_collimation_border() -> None:
     top, left, bottom, right = foreground_box(image)
     assert 50 <= top <= 60 and 240 <= bottom <= 250 and 90 <= left <= 100 and 320 <= right <= 330
     params = Preprocessing(input_size=64, kernel_size=16, crop_foreground=True)
-    array, geometry = preprocess_with_geometry(image, params)
+    _, geometry = preprocess_with_geometry(image, params)
     assert geometry.crop == (top, left, bottom, right)
     # the exposed field now fills the input's width
     assert geometry.scale_x == pytest.approx(64 / (right - left), rel=0.02)

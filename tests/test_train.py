@@ -397,3 +397,120 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path,
     differ = [k for k in whole["state"] if not torch.equal(whole["state"][k], resumed["state"][k])]
     assert not differ, differ
     assert not checkpoints.exists()
+
+
+def test_box_masks_weigh_normal_films_everywhere_and_fractures_in_their_boxes() -> None:
+    boxes = [torch.zeros(0, 4), torch.tensor([[4.0, 8.0, 12.5, 16.0]]), torch.zeros(0, 4)]
+    positive, weight = train.box_masks(boxes, torch.tensor([True, True, False]),
+                                       torch.tensor([0, 1, 1]), 32)
+    assert positive.shape == weight.shape == (3, 1, 32, 32)
+    assert positive[0].sum() == 0 and weight[0].min() == 1  # normal: negative everywhere
+    assert positive[1, 0, 8:16, 4:13].min() == 1 and positive[1].sum() == 8 * 9
+    assert torch.equal(weight[1], positive[1])  # fractured: its boxes only
+    assert weight[2].sum() == 0  # fractured, unannotated: the map is not trained
+
+
+def test_dense_loss_is_low_for_the_right_map_and_balanced() -> None:
+    positive = torch.zeros(1, 1, 64, 64)
+    positive[..., 16:32, 16:32] = 1.0
+    weight = torch.ones_like(positive)
+    right = torch.full((1, 4, 4), -6.0)
+    right[0, 1, 1] = 6.0
+    wrong = -right
+    assert train.dense_loss(right, positive, weight, stride=16) < 0.01
+    assert train.dense_loss(wrong, positive, weight, stride=16) > 5.0
+    # one positive cell weighs as much as the fifteen negative ones
+    all_negative = torch.full((1, 4, 4), -6.0)
+    miss = train.dense_loss(all_negative, positive, weight, stride=16)
+    assert miss == pytest.approx(6.0, abs=0.01)
+    assert train.dense_loss(right, positive, torch.zeros_like(weight), stride=16) == 0
+
+
+def _boxed_toy(n: int = 48, side: int = 64) -> tuple[torch.Tensor, torch.Tensor,
+                                                      list[torch.Tensor]]:
+    """Noise films; abnormal ones have a bright 12 px square at a random place, boxed."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 1, side, side, generator=generator) * 0.3 - 1.0
+    labels = torch.arange(n) % 2
+    boxes: list[torch.Tensor] = []
+    for i in range(n):
+        if labels[i]:
+            x, y = (int(v) for v in torch.randint(4, side - 16, (2,), generator=generator))
+            images[i, :, y : y + 12, x : x + 12] += 2.5
+            boxes.append(torch.tensor([[float(x), float(y), x + 12.0, y + 12.0]]))
+        else:
+            boxes.append(torch.zeros(0, 4))
+    return images.half(), labels, boxes
+
+
+def test_fracture_map_learns_where_the_boxes_are() -> None:
+    from models.networks import fracture_classifier
+
+    images, labels, boxes = _boxed_toy()
+    options = TrainingOptions(epochs=12, batch_size=8, lr=3e-3, augment=True, photometric=True,
+                              ema=True, normal_ratio=1.0)
+    torch.manual_seed(0)
+    model = fracture_classifier(width_mult=0.35, zero_init_residual=True)
+    history = train.train_network(
+        model, images, labels, options, generator=torch.Generator().manual_seed(0), fill=-1.0,
+        device=torch.device("cpu"), name="toy", boxes=boxes,
+        annotated=torch.ones(len(labels), dtype=torch.bool), normalization=(0.449, 0.226))
+    assert "dense_loss" in history[-1] and history[-1]["dense_loss"] < history[0]["dense_loss"]
+    with torch.inference_mode():
+        _, fmap = model(images.float())
+    hits = 0
+    for i in torch.nonzero(labels == 1).flatten().tolist():
+        row, col = divmod(int(fmap[i].argmax()), fmap.shape[-1])
+        x0, y0, x1, y1 = boxes[i][0].tolist()
+        # the peak cell (16 px) overlaps the box
+        hits += int(col * 16 < x1 and (col + 1) * 16 > x0 and row * 16 < y1
+                    and (row + 1) * 16 > y0)
+    assert hits >= 0.8 * int(labels.sum())
+    normal_peak = torch.sigmoid(fmap[labels == 0]).amax(dim=(1, 2)).median()
+    fractured_peak = torch.sigmoid(fmap[labels == 1]).amax(dim=(1, 2)).median()
+    assert fractured_peak > normal_peak
+
+
+def test_normal_ratio_draws_balanced_epochs() -> None:
+    images, labels = _toy(40, side=32)
+    labels = (torch.arange(40) < 8).long()  # 8 abnormal, 32 normal
+    options = TrainingOptions(epochs=2, batch_size=4, lr=1e-3, augment=False, normal_ratio=1.5)
+    model = mobilenet_v2(num_classes=2, width_mult=0.25, zero_init_residual=True)
+    history = train.train_network(model, images, labels, options,
+                                  generator=torch.Generator().manual_seed(0), fill=-1.0,
+                                  device=torch.device("cpu"), name="toy")
+    # every epoch: the 8 abnormal images and 12 normal ones, 5 batches of 4
+    assert all(record["images_per_second"] > 0 for record in history)
+    assert train._class_weights(labels, "toy", 1.5).tolist() == pytest.approx([0.4, 0.6])
+    with pytest.raises(ValueError, match="normal_ratio"):
+        TrainingOptions(epochs=1, batch_size=2, lr=1e-3, normal_ratio=0)
+
+
+def test_dense_ema_training_resumes_bit_for_bit() -> None:
+    from models.networks import fracture_classifier
+
+    images, labels, boxes = _boxed_toy(16, side=32)
+    options = TrainingOptions(epochs=3, batch_size=4, lr=2e-3, photometric=True, ema=True,
+                              normal_ratio=1.0)
+
+    def run(resume: dict[str, Any] | None,
+            keep: Callable[[dict[str, Any]], None] | None) -> dict[str, torch.Tensor]:
+        generator = train._seeded(0)
+        model = fracture_classifier(width_mult=0.25, zero_init_residual=True)
+        train.train_network(model, images, labels, options, generator=generator, fill=-1.0,
+                            device=torch.device("cpu"), name="toy", resume=resume,
+                            on_epoch=keep, boxes=boxes,
+                            annotated=torch.ones(len(labels), dtype=torch.bool))
+        return model.state_dict()
+
+    states: list[dict[str, Any]] = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        whole = run(None, lambda state: states.append(
+            torch.load(_roundtrip(state), weights_only=True)))
+        torch.manual_seed(123)
+        resumed = run(states[1], None)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert states[1]["ema"] is not None
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
