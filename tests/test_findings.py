@@ -15,8 +15,8 @@ from models.findings import Finding, image_findings, map_findings, regions
 from models.localisation import (
     FROC_THRESHOLDS,
     LocalisedImage,
-    locate,
     localisation_metrics,
+    locate,
     plot_froc,
     write_findings_csv,
 )
