@@ -54,7 +54,7 @@ real-model: $(TRAIN_STAMP)
 	rm -rf $(REAL_BUNDLE).new && $(BIN)/ossa bundle serving-copy var/models/fracatlas $(REAL_BUNDLE).new
 	rm -rf var/reports/fracatlas && $(BIN)/ossa evaluate --data $(REAL_DATA) --bundle $(REAL_BUNDLE).new \
 	    --out var/reports/fracatlas --data-description "FracAtlas development copy, valid split (20%)"
-	$(BIN)/python -m models.model_card $(REAL_BUNDLE).new var/reports/fracatlas \
+	$(BIN)/python -m models.evaluation.model_card $(REAL_BUNDLE).new var/reports/fracatlas \
 	    --data-readme $(FRACATLAS)/README.md --command "make real-model  # $(REAL_TRAIN)"
 	rm -rf $(REAL_BUNDLE) && mv $(REAL_BUNDLE).new $(REAL_BUNDLE)
 
@@ -90,6 +90,7 @@ bench: $(TRAIN_STAMP) test-deps
 lint: $(TRAIN_STAMP)
 	$(BIN)/ruff check worker dicom_io models tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -50,10 +50,10 @@ from bench.peers import SHIPPED_BUNDLE
 from bench.radiographs import sizes, write_corpus
 from dicom_io.pixels import normalize_radiograph
 from dicom_io.secondary_capture import MAX_SIDE
-from models.engine import BACKENDS, NetworkRunner, TwoStageEngine
-from models.manifest import BundleInfo, open_bundle
-from models.predict import TwoStageClassifier, make_runner
-from models.taxonomy import MURA_TAXONOMY, Taxonomy
+from models.serving.engine import BACKENDS, NetworkRunner, TwoStageEngine
+from models.serving.manifest import BundleInfo, open_bundle
+from models.serving.predict import TwoStageClassifier, make_runner
+from models.serving.taxonomy import MURA_TAXONOMY, Taxonomy
 
 #: Network-alone batch sizes of issue 11.
 BATCHES = (1, 8, 32)
@@ -76,8 +76,8 @@ def paper_bundle(root: Path) -> Path:
     PyTorch and ONNX weights; stage 2 only for WRIST (the class the benchmark routes to)."""
     import torch
 
-    from models.bundle import new_network, save_bundle
-    from models.enhance import Preprocessing
+    from models.serving.enhance import Preprocessing
+    from models.training.bundle import new_network, save_bundle
 
     torch.manual_seed(0)
     taxonomy = Taxonomy(tuple(replace(c, assessed=c.name == "WRIST") for c in MURA_TAXONOMY))
@@ -97,8 +97,8 @@ def runners(info: BundleInfo, *, threads: int, untrained_torch: bool) -> dict[st
     if untrained_torch:
         import torch
 
-        from models.bundle import build_network
-        from models.two_stage import TorchRunner
+        from models.training.bundle import build_network
+        from models.training.two_stage import TorchRunner
 
         torch.manual_seed(0)
         torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ from typing import Any
 
 from bench import common, inference, ingest
 from bench.peers import RECEIVERS, SHIPPED_BUNDLE
-from models.manifest import open_bundle
+from models.serving.manifest import open_bundle
 
 SENDERS = (1, 2, 4)
 BATCHES = (1, 4, 16, 32)

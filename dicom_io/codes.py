@@ -2,7 +2,8 @@
 
 Findings use SNOMED CT "Normal" / "Abnormal" and DCM "Finding" (PS3.16 TID 1501 qualitative
 evaluations). Body-part (finding site) codes are not listed here: each model bundle carries its
-own in its taxonomy (:mod:`models.taxonomy`), and :func:`to_code` turns them into pydicom codes.
+own in its taxonomy (:mod:`models.serving.taxonomy`), and :func:`to_code` turns them into pydicom
+codes.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models.taxonomy import CodedConcept
+from models.serving.taxonomy import CodedConcept
 
 
 def to_code(concept: CodedConcept) -> Code:
     """The pydicom :class:`~pydicom.sr.coding.Code` of a taxonomy's :class:`CodedConcept`."""
     if not isinstance(concept, CodedConcept):
-        raise TypeError(f"concept must be a models.taxonomy.CodedConcept, got {type(concept)}")
+        raise TypeError(f"concept must be a models.serving.taxonomy.CodedConcept, "
+                        f"got {type(concept)}")
     return Code(value=concept.value, scheme_designator=concept.scheme, meaning=concept.meaning)
 
 
@@ -46,7 +48,8 @@ BODY_PART_PROBABILITY: Code = Code("BONEPROB", OSSA_SCHEME, "Probability of pred
 #: Study probability at or above which the study is called abnormal.
 ABNORMALITY_THRESHOLD: Code = Code("ABNTHRESH", OSSA_SCHEME, "Abnormality probability threshold")
 #: Highest fracture probability of the cells of a located finding's region (the fracture map of
-#: :mod:`models.findings`, not the image classifier): the measurement of each TID 1410 group.
+#: :mod:`models.serving.findings`, not the image classifier): the measurement of each TID 1410
+#: group.
 #: Not :data:`ABNORMALITY_PROBABILITY`, which is the image's and the study's probability, so
 #: that a reader collecting that concept does not mix the two quantities.
 FRACTURE_PROBABILITY: Code = Code("FRACPROB", OSSA_SCHEME, "Probability of fracture in region")

@@ -169,7 +169,7 @@ def normalize_radiograph(ds: Dataset, *, max_side: int | None = None) -> NDArray
         modified, and the decoded pixels are not cached on it.
     max_side : int, optional
         The longest side the caller needs (see
-        :meth:`models.enhance.Preprocessing.working_side`). The image is then reduced by the
+        :meth:`models.serving.enhance.Preprocessing.working_side`). The image is then reduced by the
         largest integer factor ``max(Rows, Columns) // max_side`` before the LUTs are applied
         (see the module notes), so its longest side is at least ``max_side``. None (the
         default), or a ``max_side`` at least the longest side: full resolution.

@@ -1,4 +1,4 @@
-"""Turn source radiographs and a :class:`~models.results.StudyPrediction` into a DICOM SR.
+"""Turn source radiographs and a :class:`~models.serving.results.StudyPrediction` into a DICOM SR.
 
 The report is a Comprehensive 3D SR document (PS3.3 A.35.13) whose content tree follows
 PS3.16 TID 1500 "Measurement Report", built with highdicom:
@@ -55,8 +55,8 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, TM
 
 from dicom_io import codes
-from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
-from models.taxonomy import Taxonomy
+from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.serving.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ def build_sr(
     POLYLINE (C.18.6.1.1) that closes the finding's box, five (column, row) points from the
     top-left corner clockwise back to it, in the image-relative pixel coordinates of
     C.18.6.1.2 (the top-left corner of the top-left pixel is 0\\0, the bottom-right corner of
-    the bottom-right pixel Columns\\Rows), which are those of :class:`models.findings.Finding`
+    the bottom-right pixel Columns\\Rows), which are those of
+    :class:`models.serving.findings.Finding`
     unchanged; Graphic Data is FL, so the corners are stored as float32. The group also holds
     Finding = "Fracture of bone" (SCT 125605004), the image's Finding Site, the region's
     fracture probability (99OSSA FRACPROB, TID 300), TID 4019 Algorithm Identification and a
@@ -467,7 +468,8 @@ def _validate(
     if not isinstance(prediction, StudyPrediction):
         raise TypeError(f"prediction must be a StudyPrediction, got {type(prediction)}")
     if not isinstance(taxonomy, Taxonomy):
-        raise TypeError(f"taxonomy must be a models.taxonomy.Taxonomy, got {type(taxonomy)}")
+        raise TypeError(f"taxonomy must be a models.serving.taxonomy.Taxonomy, "
+                        f"got {type(taxonomy)}")
     unknown = sorted({p.body_part for p in prediction.assessed_images} - set(taxonomy.names))
     if unknown:
         raise ValueError(

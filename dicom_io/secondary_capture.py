@@ -2,7 +2,8 @@
 
 The SC is the result a viewer that shows no SR still displays: the radiograph as the film
 (grey, VOI LUT applied), with an outline around each finding of the model
-(:class:`models.findings.Finding`, a suspected fracture) and its rank and probability written
+(:class:`models.serving.findings.Finding`, a suspected fracture) and its rank and probability
+written
 beside it (``"1: 0.74"``), above a burned-in label band such as ``"Ossa research use - not for
 diagnosis - ABNORMAL p=0.87 - WRIST"``. Nothing is washed over the film: outside the outlines
 and their text its pixels are those of the radiograph. It is a Secondary Capture Image (SOP
@@ -12,7 +13,7 @@ from the source) in a series of its own.
 
 Which images get one. The worker (:meth:`worker.pipeline.ReportStage._write_captures`) builds
 one per *assessed* image. An image the model flags abnormal has findings (the most probable
-first, see :mod:`models.findings`) and gets an RGB capture (PS3.3 C.7.6.3.1.2), its findings
+first, see :mod:`models.serving.findings`) and gets an RGB capture (PS3.3 C.7.6.3.1.2), its findings
 outlined in :data:`OUTLINE_COLOR`. An image without findings (a normal one, or an abnormal one
 from a model without a fracture map) gets the film and the label band only, MONOCHROME2: no
 outline, and a third of the bytes. An image that was not assessed (out of scope, undecodable)
@@ -52,9 +53,9 @@ from pydicom.uid import generate_uid
 
 from dicom_io import codes
 from dicom_io.report import MANUFACTURER, algorithm_equipment, source_header
-from models.enhance import check_image
-from models.findings import Finding
-from models.results import AlgorithmInfo, ImagePrediction
+from models.serving.enhance import check_image
+from models.serving.findings import Finding
+from models.serving.results import AlgorithmInfo, ImagePrediction
 
 logger = logging.getLogger(__name__)
 

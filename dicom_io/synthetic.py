@@ -26,7 +26,7 @@ from pydicom.uid import (
 )
 
 from dicom_io.codes import to_code
-from models.taxonomy import MURA_TAXONOMY
+from models.serving.taxonomy import MURA_TAXONOMY
 
 #: Bone type (MURA category) to DICOM Body Part Examined (PS3.16 Annex L defined terms).
 BODY_PART_EXAMINED: dict[str, str] = {
@@ -56,7 +56,7 @@ class StudyIdentity:
     study_instance_uid : str
         Study Instance UID (0020,000D); a fresh one when not given.
     body_part : str
-        A class of :data:`models.taxonomy.MURA_TAXONOMY`, written as Body Part Examined
+        A class of :data:`models.serving.taxonomy.MURA_TAXONOMY`, written as Body Part Examined
         (0018,0015) and, for DX, Anatomic Region Sequence.
     """
 

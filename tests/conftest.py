@@ -20,7 +20,7 @@ from pydicom import Dataset
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 
 if TYPE_CHECKING:
-    from models.predict import TwoStageClassifier
+    from models.serving.predict import TwoStageClassifier
 
 
 def _gradient_image(rows: int = 64, columns: int = 48) -> np.ndarray:
@@ -400,7 +400,7 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory containing ``MURA-v1.1/``: 80 phantom studies per class (OTHER too), seed 0."""
     import os
 
-    from models.phantom import PhantomConfig, write_phantom
+    from models.datasets.phantom import PhantomConfig, write_phantom
 
     out = tmp_path_factory.mktemp("phantom")
     write_phantom(out, TEST_PHANTOM_STUDIES, TEST_SEED,
@@ -419,7 +419,7 @@ def trained_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     """
     import os
 
-    from models import train
+    from models.training import train
 
     reuse = os.environ.get("OSSA_TEST_BUNDLE")
     if reuse:
@@ -438,6 +438,6 @@ def trained_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 @pytest.fixture(scope="session")
 def classifier(trained_bundle: Path) -> TwoStageClassifier:
     """The two-stage classifier of ``trained_bundle``, loaded once per session."""
-    from models.predict import TwoStageClassifier
+    from models.serving.predict import TwoStageClassifier
 
     return TwoStageClassifier.from_bundle(trained_bundle)

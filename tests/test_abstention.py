@@ -1,4 +1,4 @@
-"""Tests of abstention and the out-of-distribution score (models.abstention)."""
+"""Tests of abstention and the out-of-distribution score (models.serving.abstention)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models.abstention import OodModel, decide
-from models.engine import EngineOutput
-from models.manifest import Abstention
-from models.taxonomy import Taxonomy
+from models.serving.abstention import OodModel, decide
+from models.serving.engine import EngineOutput
+from models.serving.manifest import Abstention
+from models.serving.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy.from_names(["ELBOW", "WRIST", "OTHER"])
 #: Two classes in 4-D sharing an anisotropic covariance: std 10 along axis 0, 1 elsewhere.

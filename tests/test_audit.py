@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from models.predict import TwoStageClassifier
+from models.serving.predict import TwoStageClassifier
 from tests.conftest import Served, dcmtk, free_port, wait_until
 from worker.access import PeerBindings
 from worker.cli import JsonFormatter

@@ -1,4 +1,5 @@
-"""Tests of the dataset box format (models.boxes) and its loader (models.data.load_boxes)."""
+"""Tests of the dataset box format (models.datasets.boxes) and its loader
+(models.datasets.data.load_boxes)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.boxes import AnnotatedImage, Box, read_coco, write_coco
-from models.data import load_boxes, load_studies
+from models.datasets.boxes import AnnotatedImage, Box, read_coco, write_coco
+from models.datasets.data import load_boxes, load_studies
 
 
 def test_box_geometry() -> None:
@@ -63,7 +64,7 @@ def test_malformed_entries_are_skipped_with_a_warning(tmp_path: Path,
         "categories": [{"id": 1, "name": "fracture"}],
     }
     (tmp_path / "boxes.json").write_text(json.dumps(document))
-    with caplog.at_level(logging.WARNING, logger="models.boxes"):
+    with caplog.at_level(logging.WARNING, logger="models.datasets.boxes"):
         read, report = read_coco(tmp_path / "boxes.json",
                                  known=["images/a.png", "images/b.png", "images/c.png"])
     assert set(read) == {"images/a.png"} and read["images/a.png"].boxes == (Box(1, 1, 6, 6),)

@@ -1,4 +1,5 @@
-"""Tests of writing bundles, their ONNX export and loading their PyTorch weights (models.bundle)."""
+"""Tests of writing bundles, their ONNX export and loading their PyTorch weights
+(models.training.bundle)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import add_onnx, load_network, new_network, save_bundle
-from models.engine import TwoStageEngine
-from models.enhance import Preprocessing
-from models.manifest import (
+from models.serving.engine import TwoStageEngine
+from models.serving.enhance import Preprocessing
+from models.serving.manifest import (
     MANIFEST_NAME,
     OOD_FILE,
     Abstention,
@@ -24,9 +24,10 @@ from models.manifest import (
     network_stem,
     open_bundle,
 )
-from models.serving import OnnxRunner
-from models.taxonomy import MURA_TAXONOMY, Taxonomy
-from models.two_stage import TorchRunner, TwoStageNetwork
+from models.serving.onnx import OnnxRunner
+from models.serving.taxonomy import MURA_TAXONOMY, Taxonomy
+from models.training.bundle import add_onnx, load_network, new_network, save_bundle
+from models.training.two_stage import TorchRunner, TwoStageNetwork
 
 PARAMS = Preprocessing(input_size=48, kernel_size=16)
 
@@ -155,7 +156,7 @@ def test_ossa_bundle_export_onnx_command(tmp_path: Path) -> None:
 
 
 def test_ood_statistics_are_listed_and_checksummed(tmp_path: Path) -> None:
-    from models.abstention import OodModel
+    from models.serving.abstention import OodModel
 
     rng = np.random.default_rng(0)
     ood = OodModel.fit(rng.normal(size=(40, 8)), rng.integers(0, 3, 40))
@@ -203,7 +204,7 @@ def test_weights_that_do_not_fit_are_refused(bundle: Path) -> None:
 def test_pickled_objects_are_refused(bundle: Path) -> None:
     torch.save({"weight": object()}, bundle / "body_part.pt")  # a pickle, not tensors
     data = json.loads((bundle / MANIFEST_NAME).read_text())
-    from models.manifest import sha256_file
+    from models.serving.manifest import sha256_file
 
     data["files"]["body_part.pt"]["sha256"] = sha256_file(bundle / "body_part.pt")
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
@@ -212,7 +213,7 @@ def test_pickled_objects_are_refused(bundle: Path) -> None:
 
 
 def test_serving_copy_drops_the_pytorch_weights(saved: Path, tmp_path: Path) -> None:
-    from models.manifest import serving_copy
+    from models.serving.manifest import serving_copy
 
     copy = serving_copy(saved, tmp_path / "serving")
     assert not [p for p in copy.path.iterdir() if p.suffix == ".pt"]

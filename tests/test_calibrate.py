@@ -1,4 +1,4 @@
-"""Tests of the pure threshold-choosing functions of models.calibrate."""
+"""Tests of the pure threshold-choosing functions of models.training.calibrate."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 from numpy.typing import NDArray
 from sklearn.metrics import roc_curve
 
-from models.calibrate import (
+from models.serving.results import ImagePrediction
+from models.training.calibrate import (
     DEFAULT_THRESHOLD,
     choose_threshold,
     parse_threshold_rule,
     study_probabilities,
 )
-from models.results import ImagePrediction
 
 
 def random_studies(seed: int, n: int = 60, decimals: int | None = None
@@ -197,8 +197,8 @@ def test_study_probabilities_need_one_study_per_prediction() -> None:
 
 
 def test_weak_classes_holds_back_classes_below_the_bar() -> None:
-    from models.calibrate import weak_classes
-    from models.taxonomy import Taxonomy
+    from models.serving.taxonomy import Taxonomy
+    from models.training.calibrate import weak_classes
 
     taxonomy = Taxonomy.from_names(["ELBOW", "HAND", "WRIST", "OTHER"])
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import pytest
 
 from dicom_io.report import study_finding
 from dicom_io.synthetic import StudyIdentity, write_study
-from models.phantom import render_study
+from models.datasets.phantom import render_study
 from tests.conftest import (
     OSSA,
     OrthancPeer,

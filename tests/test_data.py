@@ -1,4 +1,4 @@
-"""Tests of the MURA-v1.1 loader (models.data)."""
+"""Tests of the MURA-v1.1 loader (models.datasets.data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from models.data import (
+from models.datasets.data import (
     MuraStudy,
     find_dataset_dir,
     load_studies,
@@ -19,7 +19,7 @@ from models.data import (
     read_image,
     tolerate_truncated_images,
 )
-from models.taxonomy import (
+from models.serving.taxonomy import (
     MURA_BONE_TYPES,
     MURA_TAXONOMY,
     BodyPartClass,

@@ -1,4 +1,4 @@
-"""Tests of the numpy two-stage routing engine (models.engine) with a fake backend."""
+"""Tests of the numpy two-stage routing engine (models.serving.engine) with a fake backend."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models.engine import EngineOutput, TwoStageEngine, image_scores, softmax
-from models.taxonomy import Taxonomy
+from models.serving.engine import EngineOutput, TwoStageEngine, image_scores, softmax
+from models.serving.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy.from_names(["ELBOW", "WRIST", "OTHER"])
 H, W = 2, 4

@@ -1,11 +1,11 @@
-"""Tests of enhancement and preprocessing (models.enhance)."""
+"""Tests of enhancement and preprocessing (models.serving.enhance)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.enhance import Preprocessing, check_image, clahe, preprocess, resize_longest
+from models.serving.enhance import Preprocessing, check_image, clahe, preprocess, resize_longest
 
 
 def _ramp(h: int, w: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_working_side_is_the_input_size_or_the_larger_display() -> None:
 
 
 def test_geometry_maps_input_boxes_back_to_the_source() -> None:
-    from models.enhance import preprocess_with_geometry
+    from models.serving.enhance import preprocess_with_geometry
 
     image = np.zeros((200, 100), np.float32)
     image[50:70, 20:40] = 1.0  # a bright square at rows 50-70, columns 20-40
@@ -162,7 +162,7 @@ def test_geometry_maps_input_boxes_back_to_the_source() -> None:
 
 
 def test_foreground_crop_drops_the_collimation_border() -> None:
-    from models.enhance import foreground_box, preprocess_with_geometry
+    from models.serving.enhance import foreground_box, preprocess_with_geometry
 
     rng = np.random.default_rng(0)
     image = np.zeros((300, 400), np.float32)

@@ -1,4 +1,4 @@
-"""Tests of ``ossa evaluate`` (models.evaluate) with the session's trained bundle."""
+"""Tests of ``ossa evaluate`` (models.evaluation.evaluate) with the session's trained bundle."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from models.data import load_studies
-from models.evaluate import evaluate_classifier
-from models.predict import TwoStageClassifier
+from models.datasets.data import load_studies
+from models.evaluation.evaluate import evaluate_classifier
+from models.serving.predict import TwoStageClassifier
 
 #: Runs ``ossa evaluate`` and fails if torch was imported on the way (base install path).
 _NO_TORCH = """
@@ -83,7 +83,7 @@ def test_oracle_routing_uses_the_true_class(classifier: TwoStageClassifier,
 def test_model_card_reads_its_figures_from_the_report(report: tuple[Path, str],
                                                       trained_bundle: Path,
                                                       tmp_path: Path) -> None:
-    from models.model_card import region_accuracy, render
+    from models.evaluation.model_card import region_accuracy, render
 
     out, _ = report
     readme = tmp_path / "README.md"

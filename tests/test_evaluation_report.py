@@ -1,4 +1,4 @@
-"""Tests of the evaluation metrics and report files (models.evaluation_report)."""
+"""Tests of the evaluation metrics and report files (models.evaluation.report)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from models.evaluation_report import (
+from models.evaluation.report import (
     PREDICTION_COLUMNS,
     EvaluatedImage,
     compute_metrics,

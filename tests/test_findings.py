@@ -1,5 +1,5 @@
-"""Tests of findings from fracture maps (models.findings) and of the localisation figures
-(models.localisation)."""
+"""Tests of findings from fracture maps (models.serving.findings) and of the localisation figures
+(models.evaluation.localisation)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.boxes import Box
-from models.enhance import InputGeometry
-from models.findings import Finding, image_findings, map_findings, regions
-from models.localisation import (
+from models.datasets.boxes import Box
+from models.evaluation.localisation import (
     FROC_THRESHOLDS,
     LocalisedImage,
     localisation_metrics,
@@ -20,6 +18,8 @@ from models.localisation import (
     plot_froc,
     write_findings_csv,
 )
+from models.serving.enhance import InputGeometry
+from models.serving.findings import Finding, image_findings, map_findings, regions
 
 #: An 8x8 map of a 128 px input (stride 16) made from a 256 x 512 source image: the source
 #: was halved (scale 0.5), placed 32 px down in the square (rows 32-96 of the input).

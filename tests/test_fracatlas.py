@@ -1,4 +1,4 @@
-"""Tests of the FracAtlas importer (models.fracatlas) on a tiny FracAtlas-like release."""
+"""Tests of the FracAtlas importer (models.datasets.fracatlas) on a tiny FracAtlas-like release."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from models import fracatlas
-from models.data import load_studies, load_taxonomy, read_image
-from models.fracatlas import FRACATLAS_TAXONOMY
+from models.datasets import fracatlas
+from models.datasets.data import load_studies, load_taxonomy, read_image
+from models.datasets.fracatlas import FRACATLAS_TAXONOMY
 
 HEADER = ("image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,fracture_count,"
           "frontal,lateral,oblique")
@@ -87,7 +87,7 @@ def test_import_writes_a_labelled_dataset(release: Path, tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ds"
-    with caplog.at_level(logging.WARNING, logger="models.fracatlas"):
+    with caplog.at_level(logging.WARNING, logger="models.datasets.fracatlas"):
         assert _import(release, out) == 0
     assert (out / "labels.csv").read_text().splitlines()[0] == "path,type,label,split,group"
     rows = _rows(out)
@@ -233,7 +233,7 @@ def _yolo(release: Path, image_id: str, text: str) -> None:
 
 def test_yolo_boxes_become_coco_pixels_and_malformed_ones_are_skipped(
         release: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from models.data import load_boxes
+    from models.datasets.data import load_boxes
 
     # IMG0000007 (hand, fractured, 52x40): two good boxes, a trailing newline
     _yolo(release, "IMG0000007.jpg", "0 0.5 0.5 0.25 0.5\n0 0.1 0.2 0.1 0.2\n")
@@ -243,7 +243,7 @@ def test_yolo_boxes_become_coco_pixels_and_malformed_ones_are_skipped(
     _yolo(release, "IMG0000000.jpg", "")  # hand, not fractured: annotated, no box
     _yolo(release, "IMG9999999.jpg", "0 0.5 0.5 0.1 0.1\n")  # no such image
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="models.fracatlas"):
+    with caplog.at_level(logging.WARNING, logger="models.datasets.fracatlas"):
         assert _import(release, out) == 0
     coco = json.loads((out / "boxes.json").read_text())
     by_name = {i["file_name"]: i for i in coco["images"]}
@@ -281,7 +281,7 @@ def test_summary_counts_boxes(release: Path, tmp_path: Path,
 
 
 def test_release_without_annotations_imports_labels_only(release: Path, tmp_path: Path) -> None:
-    from models.data import load_boxes
+    from models.datasets.data import load_boxes
 
     assert _import(release, tmp_path / "out") == 0
     assert not (tmp_path / "out" / "boxes.json").exists()

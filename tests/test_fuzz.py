@@ -45,7 +45,7 @@ from dicom_io.pixels import PixelDataError, normalize_radiograph
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 
 if TYPE_CHECKING:
-    from models.predict import TwoStageClassifier
+    from models.serving.predict import TwoStageClassifier
 
 SOAK = os.environ.get("OSSA_SOAK") == "1"
 #: Examples per transfer syntax: about 60 s over the seven in ``make test`` and ten minutes in

@@ -53,7 +53,7 @@ from pynetdicom import AE, _config
 from dicom_io.pixels import MAX_PIXELS, PixelDataError, check_pixel_module
 from dicom_io.report import build_sr, encode_file
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
-from models.taxonomy import MURA_TAXONOMY
+from models.serving.taxonomy import MURA_TAXONOMY
 from tests.conftest import (
     OSSA,
     Served,

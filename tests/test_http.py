@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
-from models.predict import TwoStageClassifier
+from models.serving.predict import TwoStageClassifier
 from tests.conftest import OrthancPeer, free_port, wait_until
 from tests.test_outbox import RefusingScp
 from tests.test_service import _destination, _phantom_study, _store

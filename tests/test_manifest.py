@@ -1,4 +1,5 @@
-"""Tests of bundle manifests and their verification (models.manifest), on hand-made bundles."""
+"""Tests of bundle manifests and their verification (models.serving.manifest), on hand-made
+bundles."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from models.enhance import Preprocessing
-from models.manifest import (
+from models.serving.enhance import Preprocessing
+from models.serving.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     Abstention,
@@ -21,7 +22,7 @@ from models.manifest import (
     network_stem,
     open_bundle,
 )
-from models.taxonomy import Taxonomy
+from models.serving.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy.from_names(["ELBOW", "WRIST", "OTHER"])
 ONNX = ("body_part.onnx", "abnormal_ELBOW.onnx", "abnormal_WRIST.onnx")

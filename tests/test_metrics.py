@@ -1,4 +1,4 @@
-"""Tests of the pure metric functions and the cluster bootstrap (models.metrics).
+"""Tests of the pure metric functions and the cluster bootstrap (models.evaluation.metrics).
 
 Every metric is checked against scikit-learn (a test dependency only).
 """
@@ -25,7 +25,7 @@ from sklearn.metrics import (
     roc_curve as sk_roc_curve,
 )
 
-from models.metrics import (
+from models.evaluation.metrics import (
     BinaryCounts,
     accuracy,
     auroc,
@@ -232,7 +232,7 @@ def test_bootstrap_rejects_a_statistic_of_the_wrong_shape() -> None:
 
 
 def test_imports_neither_torch_nor_onnxruntime() -> None:
-    code = ("import sys, models.metrics, models.evaluation_report; "
+    code = ("import sys, models.evaluation.metrics, models.evaluation.report; "
             "bad = {'torch', 'onnxruntime', 'matplotlib', 'sklearn'} & set(sys.modules); "
             "sys.exit(sorted(bad) or 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

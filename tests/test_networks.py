@@ -1,4 +1,4 @@
-"""Tests of the MobileNet builders (models.networks)."""
+"""Tests of the MobileNet builders (models.training.networks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torchvision
 from torch import nn
 from torchvision.models import mobilenetv2, mobilenetv3
 
-from models.networks import (
+from models.serving.taxonomy import MURA_TAXONOMY
+from models.training.networks import (
     ARCHITECTURE,
     ARCHITECTURES,
     abnormality_classifier,
@@ -22,7 +23,6 @@ from models.networks import (
     mobilenet_v3_large,
     mobilenet_v3_small,
 )
-from models.taxonomy import MURA_TAXONOMY
 
 
 def _params(model: nn.Module) -> int:
@@ -182,7 +182,7 @@ def test_imagenet_weights_errors(fake_imagenet: dict[str, Path], tmp_path: Path)
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_fracture_net_keeps_imagenet_trunk_and_adds_a_stride_16_map(
         fake_imagenet: dict[str, Path], arch: str) -> None:
-    from models.networks import FractureNet, fracture_classifier
+    from models.training.networks import FractureNet, fracture_classifier
 
     state = torch.load(fake_imagenet[arch], weights_only=True)
     net = fracture_classifier(arch=arch, imagenet_weights=fake_imagenet[arch])
@@ -201,7 +201,7 @@ def test_fracture_net_keeps_imagenet_trunk_and_adds_a_stride_16_map(
 
 def test_fracture_net_map_sees_where_the_input_changes() -> None:
     """A change in one corner of the input moves the map there first (the head is local)."""
-    from models.networks import fracture_classifier
+    from models.training.networks import fracture_classifier
 
     torch.manual_seed(0)
     net = fracture_classifier(width_mult=0.5).eval()
@@ -214,7 +214,7 @@ def test_fracture_net_map_sees_where_the_input_changes() -> None:
 
 
 def test_pooled_input_prepends_an_average_pooling() -> None:
-    from models.networks import body_part_classifier, pooled_input
+    from models.training.networks import body_part_classifier, pooled_input
 
     model = body_part_classifier(num_classes=3, width_mult=0.5)
     assert pooled_input(model, 1) is model

@@ -21,7 +21,7 @@ from pydicom.uid import Comprehensive3DSRStorage
 from pynetdicom import AE, evt
 
 from dicom_io.synthetic import StudyIdentity, write_study
-from models.phantom import render_study
+from models.datasets.phantom import render_study
 from tests.conftest import OSSA, OrthancPeer, Served, dcmtk, free_port, wait_until
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from dicom_io.report import encode_file, study_finding
 from dicom_io.synthetic import StudyIdentity
-from models.phantom import render_study
-from models.predict import TwoStageClassifier
+from models.datasets.phantom import render_study
+from models.serving.predict import TwoStageClassifier
 from tests.conftest import FakeClock, dciodvfy_errors, evidence_sop_uids
 from worker.pipeline import Classified, ClassifyStage, ReportStage, Scheduler, study_result
 from worker.spool import Spool

@@ -1,4 +1,4 @@
-"""Tests of inference with a trained bundle (models.predict), on both backends."""
+"""Tests of inference with a trained bundle (models.serving.predict), on both backends."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from dicom_io.pixels import normalize_radiograph
-from models.data import MuraStudy, load_studies, read_image
-from models.manifest import MANIFEST_NAME, BundleError
-from models.predict import ALGORITHM_NAME, TwoStageClassifier
-from models.results import ImagePrediction, StudyPrediction
+from models.datasets.data import MuraStudy, load_studies, read_image
+from models.serving.manifest import MANIFEST_NAME, BundleError
+from models.serving.predict import ALGORITHM_NAME, TwoStageClassifier
+from models.serving.results import ImagePrediction, StudyPrediction
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_algorithm_identifies_the_bundle(classifier: TwoStageClassifier,
 
 
 def test_the_serving_backend_never_needs_torch(classifier: TwoStageClassifier) -> None:
-    from models.serving import OnnxRunner
+    from models.serving.onnx import OnnxRunner
 
     assert isinstance(classifier.engine.runner, OnnxRunner)
 
@@ -123,7 +123,7 @@ def test_valid_studies_match_their_labels_and_other_is_not_assessed(
 
 def test_end_to_end_phantom_study_is_called_abnormal(classifier: TwoStageClassifier) -> None:
     """The study the storescu -> Orthanc test sends (tests/test_cli.py), as 8-bit pixels."""
-    from models.phantom import render_study
+    from models.datasets.phantom import render_study
 
     study = render_study("WRIST", True, 2024, n_images=3)
     images = [np.round(im * 255).astype(np.uint8).astype(np.float32) / 255 for im in study.images]

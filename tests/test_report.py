@@ -32,9 +32,9 @@ from dicom_io.report import (
     study_finding,
 )
 from dicom_io.synthetic import StudyIdentity
-from models.findings import Finding
-from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
-from models.taxonomy import MURA_TAXONOMY, BodyPartClass, CodedConcept, Taxonomy
+from models.serving.findings import Finding
+from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.serving.taxonomy import MURA_TAXONOMY, BodyPartClass, CodedConcept, Taxonomy
 from tests.conftest import dciodvfy_errors, dcmtk
 
 ALGORITHM = AlgorithmInfo(name="Ossa two-stage MobileNetV2", version="mura-v1 3f2a9c1")

@@ -1,4 +1,4 @@
-"""Tests of the immutable prediction results (models.results)."""
+"""Tests of the immutable prediction results (models.serving.results)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from models.results import (
+from models.serving.results import (
     AlgorithmInfo,
     ImagePrediction,
     StudyPrediction,

@@ -38,8 +38,8 @@ from dicom_io.secondary_capture import (
     secondary_capture_uids,
 )
 from dicom_io.synthetic import StudyIdentity
-from models.findings import Finding
-from models.results import AlgorithmInfo, ImagePrediction
+from models.serving.findings import Finding
+from models.serving.results import AlgorithmInfo, ImagePrediction
 from tests.conftest import dciodvfy_errors, dcmtk
 
 ALGORITHM = AlgorithmInfo(name="Ossa two-stage MobileNetV2", version="mura-v1 3f2a9c1")

@@ -21,8 +21,8 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from dicom_io.synthetic import StudyIdentity
-from models.phantom import render_study
-from models.predict import TwoStageClassifier
+from models.datasets.phantom import render_study
+from models.serving.predict import TwoStageClassifier
 from tests.conftest import dciodvfy_errors, evidence_sop_uids, free_port, wait_until
 from worker.config import (
     Config,

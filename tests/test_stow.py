@@ -27,8 +27,8 @@ from pydicom.uid import ComputedRadiographyImageStorage
 from dicom_io.report import build_sr
 from dicom_io.send import SendOutcome, SendResult
 from dicom_io.stow import StowRsPeer, probe_dicomweb, send_stow_rs
-from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
-from models.taxonomy import MURA_TAXONOMY
+from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.serving.taxonomy import MURA_TAXONOMY
 from tests.conftest import OrthancPeer, free_port
 from worker.delivery import is_permanent
 

@@ -1,4 +1,4 @@
-"""Tests of the stage-1 taxonomy (models.taxonomy)."""
+"""Tests of the stage-1 taxonomy (models.serving.taxonomy)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydicom.sr.codedict import codes
 
-from models.taxonomy import (
+from models.serving.taxonomy import (
     MURA_BONE_TYPES,
     MURA_TAXONOMY,
     BodyPartClass,

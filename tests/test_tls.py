@@ -27,7 +27,7 @@ from dicom_io.tls import (
     peer_certificate_cn,
     server_context,
 )
-from models.predict import TwoStageClassifier
+from models.serving.predict import TwoStageClassifier
 from tests.conftest import OSSA, dcmtk, free_port, running_storescp, wait_until
 from tests.security import Credential, Pki, make_pki
 from worker.config import (

@@ -1,4 +1,4 @@
-"""Tests of training (models.train), on the session's phantom and trained bundle."""
+"""Tests of training (models.training.train), on the session's phantom and trained bundle."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from models import evaluate, train
-from models.manifest import open_bundle, sha256_file
-from models.networks import mobilenet_v2
-from models.train import (
+from models.evaluation import evaluate
+from models.serving.manifest import open_bundle, sha256_file
+from models.training import train
+from models.training.networks import mobilenet_v2
+from models.training.train import (
     PRESETS,
     CheckpointDir,
     TrainingOptions,
@@ -308,7 +309,7 @@ def _tiny_argv(data: Path, out: Path) -> list[str]:
 
 
 class _Captured:
-    """Stands in for models.calibrate: records what training hands over."""
+    """Stands in for models.training.calibrate: records what training hands over."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -324,10 +325,10 @@ class _Captured:
 
 def _train_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     captured = _Captured()
-    fake = types.ModuleType("models.calibrate")
+    fake = types.ModuleType("models.training.calibrate")
     fake.calibrate_and_save = captured.calibrate_and_save  # type: ignore[attr-defined]
     with monkeypatch.context() as patch:
-        patch.setitem(sys.modules, "models.calibrate", fake)
+        patch.setitem(sys.modules, "models.training.calibrate", fake)
         assert train.main(train.get_args_parser().parse_args(argv)) == 0
     assert len(captured.calls) == 1
     return captured.calls[0]
@@ -444,7 +445,7 @@ def _boxed_toy(n: int = 48, side: int = 64) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def test_fracture_map_learns_where_the_boxes_are() -> None:
-    from models.networks import fracture_classifier
+    from models.training.networks import fracture_classifier
 
     images, labels, boxes = _boxed_toy()
     options = TrainingOptions(epochs=12, batch_size=8, lr=3e-3, augment=True, photometric=True,
@@ -487,7 +488,7 @@ def test_normal_ratio_draws_balanced_epochs() -> None:
 
 
 def test_dense_ema_training_resumes_bit_for_bit() -> None:
-    from models.networks import fracture_classifier
+    from models.training.networks import fracture_classifier
 
     images, labels, boxes = _boxed_toy(16, side=32)
     options = TrainingOptions(epochs=3, batch_size=4, lr=2e-3, photometric=True, ema=True,

@@ -75,7 +75,7 @@ from dicom_io.transfer_syntax import (
     inflate,
     preferred_plugin,
 )
-from models.predict import TwoStageClassifier
+from models.serving.predict import TwoStageClassifier
 from tests.conftest import dcmtk, free_port
 from worker.config import ListenerConfig
 from worker.handlers import StoreStatus, handle_store

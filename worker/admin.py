@@ -133,7 +133,7 @@ def run_checks(config: Config, config_path: Path) -> list[Check]:
     """
     from dicom_io.send import send_c_echo
     from dicom_io.stow import probe_dicomweb
-    from models.manifest import BundleError, open_bundle
+    from models.serving.manifest import BundleError, open_bundle
     from worker.delivery import dimse_peer, stow_rs_peer
 
     checks = [Check("config", True, str(config_path))]

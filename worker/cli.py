@@ -128,8 +128,8 @@ def fail(message: str, code: int = 2) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """``ossa serve``: run the service with the given configuration file."""
-    from models.manifest import BundleError
-    from models.predict import TwoStageClassifier
+    from models.serving.manifest import BundleError
+    from models.serving.predict import TwoStageClassifier
     from worker.config import ConfigError, load_config
     from worker.schema import SchemaError
     from worker.service import build_service
@@ -188,17 +188,17 @@ def _admin(name: str) -> Callable[[argparse.Namespace], int]:
 
 def predict(args: argparse.Namespace) -> int:
     """``ossa predict``: predict image files, JSON lines on standard output."""
-    from models import cli_predict
+    from worker import predict as cli_predict
 
     return cli_predict.main(args)
 
 
 def bundle_export_onnx(args: argparse.Namespace) -> int:
     """``ossa bundle export-onnx``: add ONNX networks to an existing bundle."""
-    from models.manifest import BundleError
+    from models.serving.manifest import BundleError
 
     try:
-        from models.bundle import add_onnx
+        from models.training.bundle import add_onnx
     except ImportError as exc:
         return fail(f"export-onnx needs PyTorch: pip install 'ossa[train]' ({exc})")
     try:
@@ -211,14 +211,14 @@ def bundle_export_onnx(args: argparse.Namespace) -> int:
 
 def import_fracatlas(args: argparse.Namespace) -> int:
     """``ossa data import-fracatlas``: FracAtlas's release layout to a labelled dataset."""
-    from models import fracatlas
+    from models.datasets import fracatlas
 
     return fracatlas.main(args)
 
 
 def bundle_serving_copy(args: argparse.Namespace) -> int:
     """``ossa bundle serving-copy``: the bundle's ONNX networks and manifest, no ``.pt``."""
-    from models.manifest import BundleError, serving_copy
+    from models.serving.manifest import BundleError, serving_copy
 
     try:
         info = serving_copy(args.bundle, args.out)
@@ -230,21 +230,21 @@ def bundle_serving_copy(args: argparse.Namespace) -> int:
 
 def phantom(args: argparse.Namespace) -> int:
     """``ossa phantom``: write the procedural MURA-layout phantom."""
-    from models import phantom as phantom_module
+    from models.datasets import phantom as phantom_module
 
     return phantom_module.main(args)
 
 
 def train(args: argparse.Namespace) -> int:
     """``ossa train``: train a model bundle."""
-    from models import train as train_module
+    from models.training import train as train_module
 
     return train_module.main(args)
 
 
 def evaluate(args: argparse.Namespace) -> int:
     """``ossa evaluate``: evaluate a model bundle."""
-    from models import evaluate as evaluate_module
+    from models.evaluation import evaluate as evaluate_module
 
     return evaluate_module.main(args)
 
@@ -262,11 +262,11 @@ def export_dicom(args: argparse.Namespace) -> int:
 
 
 def _train_parents(command: str | None) -> list[argparse.ArgumentParser]:
-    """``ossa train``'s options, imported only when that is the command: ``models.train``
+    """``ossa train``'s options, imported only when that is the command: ``models.training.train``
     imports torch, which the serving commands never load (it is in the ``[train]`` extra)."""
     if command != "train":
         return []
-    from models import train as train_module
+    from models.training import train as train_module
 
     return [train_module.get_args_parser(add_help=False)]
 
@@ -279,9 +279,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     command : str, optional
         The sub-command about to be parsed; ``train``'s options are only built for it.
     """
-    from models import cli_predict, fracatlas
-    from models import evaluate as evaluate_module
-    from models import phantom as phantom_module
+    from models.datasets import fracatlas
+    from models.datasets import phantom as phantom_module
+    from models.evaluation import evaluate as evaluate_module
+    from worker import predict as cli_predict
 
     parser = argparse.ArgumentParser(
         prog="ossa",

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from dicom_io.scope import DEFAULT_ASSESSED, DEFAULT_NOT_ASSESSED, ScopeTable
-from models.engine import Backend
+from models.serving.engine import Backend
 
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash or control
 # characters; leading/trailing spaces are not significant, so an all-space title is empty.

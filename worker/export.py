@@ -1,7 +1,7 @@
 """``ossa export-dicom``: MURA-layout studies as DICOM files that ``storescu`` can send.
 
 Testers use it to feed the listener with phantom studies of known label. The studies are read
-through the same loader as training (:func:`models.data.load_studies`) and written with
+through the same loader as training (:func:`models.datasets.data.load_studies`) and written with
 :mod:`dicom_io.synthetic` as 12-bit MONOCHROME1 CR (or DX) instances.
 
 The phantom's out-of-scope ``OTHER`` studies are exported too (Body Part Examined as
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dicom_io.synthetic import BODY_PART_EXAMINED, StudyIdentity, write_study
-from models.data import MuraStudy, load_studies
+from models.datasets.data import MuraStudy, load_studies
 
 logger = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from dicom_io.secondary_capture import (
     sc_label,
     secondary_capture_uids,
 )
-from models.engine import EngineOutput
-from models.enhance import InputGeometry, Preprocessing
-from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
-from models.taxonomy import Taxonomy
+from models.serving.engine import EngineOutput
+from models.serving.enhance import InputGeometry, Preprocessing
+from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.serving.taxonomy import Taxonomy
 from worker.spool import Spool
 from worker.store import ClaimedJob, NewObject, ObjectRef, StateStore
 
@@ -55,7 +55,7 @@ class InferenceMetrics(Protocol):
 
 
 class StudyClassifier(Protocol):
-    """What the worker needs of a classifier (``models.predict.TwoStageClassifier``)."""
+    """What the worker needs of a classifier (``models.serving.predict.TwoStageClassifier``)."""
 
     @property
     def taxonomy(self) -> Taxonomy:

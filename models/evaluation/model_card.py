@@ -1,6 +1,7 @@
 """``MODEL_CARD.md`` of a bundle, from its manifest and an ``ossa evaluate`` report.
 
-``python -m models.model_card BUNDLE REPORT_DIR --data-readme README --command "..."`` writes
+``python -m models.evaluation.model_card BUNDLE REPORT_DIR --data-readme README --command "..."``
+writes
 ``BUNDLE/MODEL_CARD.md``: the data and its licence (with the attribution that CC BY 4.0
 requires, taken from the dataset's README), intended use, the classes and what they cover,
 the validation figures with their 95% bootstrap intervals (region accuracy on single-region
@@ -21,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from models.manifest import open_bundle
-from models.metrics import bootstrap_ci
+from models.evaluation.metrics import bootstrap_ci
+from models.serving.manifest import open_bundle
 
 #: Classes that show several regions at once; region accuracy is measured without them.
 MULTI_REGION = ("MIXED",)

@@ -2,7 +2,7 @@
 
 This is the serving path of ``ossa serve``, ``ossa predict`` and ``ossa evaluate``: it needs
 only the base install (numpy, onnxruntime). :class:`OnnxRunner` implements
-:class:`models.engine.NetworkRunner`.
+:class:`models.serving.engine.NetworkRunner`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from models.manifest import BODY_PART, BundleError, BundleInfo, network_names
+from models.serving.manifest import BODY_PART, BundleError, BundleInfo, network_names
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class OnnxRunner:
     Parameters
     ----------
     bundle : BundleInfo
-        A bundle from :func:`models.manifest.open_bundle` (checksums already verified).
+        A bundle from :func:`models.serving.manifest.open_bundle` (checksums already verified).
     threads : int
         Intra-op threads of each session (0: ONNX Runtime's default, one per core).
     """

@@ -17,7 +17,7 @@ from typing import Literal, Protocol, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-from models.taxonomy import Taxonomy
+from models.serving.taxonomy import Taxonomy
 
 #: Backends that run a bundle's networks: ONNX Runtime (serving, no PyTorch) and PyTorch.
 Backend = Literal["onnxruntime", "torch"]
@@ -63,7 +63,7 @@ class EngineOutput:
         N x h x w fracture probability maps (flip-averaged, in the input's orientation); NaN
         where the routed class is not assessed. Empty (N x 0 x 0) when not asked for.
     scores : mapping of str to numpy.ndarray
-        Every image score (:data:`~models.manifest.IMAGE_SCORES`) of each image, for
+        Every image score (:data:`~models.serving.manifest.IMAGE_SCORES`) of each image, for
         evaluation; NaN where not assessed.
     """
 

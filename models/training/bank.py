@@ -1,8 +1,9 @@
 """Training images in memory: every image of a split preprocessed once and stacked (torch).
 
-Each image carries the index of its study's body part in a :class:`~models.taxonomy.Taxonomy`
+Each image carries the index of its study's body part in a
+:class:`~models.serving.taxonomy.Taxonomy`
 (the stage-1 class order), its study's label, the index of its study and, where the dataset
-has finding boxes (:func:`models.data.load_boxes`), its boxes in input pixels.
+has finding boxes (:func:`models.datasets.data.load_boxes`), its boxes in input pixels.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.boxes import AnnotatedImage
-from models.data import MuraStudy, read_image
-from models.enhance import Preprocessing, preprocess_with_geometry
-from models.taxonomy import MURA_TAXONOMY, Taxonomy
+from models.datasets.boxes import AnnotatedImage
+from models.datasets.data import MuraStudy, read_image
+from models.serving.enhance import Preprocessing, preprocess_with_geometry
+from models.serving.taxonomy import MURA_TAXONOMY, Taxonomy
 
 
 class ImageItem(NamedTuple):
@@ -54,12 +55,13 @@ class MuraImageDataset(Dataset[tuple[torch.Tensor, int, int]]):
     preprocessing : Preprocessing
         The preprocessing applied to every image.
     taxonomy : Taxonomy
-        Class order of the body-part indices (default :data:`~models.taxonomy.MURA_TAXONOMY`);
+        Class order of the body-part indices (default
+        :data:`~models.serving.taxonomy.MURA_TAXONOMY`);
         every study's ``body_part`` must be one of its classes.
     cache : bool
         Keep preprocessed tensors in memory (float16) after the first access.
     boxes : mapping of Path to AnnotatedImage, optional
-        The dataset's finding boxes by image file (:func:`models.data.load_boxes`).
+        The dataset's finding boxes by image file (:func:`models.datasets.data.load_boxes`).
 
     Items are ``(tensor, body_part_index, label)`` with ``body_part_index`` into ``taxonomy``
     and ``label`` the study's label.

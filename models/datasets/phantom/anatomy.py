@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from models.phantom.geometry import Anatomy, Capsule, Ellipse, Point, along, long_bone
+from models.datasets.phantom.geometry import Anatomy, Capsule, Ellipse, Point, along, long_bone
 
 
 def _humerus(rng: np.random.Generator) -> Anatomy:

@@ -1,9 +1,11 @@
 """Writing the phantom in the MURA-v1.1 layout, and the ``ossa phantom`` command line.
 
-Besides MURA's own files, ``MURA-v1.1/boxes.json`` (:data:`models.boxes.BOXES_JSON`, COCO,
-written by :func:`models.boxes.write_coco`) lists every image of both splits, ``file_name`` as
+Besides MURA's own files, ``MURA-v1.1/boxes.json`` (:data:`models.datasets.boxes.BOXES_JSON`, COCO,
+written by :func:`models.datasets.boxes.write_coco`) lists every image of both splits,
+``file_name`` as
 in ``*_image_paths.csv``, with the boxes of the findings it shows (see
-:mod:`models.phantom.rendering`): every image is annotated, a normal study's images with no box.
+:mod:`models.datasets.phantom.rendering`): every image is annotated, a normal study's images with
+no box.
 """
 
 from __future__ import annotations
@@ -21,28 +23,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.boxes import BOXES_JSON, AnnotatedImage, write_coco
-from models.layout import (
+from models.datasets.boxes import BOXES_JSON, AnnotatedImage, write_coco
+from models.datasets.layout import (
     DATASET_DIRNAME,
     SPLITS,
     class_dirname,
     image_paths_csv,
     labeled_studies_csv,
 )
-from models.phantom.findings import FINDINGS
-from models.phantom.other import OTHER_CLASS
-from models.phantom.rendering import PHANTOM_CLASSES, PhantomConfig, render_study
+from models.datasets.phantom.findings import FINDINGS
+from models.datasets.phantom.other import OTHER_CLASS
+from models.datasets.phantom.rendering import PHANTOM_CLASSES, PhantomConfig, render_study
 
 logger = logging.getLogger(__name__)
 
 #: Side file (next to MURA-v1.1/), one line per study: ``study_dir/,finding,anatomy`` with the
 #: finding kind (``none`` for a normal study) and the anatomy shown (the class for the seven
-#: MURA bone types, one of :data:`~models.phantom.OTHER_KINDS` for ``OTHER``); no header.
+#: MURA bone types, one of :data:`~models.datasets.phantom.OTHER_KINDS` for ``OTHER``); no header.
 FINDINGS_CSV = "phantom_findings.csv"
 
 
 def split_sizes(studies: int, valid_fraction: float) -> tuple[int, int]:
-    """Number of (train, valid) studies per class; see :mod:`models.phantom`."""
+    """Number of (train, valid) studies per class; see :mod:`models.datasets.phantom`."""
     if studies < 1:
         raise ValueError(f"studies must be >= 1, got {studies}")
     if not 0.0 < valid_fraction < 1.0:
@@ -160,7 +162,7 @@ def write_phantom(
     Besides the MURA layout, ``out/phantom_findings.csv`` (outside ``MURA-v1.1/``) lists each
     study directory with its finding kind and anatomy (see :data:`FINDINGS_CSV`), for
     per-finding and per-kind analysis, and ``MURA-v1.1/boxes.json`` the boxes of the findings
-    on every image (COCO, see the module docstring), which :func:`models.data.load_boxes`
+    on every image (COCO, see the module docstring), which :func:`models.datasets.data.load_boxes`
     reads. The boxes are computed from the drawn geometry and draw no random number: images
     and CSVs are the same as a phantom written without them.
     """

@@ -6,7 +6,7 @@ Everything here is chosen on the validation split, never on the training images:
   :data:`KEEP_IN_SCOPE` (99%) of the in-scope validation images (the 1st percentile of their
   top-class probabilities); ``ood_threshold`` is likewise the 99th percentile of their
   out-of-distribution scores, whose statistics are fitted on the in-scope *training* images'
-  features (:class:`models.abstention.OodModel`).
+  features (:class:`models.serving.abstention.OodModel`).
 * **Operating thresholds**, one per assessed class, by the rule the user names
   (``--threshold``): ``0.5`` (or any fixed value), ``youden`` (maximises sensitivity +
   specificity - 1 on the class's validation studies), or ``sensitivity=0.9`` (the highest
@@ -14,13 +14,13 @@ Everything here is chosen on the validation split, never on the training images:
   the chosen study probability and the next lower one, so that no validation study sits on it.
   A class whose validation studies lack normal or abnormal ones keeps 0.5.
 * **Image score** (bundles trained with finding boxes): ``pooled``, ``map`` or ``blend``
-  (:func:`models.engine.image_scores`), whichever gives the highest mean study-level AUROC
+  (:func:`models.serving.engine.image_scores`), whichever gives the highest mean study-level AUROC
   over the assessed classes (oracle routing); the others' AUROCs are kept in the metrics. A
   bundle trained without boxes keeps ``pooled`` and reports no findings.
 * **Finding threshold**, one per assessed class: the 95th percentile of the highest map cell
   of the class's *normal* validation images (at least :data:`MIN_NORMALS`), so that about one
   normal film in twenty has a region above it (an image below its operating threshold gets no
-  findings at all, :mod:`models.findings`).
+  findings at all, :mod:`models.serving.findings`).
 
 The validation metrics stored in the manifest come from the same code as ``ossa evaluate``;
 they are optimistic for the thresholds, which were chosen on the same split.
@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.abstention import OodModel, decide
-from models.engine import TwoStageEngine
-from models.enhance import Preprocessing
-from models.manifest import IMAGE_SCORES, Abstention, Localisation
-from models.results import ImagePrediction
-from models.taxonomy import Taxonomy
+from models.serving.abstention import OodModel, decide
+from models.serving.engine import TwoStageEngine
+from models.serving.enhance import Preprocessing
+from models.serving.manifest import IMAGE_SCORES, Abstention, Localisation
+from models.serving.results import ImagePrediction
+from models.serving.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def study_probabilities(predictions: Sequence[ImagePrediction], studies: NDArray
 def _study_auroc(labels: NDArray[np.int64], scores: NDArray[np.floating],
                  studies: NDArray[np.int64]) -> float:
     """Study-level AUROC (a study's score is its images' mean); NaN without both labels."""
-    from models.metrics import auroc
+    from models.evaluation.metrics import auroc
 
     keys = np.unique(studies)
     y = np.array([labels[studies == k][0] for k in keys])
@@ -164,7 +164,7 @@ def choose_localisation(taxonomy: Taxonomy, scores: Mapping[str, NDArray[np.floa
     taxonomy : Taxonomy
         The bundle's classes.
     scores : mapping
-        Every image score (:func:`models.engine.image_scores`) of the in-scope images.
+        Every image score (:func:`models.serving.engine.image_scores`) of the in-scope images.
     maps : numpy.ndarray
         Their fracture maps.
     classes, labels, studies : numpy.ndarray
@@ -294,7 +294,7 @@ def weak_classes(taxonomy: Taxonomy, oracle_probability: NDArray[np.floating],
     its network on its own studies (oracle routing, study probability = mean of its images) is
     below ``min_auroc``. Returns each failing class with the reason, in words.
     """
-    from models.metrics import auroc
+    from models.evaluation.metrics import auroc
 
     weak = {}
     for name in taxonomy.assessed:
@@ -323,12 +323,12 @@ def calibrate_and_save(network: Any, *, train: Any, valid: Any, valid_studies: S
 
     Parameters
     ----------
-    network : models.two_stage.TwoStageNetwork
+    network : models.training.two_stage.TwoStageNetwork
         The trained networks.
-    train, valid : models.bank.ImageBank
+    train, valid : models.training.bank.ImageBank
         Preprocessed train and validation images (``images``, ``classes``, ``labels``,
         ``studies``).
-    valid_studies : sequence of models.data.MuraStudy
+    valid_studies : sequence of models.datasets.data.MuraStudy
         The validation studies (``valid.studies`` indexes them).
     taxonomy : Taxonomy
         The network's classes.
@@ -342,9 +342,9 @@ def calibrate_and_save(network: Any, *, train: Any, valid: Any, valid_studies: S
     device : torch.device
         Where the network is.
     """
-    from models.bundle import save_bundle
-    from models.evaluation_report import EvaluatedImage, compute_metrics
-    from models.two_stage import TorchRunner, TwoStageNetwork
+    from models.evaluation.report import EvaluatedImage, compute_metrics
+    from models.training.bundle import save_bundle
+    from models.training.two_stage import TorchRunner, TwoStageNetwork
 
     valid_classes = valid.classes.numpy().astype(np.int64)
     valid_labels = valid.labels.numpy().astype(np.int64)

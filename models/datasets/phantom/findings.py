@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.phantom.geometry import Anatomy, Box, Capsule, Ellipse, Point, Primitive, Site
+from models.datasets.phantom.geometry import Anatomy, Box, Capsule, Ellipse, Point, Primitive, Site
 
 #: Kinds of finding an abnormal phantom study shows.
 FINDINGS: tuple[str, ...] = ("fracture", "lesion", "hardware")

@@ -1,9 +1,11 @@
 """Writing bundles and reading their PyTorch weights (training side; needs torch).
 
-The bundle format and its verification live in :mod:`models.manifest` (torch-free); this
+The bundle format and its verification live in :mod:`models.serving.manifest` (torch-free); this
 module writes the ``.pt`` state dicts, exports every network to ONNX
-(:class:`models.two_stage.ServingHead`: logits plus pooled features or class-activation map)
-and rebuilds a :class:`~models.two_stage.TwoStageNetwork` from a verified bundle. Weights are
+(:class:`models.training.two_stage.ServingHead`: logits plus pooled features or class-activation
+map)
+and rebuilds a :class:`~models.training.two_stage.TwoStageNetwork` from a verified bundle. Weights
+are
 read with ``torch.load(weights_only=True)`` only after their checksums matched.
 """
 
@@ -19,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.abstention import OodModel
-from models.enhance import Preprocessing
-from models.manifest import (
+from models.serving.abstention import OodModel
+from models.serving.enhance import Preprocessing
+from models.serving.manifest import (
     MANIFEST_NAME,
     OOD_FILE,
     Abstention,
@@ -34,9 +36,14 @@ from models.manifest import (
     sha256_file,
     write_manifest,
 )
-from models.networks import body_part_classifier, fracture_classifier, pooled_input
-from models.taxonomy import Taxonomy
-from models.two_stage import ABNORMAL_OUTPUTS, BODY_PART_OUTPUTS, INPUT_NAME, TwoStageNetwork
+from models.serving.taxonomy import Taxonomy
+from models.training.networks import body_part_classifier, fracture_classifier, pooled_input
+from models.training.two_stage import (
+    ABNORMAL_OUTPUTS,
+    BODY_PART_OUTPUTS,
+    INPUT_NAME,
+    TwoStageNetwork,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +111,7 @@ def save_bundle(
     network : TwoStageNetwork
         Trained networks of both stages.
     architecture, width_mult : str, float
-        How the networks were built (:func:`models.networks.mobilenet`).
+        How the networks were built (:func:`models.training.networks.mobilenet`).
     preprocessing : Preprocessing
         Preprocessing the networks were trained with.
     thresholds : mapping of str to float
@@ -179,8 +186,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 def new_network(taxonomy: Taxonomy, *, architecture: str, width_mult: float,
                 in_channels: int, body_part_pool: int = 1) -> TwoStageNetwork:
     """An untrained :class:`TwoStageNetwork`: stage 1 over ``taxonomy`` (with its input
-    pooling), a :class:`~models.networks.FractureNet` per assessed class, every network built
-    by :mod:`models.networks` with the same options."""
+    pooling), a :class:`~models.training.networks.FractureNet` per assessed class, every network
+    built
+    by :mod:`models.training.networks` with the same options."""
     return TwoStageNetwork(
         pooled_input(body_part_classifier(arch=architecture, num_classes=len(taxonomy),
                                           width_mult=width_mult, in_channels=in_channels),

@@ -7,7 +7,8 @@ One JSON object per file on standard output, in the order given::
      "findings": [{"x0": 412.0, "y0": 630.5, "x1": 498.0, "y1": 702.0,
                    "probability": 0.74}]}
 
-``findings`` are the suspected fractures located on the file's image (:mod:`models.findings`),
+``findings`` are the suspected fractures located on the file's image
+(:mod:`models.serving.findings`),
 in its pixels (a DICOM file's Columns x Rows, x = column, y = row, top-left origin), the
 most probable first; empty for an image that is not assessed or not flagged.
 
@@ -29,7 +30,7 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import NDArray
 
-from models.engine import BACKENDS
+from models.serving.engine import BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def read_file(path: Path, max_side: int | None = None
     (columns, rows) of the image as stored, which findings are given in.
 
     ``max_side``: the longest side the classifier needs
-    (:meth:`models.enhance.Preprocessing.working_side`); a DICOM image is rendered at the
+    (:meth:`models.serving.enhance.Preprocessing.working_side`); a DICOM image is rendered at the
     reduced resolution :func:`dicom_io.pixels.normalize_radiograph` chooses for it. None: full
     resolution.
 
@@ -70,7 +71,7 @@ def read_file(path: Path, max_side: int | None = None
         When the file cannot be read or decoded; the message says why.
     """
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        from models.data import read_image
+        from models.datasets.data import read_image
 
         image = read_image(path)
         return image, f"folder:{path.parent.resolve()}", (image.shape[1], image.shape[0])
@@ -99,8 +100,8 @@ def _image_line(path: Path, p: Any, scale: tuple[float, float]) -> dict[str, Any
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Predict ``args.files`` with ``args.bundle``; JSON lines to ``out``; exit status."""
-    from models.manifest import BundleError
-    from models.predict import TwoStageClassifier
+    from models.serving.manifest import BundleError
+    from models.serving.predict import TwoStageClassifier
 
     try:
         classifier = TwoStageClassifier.from_bundle(args.bundle, backend=args.backend,

@@ -1,10 +1,11 @@
 """Localisation figures of an evaluation: do the findings point at the annotated fractures?
 
 For each image of an assessed class, :func:`locate` keeps what the model reported (its
-findings at the operating point, :mod:`models.findings`), its most suspicious region whatever
+findings at the operating point, :mod:`models.serving.findings`), its most suspicious region
+whatever
 the verdict, and the map's regions at every threshold of :data:`FROC_THRESHOLDS`, all in the
 image's pixels. :func:`localisation_metrics` sets them against the dataset's boxes
-(:mod:`models.boxes`), per assessed class of the images' TRUE class:
+(:mod:`models.datasets.boxes`), per assessed class of the images' TRUE class:
 
 * **hit rate**: among fractured films with at least one annotated box, the share whose highest
   finding overlaps an annotated box (a film without findings is a miss), with a 95% bootstrap
@@ -30,9 +31,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.boxes import Box
-from models.enhance import InputGeometry
-from models.findings import Finding, map_findings
+from models.datasets.boxes import Box
+from models.serving.enhance import InputGeometry
+from models.serving.findings import Finding, map_findings
 
 #: Map thresholds of the FROC curve.
 FROC_THRESHOLDS: tuple[float, ...] = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))

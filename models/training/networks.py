@@ -1,4 +1,5 @@
-"""MobileNet builders for the two stages (:mod:`models.two_stage` routes images between them).
+"""MobileNet builders for the two stages (:mod:`models.training.two_stage` routes images between
+them).
 
 Stage 1 names the body part (a bundle's taxonomy: MURA's seven bone types and OTHER); stage 2
 is one normal/abnormal classifier per assessed class, chosen by stage 1's prediction
@@ -26,8 +27,8 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models import mobilenetv2, mobilenetv3
 
-from models.manifest import ARCHITECTURES as MANIFEST_ARCHITECTURES
-from models.taxonomy import MURA_TAXONOMY
+from models.serving.manifest import ARCHITECTURES as MANIFEST_ARCHITECTURES
+from models.serving.taxonomy import MURA_TAXONOMY
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class FractureNet(nn.Module):
     2017). Trained with finding boxes (cells a box covers positive, every cell of a normal
     film negative), the map locates findings; the image-level classifier (``classifier`` on
     the pooled last features, as in the paper) is kept, and serving derives the image
-    probability from either or both (:class:`models.manifest.ImageScore`).
+    probability from either or both (:class:`models.serving.manifest.ImageScore`).
 
     Parameters
     ----------

@@ -2,10 +2,11 @@
 
 :class:`ServingHead` wraps a network so that one forward pass returns, with the logits, what
 serving needs without gradients: the pooled features (stage 1, for the out-of-distribution
-score) or the fracture probability map (stage 2, a :class:`models.networks.FractureNet`: the
+score) or the fracture probability map (stage 2, a :class:`models.training.networks.FractureNet`:
+the
 image score and the findings). The same wrapper is exported to ONNX and run by the torch
 backend, so both backends compute the same graph; routing, flip averaging, softmax and the
-image score happen once, in numpy (:mod:`models.engine`).
+image score happen once, in numpy (:mod:`models.serving.engine`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from torch import nn
 
-from models.networks import FractureNet
-from models.taxonomy import Taxonomy
+from models.serving.taxonomy import Taxonomy
+from models.training.networks import FractureNet
 
 #: Output names of the stage-1 network, in order.
 BODY_PART_OUTPUTS: tuple[str, str] = ("logits", "features")
@@ -36,7 +37,7 @@ class ServingHead(nn.Module):
     ----------
     model : torch.nn.Module
         ``"features"``: a torchvision MobileNet (``features`` + ``classifier``);
-        ``"map"``: a :class:`models.networks.FractureNet`.
+        ``"map"``: a :class:`models.training.networks.FractureNet`.
     output : {"features", "map"}
         ``"features"``: the globally pooled last feature map (N x D).
         ``"map"``: the fracture probability of every cell (sigmoid of the head, N x h x w).
@@ -97,7 +98,8 @@ class TwoStageNetwork(nn.Module):
 
 
 class TorchRunner:
-    """The :class:`models.engine.NetworkRunner` of a :class:`TwoStageNetwork` (torch backend).
+    """The :class:`models.serving.engine.NetworkRunner` of a :class:`TwoStageNetwork` (torch
+    backend).
 
     Parameters
     ----------

@@ -11,7 +11,7 @@ classes spreads its confidence over those seven whatever it sees), hence the exp
 ``OTHER`` class and the feature-space score: the Mahalanobis distance (Lee et al., NeurIPS
 2018) of the image's pooled stage-1 features to the nearest assessed class's mean, in the
 principal subspace of the training features, with one covariance shared by the classes.
-Both thresholds are chosen on the validation split (:mod:`models.calibrate`). numpy only.
+Both thresholds are chosen on the validation split (:mod:`models.training.calibrate`). numpy only.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from models.engine import EngineOutput
-from models.manifest import Abstention
-from models.results import ImagePrediction, clamp_probability
-from models.taxonomy import Taxonomy
+from models.serving.engine import EngineOutput
+from models.serving.manifest import Abstention
+from models.serving.results import ImagePrediction, clamp_probability
+from models.serving.taxonomy import Taxonomy
 
 #: Principal components kept for the out-of-distribution score.
 OOD_COMPONENTS = 32

@@ -1,6 +1,6 @@
 """Train a two-stage bundle (torchvision reference-script style).
 
-The classes are those of :data:`~models.taxonomy.MURA_TAXONOMY` present in the train split:
+The classes are those of :data:`~models.serving.taxonomy.MURA_TAXONOMY` present in the train split:
 MURA's seven bone types (assessed) and, where the data has it, ``OTHER`` (out-of-scope
 anatomy: recognised by stage 1, never assessed). Networks trained, in order, on the train split:
 
@@ -16,9 +16,10 @@ The abnormality networks use MURA's class weighting (Rajpurkar et al. 2017): the
 of an abnormal image is weighted by ``N_normal / N`` and that of a normal image by
 ``N_abnormal / N``, counted over the network's own training images.
 
-Nothing is selected on the validation split here: after training, :mod:`models.calibrate`
+Nothing is selected on the validation split here: after training, :mod:`models.training.calibrate`
 chooses thresholds, evaluates on valid and writes the bundle. Images are preprocessed once
-(:func:`models.enhance.preprocess`) and kept in memory as float16; batches are augmented on the
+(:func:`models.serving.enhance.preprocess`) and kept in memory as float16; batches are augmented on
+the
 fly (mirroring and a small random rotation, zoom and shift). Without ImageNet weights, networks
 start with zero-initialised residual branches, which makes training from scratch stable;
 training runs channels-last, markedly faster for depthwise convolutions on CPU. On CUDA it
@@ -57,11 +58,12 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
-from models.bank import ImageBank, MuraImageDataset
-from models.calibrate import parse_threshold_rule
-from models.data import load_boxes, load_studies, load_taxonomy
-from models.enhance import Preprocessing
-from models.networks import (
+from models.datasets.data import load_boxes, load_studies, load_taxonomy
+from models.serving.enhance import Preprocessing
+from models.serving.taxonomy import MURA_TAXONOMY, Taxonomy
+from models.training.bank import ImageBank, MuraImageDataset
+from models.training.calibrate import parse_threshold_rule
+from models.training.networks import (
     ARCHITECTURE,
     ARCHITECTURES,
     MAP_STRIDE,
@@ -69,8 +71,7 @@ from models.networks import (
     fracture_classifier,
     pooled_input,
 )
-from models.taxonomy import MURA_TAXONOMY, Taxonomy
-from models.two_stage import TwoStageNetwork
+from models.training.two_stage import TwoStageNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +408,8 @@ def train_network(
         checkpoint.
     boxes : sequence of torch.Tensor, optional
         Each image's finding boxes in input pixels (K x 4): with a model that returns
-        ``(logits, map)`` (:class:`~models.networks.FractureNet`), the map is trained on them
+        ``(logits, map)`` (:class:`~models.training.networks.FractureNet`), the map is trained on
+        them
         (:func:`box_masks`, :func:`dense_loss`) beside the image loss.
     annotated : torch.Tensor, optional
         Bool per image: whether its boxes are all its findings (with ``boxes``).
@@ -999,7 +1001,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
                            train=train, valid=valid, jobs=jobs, finished=finished,
                            checkpoint=checkpoint, seconds=time.perf_counter() - started)
 
-    from models.calibrate import calibrate_and_save
+    from models.training.calibrate import calibrate_and_save
 
     path = calibrate_and_save(network, train=train, valid=valid, valid_studies=valid_studies,
                               taxonomy=taxonomy, preprocessing=preprocessing, args=args,

@@ -4,8 +4,8 @@ Images are float32 2-D arrays in [0, 1] with 1 = bright bone (PNG/255, or what
 ``dicom_io.pixels`` returns). Preprocessing comes from the bundle's manifest, never from here.
 Two backends run the networks: ONNX Runtime (``"onnxruntime"``, the default; the base install,
 no PyTorch) and PyTorch (``"torch"``, with the ``[train]`` extra). Either way routing,
-abstention and the study rule are the same code (:mod:`models.engine`,
-:mod:`models.abstention`, :mod:`models.results`).
+abstention and the study rule are the same code (:mod:`models.serving.engine`,
+:mod:`models.serving.abstention`, :mod:`models.serving.results`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from models.abstention import OodModel, decide
-from models.engine import BACKENDS, EngineOutput, NetworkRunner, TwoStageEngine
-from models.enhance import InputGeometry, Preprocessing, preprocess_with_geometry
-from models.findings import image_findings
-from models.manifest import OOD_FILE, BundleError, BundleInfo, Localisation, open_bundle
-from models.results import AlgorithmInfo, ImagePrediction, StudyPrediction
-from models.taxonomy import Taxonomy
+from models.serving.abstention import OodModel, decide
+from models.serving.engine import BACKENDS, EngineOutput, NetworkRunner, TwoStageEngine
+from models.serving.enhance import InputGeometry, Preprocessing, preprocess_with_geometry
+from models.serving.findings import image_findings
+from models.serving.manifest import OOD_FILE, BundleError, BundleInfo, Localisation, open_bundle
+from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
+from models.serving.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +36,15 @@ def make_runner(bundle: BundleInfo, *, backend: str = "onnxruntime", threads: in
                 device: str = "cpu") -> NetworkRunner:
     """The backend that runs ``bundle``'s networks (torch is imported only for ``"torch"``)."""
     if backend == "onnxruntime":
-        from models.serving import OnnxRunner
+        from models.serving.onnx import OnnxRunner
 
         return OnnxRunner(bundle, threads=threads)
     if backend == "torch":
         try:
             import torch
 
-            from models.bundle import load_network
-            from models.two_stage import TorchRunner
+            from models.training.bundle import load_network
+            from models.training.two_stage import TorchRunner
         except ImportError as exc:
             raise BundleError(f"backend 'torch' needs PyTorch: pip install 'ossa[train]' "
                               f"({exc})") from exc
@@ -61,7 +61,7 @@ class TwoStageClassifier:
     Parameters
     ----------
     bundle : BundleInfo
-        A verified bundle (:func:`models.manifest.open_bundle`).
+        A verified bundle (:func:`models.serving.manifest.open_bundle`).
     runner : NetworkRunner
         The backend running its networks (:func:`make_runner`).
     batch_size : int

@@ -15,7 +15,7 @@ network). Images of other classes (e.g. ``OTHER``) only count in stage 1 and in 
 class stage 1 named (routing errors included) and is called with that class's threshold; a
 study's probability is the mean over its ASSESSED images, its class the most frequent predicted
 class of those images (ties: the higher summed stage-1 probability, then the first seen; the
-rule of :class:`models.results.StudyPrediction`). Results are counted under the TRUE class.
+rule of :class:`models.serving.results.StudyPrediction`). Results are counted under the TRUE class.
 
 **Rule for not-assessed studies**: merged metrics are computed over ASSESSED in-scope images
 and studies only (a study is assessed when at least one of its images is); not-assessed
@@ -81,7 +81,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.metrics import (
+from models.evaluation.metrics import (
     auroc,
     binary_counts,
     cluster_bootstrap_weights,
@@ -778,7 +778,7 @@ def _markdown(metrics: Mapping[str, Any], *, bundle_version: str, data_descripti
 
 
 def _localisation_markdown(localisation: Mapping[str, Any] | None) -> list[str]:
-    """The localisation section (:mod:`models.localisation`), when the data has boxes."""
+    """The localisation section (:mod:`models.evaluation.localisation`), when the data has boxes."""
     if not localisation:
         return []
     lines = ["", "## Localisation (findings against the annotated boxes)", "",

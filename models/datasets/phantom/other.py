@@ -25,9 +25,10 @@ from itertools import pairwise
 
 import numpy as np
 
-from models.phantom.geometry import Anatomy, Box, Capsule, Ellipse, Point, Primitive
+from models.datasets.phantom.geometry import Anatomy, Box, Capsule, Ellipse, Point, Primitive
 
-#: The phantom's out-of-scope class (not assessed in :data:`~models.taxonomy.MURA_TAXONOMY`).
+#: The phantom's out-of-scope class (not assessed in
+#: :data:`~models.serving.taxonomy.MURA_TAXONOMY`).
 OTHER_CLASS = "OTHER"
 #: Kinds of out-of-scope anatomy, as DICOM Body Part Examined defined terms.
 OTHER_KINDS: tuple[str, ...] = ("CHEST", "PELVIS", "KNEE", "SKULL", "SPINE", "ABDOMEN")

@@ -3,28 +3,29 @@
 No torch. :func:`load_studies` detects the layout from the folder it is given.
 
 **MURA-v1.1.** The same code reads a real MURA-v1.1 copy and the phantom of
-:mod:`models.phantom`. Lines of
+:mod:`models.datasets.phantom`. Lines of
 ``MURA-v1.1/train_image_paths.csv`` and ``MURA-v1.1/train_labeled_studies.csv`` (and valid_*)::
 
     MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/image1.png
     MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/,1
 
 CSV paths start with the dataset directory's name and are relative to its parent (the names
-are in :mod:`models.layout`). A study's images are those of ``*_image_paths.csv`` under the
+are in :mod:`models.datasets.layout`). A study's images are those of ``*_image_paths.csv`` under the
 study directory, in CSV order; its label comes from ``*_labeled_studies.csv`` (1 = abnormal).
 The CSVs have no header. A study's body part is its ``XR_<NAME>`` directory: real MURA has the
 seven bone types, the phantom adds ``OTHER``. Patient numbers repeat across body parts in real
 MURA (``XR_WRIST/patient00001`` and ``XR_HAND/patient00001`` are different studies), so a
 study is identified by its :attr:`MuraStudy.key`, never by its patient alone. Its taxonomy is
-:data:`~models.taxonomy.MURA_TAXONOMY` (restricted to the classes present).
+:data:`~models.serving.taxonomy.MURA_TAXONOMY` (restricted to the classes present).
 
-**Generic labelled dataset** (written by importers such as :mod:`models.fracatlas`): a folder
+**Generic labelled dataset** (written by importers such as :mod:`models.datasets.fracatlas`): a
+folder
 holding ``labels.csv`` and ``taxonomy.json``::
 
     labels.csv      header path,type,label,split,group; one row per image
-    taxonomy.json   Taxonomy.to_dict() of the dataset's classes (models.taxonomy)
+    taxonomy.json   Taxonomy.to_dict() of the dataset's classes (models.serving.taxonomy)
 
-    boxes.json      optional: finding boxes, COCO JSON (models.boxes)
+    boxes.json      optional: finding boxes, COCO JSON (models.datasets.boxes)
 
 ``path`` is relative to the folder (POSIX separators), ``type`` a class of ``taxonomy.json``,
 ``label`` 1 = abnormal, ``split`` ``train`` or ``valid``, and ``group`` a key that keeps
@@ -49,8 +50,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFile
 
-from models.boxes import BOXES_JSON, AnnotatedImage, BoxReport, read_coco
-from models.layout import (
+from models.datasets.boxes import BOXES_JSON, AnnotatedImage, BoxReport, read_coco
+from models.datasets.layout import (
     CLASS_DIR_PREFIX,
     DATASET_DIRNAME,
     SPLITS,
@@ -58,7 +59,7 @@ from models.layout import (
     image_paths_csv,
     labeled_studies_csv,
 )
-from models.taxonomy import MURA_TAXONOMY, Taxonomy
+from models.serving.taxonomy import MURA_TAXONOMY, Taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class MuraStudy:
         ``"train"`` or ``"valid"``.
     body_part : str
         Class from the ``XR_<NAME>`` directory, e.g. ``"WRIST"`` or ``"OTHER"`` (an upper-case
-        name, as in :data:`~models.taxonomy.MURA_TAXONOMY`), or a generic dataset's ``type``.
+        name, as in :data:`~models.serving.taxonomy.MURA_TAXONOMY`), or a generic dataset's
+        ``type``.
     patient : str
         Patient directory name (``patientNNNNN``); MURA's ids are already anonymous. A generic
         dataset's ``group``.
@@ -161,7 +163,7 @@ def load_taxonomy(data: Path) -> Taxonomy | None:
     -------
     Taxonomy or None
         ``None`` for MURA-v1.1, whose classes are those of
-        :data:`~models.taxonomy.MURA_TAXONOMY` (restricted to the ones present).
+        :data:`~models.serving.taxonomy.MURA_TAXONOMY` (restricted to the ones present).
 
     Raises
     ------
@@ -184,7 +186,8 @@ def load_taxonomy(data: Path) -> Taxonomy | None:
 
 
 def load_boxes(data: Path) -> tuple[dict[Path, AnnotatedImage], BoxReport] | None:
-    """The finding boxes of a dataset (its ``boxes.json``, :mod:`models.boxes`), by image file.
+    """The finding boxes of a dataset (its ``boxes.json``, :mod:`models.datasets.boxes`), by image
+    file.
 
     ``file_name`` is resolved as the dataset's labels list images: relative to the labelled
     dataset's folder, or a MURA ``*_image_paths.csv`` path (``MURA-v1.1/train/...``). Entries
@@ -264,7 +267,7 @@ def load_studies(data: Path, split: str, *,
         ``"train"`` or ``"valid"``.
     classes : sequence of str, optional
         Accepted classes. MURA: the ``XR_<NAME>`` directories (default: the names of
-        :data:`~models.taxonomy.MURA_TAXONOMY`, MURA's seven bone types and ``OTHER``).
+        :data:`~models.serving.taxonomy.MURA_TAXONOMY`, MURA's seven bone types and ``OTHER``).
         Generic: the ``type`` values (default: every class of ``taxonomy.json``).
 
     Returns
@@ -441,7 +444,8 @@ def read_image(path: Path, *, tolerate_truncated: bool = False) -> NDArray[np.fl
         When the file is cut short (a strict decode fails), decode it again with Pillow's
         ``LOAD_TRUNCATED_IMAGES`` (:func:`tolerate_truncated_images`): the missing end is
         filled in by the decoder (grey for JPEG). For datasets with known, checked damage,
-        such as FracAtlas's 49 truncated JPEGs (:mod:`models.fracatlas`); default ``False``.
+        such as FracAtlas's 49 truncated JPEGs (:mod:`models.datasets.fracatlas`); default
+        ``False``.
 
     Raises
     ------

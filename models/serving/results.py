@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from models.findings import Finding
+from models.serving.findings import Finding
 
 
 def check_probability(name: str, value: object) -> float:
@@ -57,7 +57,7 @@ class ImagePrediction:
         training data), when the bundle has one.
     findings : tuple of Finding
         Suspected fractures located on the image, the most probable first
-        (:mod:`models.findings`); only an assessed image has any.
+        (:mod:`models.serving.findings`); only an assessed image has any.
     """
 
     body_part: str

@@ -1,13 +1,14 @@
 """Procedural radiograph phantom written in the exact MURA-v1.1 layout.
 
 MURA (Rajpurkar et al. 2017) cannot be redistributed, so tests, demos and benchmarks use this
-phantom instead: the same loader (:mod:`models.data`) serves the phantom and a real MURA-v1.1
+phantom instead: the same loader (:mod:`models.datasets.data`) serves the phantom and a real
+MURA-v1.1
 copy. Each of MURA's seven bone types has its own anatomy-like geometry, built from
 vectorized signed-distance primitives (tapered capsules, ellipses, boxes) with cortical rims,
 inside a soft-tissue envelope. Densities are summed along the beam and turned into an image
 with Beer-Lambert attenuation, so bone is bright on a dark background, as in MURA.
 
-A further class, ``OTHER`` (not assessed in :data:`~models.taxonomy.MURA_TAXONOMY`), holds
+A further class, ``OTHER`` (not assessed in :data:`~models.serving.taxonomy.MURA_TAXONOMY`), holds
 out-of-scope anatomy so that a model learns to say "not mine": each ``XR_OTHER`` study shows
 one of :data:`OTHER_KINDS` (chest, pelvis, knee, skull, spine, abdomen), drawn from the study's
 seed, with the same view randomisation. OTHER studies are always labelled normal (0), with no
@@ -26,7 +27,8 @@ collimation border or a bright side marker, whatever their label.
 Each image's findings come with their boxes in its pixels (:attr:`PhantomStudy.boxes`; how each
 kind is boxed: :mod:`.rendering`): each fracture site, each lesion and each metal implant (MURA
 calls hardware abnormal) the image shows. :func:`write_phantom` writes them for every image as
-COCO ``MURA-v1.1/boxes.json`` (:mod:`models.boxes`, read by :func:`models.data.load_boxes`), a
+COCO ``MURA-v1.1/boxes.json`` (:mod:`models.datasets.boxes`, read by
+:func:`models.datasets.data.load_boxes`), a
 normal study's images with none. Boxes are computed from the drawn geometry and draw no random
 number, so images are the same with or without them.
 
@@ -47,10 +49,21 @@ Modules: :mod:`.geometry` (primitives), :mod:`.anatomy` (the seven bone types), 
 torch.
 """
 
-from models.phantom.dataset import FINDINGS_CSV, get_args_parser, main, split_sizes, write_phantom
-from models.phantom.findings import FINDINGS
-from models.phantom.other import OTHER_KINDS
-from models.phantom.rendering import PHANTOM_CLASSES, PhantomConfig, PhantomStudy, render_study
+from models.datasets.phantom.dataset import (
+    FINDINGS_CSV,
+    get_args_parser,
+    main,
+    split_sizes,
+    write_phantom,
+)
+from models.datasets.phantom.findings import FINDINGS
+from models.datasets.phantom.other import OTHER_KINDS
+from models.datasets.phantom.rendering import (
+    PHANTOM_CLASSES,
+    PhantomConfig,
+    PhantomStudy,
+    render_study,
+)
 
 __all__ = [
     "FINDINGS",

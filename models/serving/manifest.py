@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from models.enhance import Preprocessing
-from models.taxonomy import Taxonomy
+from models.serving.enhance import Preprocessing
+from models.serving.taxonomy import Taxonomy
 
 #: Value of the manifest's ``format`` key.
 BUNDLE_FORMAT = "ossa-two-stage-bundle"

@@ -1,9 +1,9 @@
 """Findings: suspected fractures located on the source image, from stage 2's fracture map.
 
-The fracture map (:class:`models.networks.FractureNet`) gives a probability per cell of
+The fracture map (:class:`models.training.networks.FractureNet`) gives a probability per cell of
 ``stride`` input pixels. A *finding* is a connected region (8-connectivity) of cells at or
 above the class's finding threshold: its box is the cells' extent mapped back through the
-preprocessing (:class:`models.enhance.InputGeometry`: padding, resizing, foreground crop) to
+preprocessing (:class:`models.serving.enhance.InputGeometry`: padding, resizing, foreground crop) to
 the pixels of the image given to preprocessing, and its probability is the region's highest
 cell. Findings are ordered by probability, at most ``max_findings`` per image.
 
@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from models.enhance import InputGeometry
+from models.serving.enhance import InputGeometry
 
 #: 8-connectivity of map cells.
 _EIGHT = np.ones((3, 3), dtype=bool)

@@ -4,10 +4,10 @@
 of the split twice: routed by stage 1 with the bundle's abstention (what Ossa reports) and
 routed by the true class (the "oracle" that isolates stage 2), then writes
 ``predictions.csv``, ``metrics.json``, PNG plots and ``report.md``
-(:mod:`models.evaluation_report`, which defines every figure). A bundle that locates findings
+(:mod:`models.evaluation.report`, which defines every figure). A bundle that locates findings
 also gets ``findings.csv`` (``path,rank,x0,y0,x1,y1,probability``, image pixels), and, where
 the data has boxes (``boxes.json``), the localisation figures and ``froc.png``
-(:mod:`models.localisation`). Runs on the base install
+(:mod:`models.evaluation.localisation`). Runs on the base install
 (ONNX Runtime) by default; nothing here imports torch.
 """
 
@@ -23,11 +23,9 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from models.boxes import AnnotatedImage, Box
-from models.data import MuraStudy, load_boxes, load_studies, read_image
-from models.engine import BACKENDS
-from models.evaluation_report import EvaluatedImage, compute_metrics, write_report
-from models.localisation import (
+from models.datasets.boxes import AnnotatedImage, Box
+from models.datasets.data import MuraStudy, load_boxes, load_studies, read_image
+from models.evaluation.localisation import (
     FROC_THRESHOLDS,
     LocalisedImage,
     localisation_metrics,
@@ -35,7 +33,9 @@ from models.localisation import (
     plot_froc,
     write_findings_csv,
 )
-from models.predict import TwoStageClassifier
+from models.evaluation.report import EvaluatedImage, compute_metrics, write_report
+from models.serving.engine import BACKENDS
+from models.serving.predict import TwoStageClassifier
 
 logger = logging.getLogger(__name__)
 

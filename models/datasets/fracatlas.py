@@ -10,12 +10,14 @@ fracture label, region flags and fracture annotations. Its release layout::
     Annotations/YOLO/<image>.txt   fracture boxes, one "class cx cy w h" line each
                               (normalised to the image; optional)
 
-The importer writes the generic labelled dataset that :func:`models.data.load_studies` reads
-(``labels.csv``, ``taxonomy.json``; see :mod:`models.data`), an ``ATTRIBUTION.md`` and the
+The importer writes the generic labelled dataset that :func:`models.datasets.data.load_studies`
+reads
+(``labels.csv``, ``taxonomy.json``; see :mod:`models.datasets.data`), an ``ATTRIBUTION.md`` and the
 images, as symbolic links to ``SRC`` (default) or as copies. Each image is its own group (the
 release has no patient key), so the split is by image, stratified by (type, label), and the
 same seed always gives the same split. The YOLO fracture boxes, where the release has them, are
-written as ``boxes.json`` (COCO, :mod:`models.boxes`) in the image's pixels; every image whose
+written as ``boxes.json`` (COCO, :mod:`models.datasets.boxes`) in the image's pixels; every image
+whose
 annotation file exists is *annotated* (an empty file: no fracture box).
 
 Classes (:data:`FRACATLAS_TAXONOMY`). FracAtlas's regions are coarse, so the classes are named
@@ -46,7 +48,8 @@ Decisions on the release's flaws, each reported by file name:
   tolerantly): skipped with a warning, or fatal with ``--strict`` (all of them named).
 - **Truncated JPEG** (a strict decode fails, Pillow's ``LOAD_TRUNCATED_IMAGES`` decodes it, the
   missing end filled in grey): kept, with a warning naming each file; read them with
-  ``models.data.read_image(path, tolerate_truncated=True)``. The 49 in the development copy are
+  ``models.datasets.data.read_image(path, tolerate_truncated=True)``. The 49 in the development
+  copy are
   a few bytes short and look complete.
 - Files in the image folders that ``dataset.csv`` does not list, and rows without any region
   flag, are skipped with a warning.
@@ -86,9 +89,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from models.boxes import BOXES_JSON, AnnotatedImage, Box, write_coco
-from models.data import LABELS_COLUMNS, LABELS_CSV, TAXONOMY_JSON, read_image
-from models.taxonomy import BodyPartClass, Taxonomy, sct
+from models.datasets.boxes import BOXES_JSON, AnnotatedImage, Box, write_coco
+from models.datasets.data import LABELS_COLUMNS, LABELS_CSV, TAXONOMY_JSON, read_image
+from models.serving.taxonomy import BodyPartClass, Taxonomy, sct
 
 logger = logging.getLogger(__name__)
 
@@ -552,7 +555,7 @@ figure, a report) must credit FracAtlas as above and say what was changed.
 
 ## What was changed
 
-Written by Ossa's `ossa data import-fracatlas` (`models/fracatlas.py`) from `{src}`.
+Written by Ossa's `ossa data import-fracatlas` (`models/datasets/fracatlas.py`) from `{src}`.
 {source_notes}
 - Images: {'copied' if copy else 'symbolic links to the source'}, bytes unchanged, as
   `images/<image_id>` ({len(records)} images).

@@ -1,7 +1,8 @@
 """Views and image formation: :func:`render_study` turns an anatomy and its findings into images.
 
 Each image comes with the boxes of the findings it shows (:attr:`PhantomStudy.boxes`), in its
-pixels (:class:`models.boxes.Box`: x = column, y = row, top-left origin, clipped to the image),
+pixels (:class:`models.datasets.boxes.Box`: x = column, y = row, top-left origin, clipped to the
+image),
 computed from the geometry the renderer drew, on the image's own pixel grid, without drawing a
 random number (a seed's images are the same with or without them):
 
@@ -30,9 +31,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from models.boxes import Box
-from models.phantom.anatomy import ANATOMY
-from models.phantom.findings import (
+from models.datasets.boxes import Box
+from models.datasets.phantom.anatomy import ANATOMY
+from models.datasets.phantom.findings import (
     FINDINGS,
     Findings,
     Fracture,
@@ -40,7 +41,7 @@ from models.phantom.findings import (
     key_point,
     make_findings,
 )
-from models.phantom.geometry import (
+from models.datasets.phantom.geometry import (
     Anatomy,
     Bone,
     Capsule,
@@ -52,10 +53,11 @@ from models.phantom.geometry import (
     union_extent,
     union_sdf,
 )
-from models.phantom.other import OTHER_ANATOMY, OTHER_CLASS, OTHER_KINDS
-from models.taxonomy import MURA_TAXONOMY
+from models.datasets.phantom.other import OTHER_ANATOMY, OTHER_CLASS, OTHER_KINDS
+from models.serving.taxonomy import MURA_TAXONOMY
 
-#: Classes the phantom renders, in :data:`~models.taxonomy.MURA_TAXONOMY` order: MURA's seven
+#: Classes the phantom renders, in :data:`~models.serving.taxonomy.MURA_TAXONOMY` order: MURA's
+#: seven
 #: bone types and ``OTHER`` (out-of-scope anatomy, always normal).
 PHANTOM_CLASSES: tuple[str, ...] = MURA_TAXONOMY.names
 
@@ -144,7 +146,7 @@ class PhantomStudy:
     anatomy : str
         What the images show: ``body_part`` itself for the seven MURA bone types, one of
         :data:`OTHER_KINDS` for ``OTHER``.
-    boxes : tuple of tuple of models.boxes.Box
+    boxes : tuple of tuple of models.datasets.boxes.Box
         Per image, the boxes of the findings it shows, in its pixels (see the module
         docstring); empty for a normal study. ``()`` (the default) stands for no box on any
         image.
