@@ -46,11 +46,13 @@ $(DEMO_BUNDLE)/manifest.json: | $(TRAIN_STAMP)
 
 demo-bundle: $(DEMO_BUNDLE)/manifest.json
 
-# Reproduces bundles/fracatlas (about an hour on 2 CPU cores; `--resume` continues a killed
-# run): import, train, keep the ONNX networks only, evaluate on valid, write the model card.
+# Reproduces bundles/fracatlas (about 1.5 hours on 2 CPU cores): import (with the fracture
+# boxes), train, keep the ONNX networks only, evaluate on valid, write the model card. Run it
+# in the background with a log (`nohup make real-model > var/real-model.log 2>&1 &`); after a
+# kill or a reboot the same command resumes from the last finished epoch (`--resume`).
 real-model: $(TRAIN_STAMP)
 	rm -rf $(REAL_DATA) && $(BIN)/ossa data import-fracatlas $(FRACATLAS) $(REAL_DATA) --seed 0
-	$(REAL_TRAIN) --overwrite
+	$(REAL_TRAIN) --resume --overwrite
 	rm -rf $(REAL_BUNDLE).new && $(BIN)/ossa bundle serving-copy var/models/fracatlas $(REAL_BUNDLE).new
 	rm -rf var/reports/fracatlas && $(BIN)/ossa evaluate --data $(REAL_DATA) --bundle $(REAL_BUNDLE).new \
 	    --out var/reports/fracatlas --data-description "FracAtlas development copy, valid split (20%)"

@@ -20,10 +20,12 @@ same number of threads (``--threads``, default: the usable cores).
 bundle as served (its manifest's flip averaging): ``pydicom.dcmread`` of the file's bytes,
 ``dicom_io.pixels.normalize_radiograph`` at the working size the service asks for
 (``Preprocessing.working_side``: the network's input size, or the secondary capture's
-``MAX_SIDE`` when secondary captures are written, as by default), the bundle's preprocessing
-(resize, CLAHE) and the two-stage network with abstention, on 3000 x 2500 12-bit DX
-radiographs, uncompressed, JPEG-LS lossless and JPEG 2000 lossless; both with and without
-secondary captures. The time per image of each step is reported too.
+``RENDER_SIDE`` when secondary captures are written, as by default), the bundle's
+preprocessing (foreground crop, resize, CLAHE), the two-stage network with abstention and the
+findings, and with captures the building and encoding of each assessed image's secondary
+capture, on 3000 x 2500 12-bit DX radiographs, uncompressed, JPEG-LS lossless and JPEG 2000
+lossless; both with and without secondary captures. The time per image of each step is
+reported too.
 
     .venv/bin/python -m bench.inference [--quick] [--threads 2] [--images 64] [--repeat 5]
 """
@@ -49,7 +51,8 @@ from bench import common
 from bench.peers import SHIPPED_BUNDLE
 from bench.radiographs import sizes, write_corpus
 from dicom_io.pixels import normalize_radiograph
-from dicom_io.secondary_capture import MAX_SIDE
+from dicom_io.report import encode_file
+from dicom_io.secondary_capture import RENDER_SIDE, build_secondary_capture, sc_label
 from models.serving.engine import BACKENDS, NetworkRunner, TwoStageEngine
 from models.serving.manifest import BundleInfo, open_bundle
 from models.serving.predict import TwoStageClassifier, make_runner
@@ -164,6 +167,10 @@ def network_alone(report: common.Report, config: str, info: BundleInfo,
     return found
 
 
+#: Series Instance UID of the captures the benchmark builds (never sent anywhere).
+BENCH_SERIES_UID = "1.2.826.0.1.3680043.8.498.1"
+
+
 def whole_path(report: common.Report, classifier: TwoStageClassifier, files: list[Path],
                syntax: str, repeat: int, *, captures: bool = True) -> None:
     """Images/s from DICOM bytes to probabilities, and the time per image of each step.
@@ -171,23 +178,39 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
     ``captures``: render at the size the service uses when it writes secondary captures
     (``[results] secondary_capture``, on by default), else at the network's input size.
     """
-    max_side = classifier.preprocessing.working_side(MAX_SIDE if captures else None)
+    max_side = classifier.preprocessing.working_side(RENDER_SIDE if captures else None)
     blobs = [f.read_bytes() for f in files]
     n = len(blobs)
     steps: dict[str, list[float]] = {"decode": [], "preprocess": [], "network": []}
+    if captures:
+        steps["capture"] = []
+    thresholds = dict(classifier.thresholds)
     totals = []
 
-    def run() -> tuple[float, float, float]:
+    def run() -> tuple[float, ...]:
         start = time.perf_counter()
-        images: list[NDArray[np.float32]] = [
-            normalize_radiograph(pydicom.dcmread(io.BytesIO(b)), max_side=max_side)
-            for b in blobs]
+        datasets = [pydicom.dcmread(io.BytesIO(b)) for b in blobs]
+        images: list[NDArray[np.float32]] = [normalize_radiograph(ds, max_side=max_side)
+                                             for ds in datasets]
         decoded = time.perf_counter()
         inputs, geometries = classifier.preprocess(images)
         prepared = time.perf_counter()
-        classifier.predict_arrays(inputs, geometries)
+        _, predictions = classifier.predict_arrays(inputs, geometries)
         done = time.perf_counter()
-        return decoded - start, prepared - decoded, done - prepared
+        if not captures:
+            return decoded - start, prepared - decoded, done - prepared
+        for k, (ds, image, p) in enumerate(zip(datasets, images, predictions, strict=True)):
+            if not p.assessed:
+                continue
+            scale = (int(ds.Columns) / image.shape[1], int(ds.Rows) / image.shape[0])
+            capture = build_secondary_capture(
+                ds, image, [f.scaled(*scale) for f in p.findings],
+                label=sc_label(p, thresholds[p.body_part]),
+                series_instance_uid=BENCH_SERIES_UID, sop_instance_uid=f"{BENCH_SERIES_UID}.{k}",
+                instance_number=k + 1, algorithm=classifier.algorithm)
+            encode_file(capture)
+        captured = time.perf_counter()
+        return decoded - start, prepared - decoded, done - prepared, captured - done
 
     run()  # warm-up: decoder plugins, ONNX Runtime's first call
     for _ in range(repeat):
@@ -228,7 +251,7 @@ def plot(report: common.Report) -> Any:
     ax = axes[0][1]
     syntaxes = [s for s in SYNTAXES if report.find(part="whole_path", syntax=s)]
     bottom = np.zeros(len(syntaxes))
-    for step in ("decode", "preprocess", "network"):
+    for step in ("decode", "preprocess", "network", "capture"):
         values = np.array([common.summarize(report.find(part="step", syntax=s, step=step,
                                                           captures=True)[0]
                                             .samples)["median"] for s in syntaxes])
@@ -309,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{n_files} radiographs per run classified together; JPEG-LS and JPEG 2000 are "
         "lossless (encoded by pyjpegls and OpenJPEG). Each image is rendered at the size the "
         "service asks for: reduced by an integer factor to a longest side of at least the "
-        "secondary capture's MAX_SIDE (with captures) or the network's input size (without); "
+        "secondary capture's RENDER_SIDE (with captures, which are then built and encoded) or the network's input size (without); "
         "JPEG 2000 decoded at that reduced resolution (Pillow's OpenJPEG reduce), JPEG-LS by "
         "pyjpegls, uncompressed by pydicom.")
     report.notes.append(f"onnxruntime {ort.__version__}, torch {torch.__version__}, "

@@ -79,6 +79,11 @@ CONVERSION_TYPE = "WSD"
 #: Longest side, in pixels, of the displayed radiograph (the label band comes below it).
 MAX_SIDE = 1024
 MIN_SIDE = 512
+#: Longest side a radiograph needs to be rendered at for its capture (the classify stage's
+#: ``max_side``): a 3000 px film is then reduced by 3 to 1000 px and shown as it is, instead
+#: of being rendered at 1500 px and resized (:func:`dicom_io.pixels.normalize_radiograph`
+#: reduces by whole factors).
+RENDER_SIDE = 768
 #: Colour of the outlines and of their text: pure yellow, which stands out on grey film and
 #: which no film pixel has (R = G = B there).
 OUTLINE_COLOR = (255, 255, 0)

@@ -31,7 +31,7 @@ from dicom_io.pixels import PixelDataError, normalize_radiograph
 from dicom_io.report import build_sr, encode_file, report_uids
 from dicom_io.scope import ScopeTable
 from dicom_io.secondary_capture import (
-    MAX_SIDE,
+    RENDER_SIDE,
     build_secondary_capture,
     sc_label,
     secondary_capture_uids,
@@ -290,7 +290,7 @@ class ClassifyStage:
         """
         loaded = LoadedStudy(job)
         working_side = self.classifier.preprocessing.working_side(
-            MAX_SIDE if self.captures else None)
+            RENDER_SIDE if self.captures else None)
         for instance in job.instances:
             try:
                 ds = pydicom.dcmread(self.spool.path(instance.path))
