@@ -139,7 +139,7 @@ def run_path(data: bytes, classifier: TwoStageClassifier) -> None:
     assert image.dtype == np.float32 and image.ndim == 2
     assert np.isfinite(image).all()
     assert image.min() >= 0.0 and image.max() <= 1.0
-    _, predictions = classifier.predict_arrays(classifier.preprocess([image]))
+    _, predictions = classifier.predict_arrays(*classifier.preprocess([image]))
     assert len(predictions) == 1
 
 

@@ -54,11 +54,11 @@ def test_onnx_and_torch_backends_agree_within_1e4(
         classifier: TwoStageClassifier, torch_classifier: TwoStageClassifier,
         valid_studies: tuple[MuraStudy, ...]) -> None:
     images = [im for s in valid_studies[:12] for im in _images(s)]
-    inputs = classifier.preprocess(images)
-    a, pa = classifier.predict_arrays(inputs, cams=True)
-    b, pb = torch_classifier.predict_arrays(inputs, cams=True)
+    inputs, geometries = classifier.preprocess(images)
+    a, pa = classifier.predict_arrays(inputs, geometries, maps=True)
+    b, pb = torch_classifier.predict_arrays(inputs, geometries, maps=True)
     assert [p.body_part for p in pa] == [p.body_part for p in pb]
-    for field in ("body_part_probabilities", "features", "abnormal_probability", "cams"):
+    for field in ("body_part_probabilities", "features", "abnormal_probability", "maps"):
         assert np.nanmax(np.abs(getattr(a, field) - getattr(b, field))) < 1e-4, field
 
 

@@ -76,6 +76,7 @@ from dicom_io.transfer_syntax import (
     preferred_plugin,
 )
 from models.serving.predict import TwoStageClassifier
+from models.serving.results import ImagePrediction
 from tests.conftest import dcmtk, free_port
 from worker.config import ListenerConfig
 from worker.handlers import StoreStatus, handle_store
@@ -375,7 +376,7 @@ def test_same_reduced_prediction_in_every_syntax(
         assert got.body_part == want.body_part, name
         assert got.assessed == want.assessed, name
         if encoding.lossless and encoding.syntax not in (JPEG2000Lossless, JPEG2000):
-            assert got == want, name
+            _assert_same(got, want, name)
         elif want.abnormal_probability is not None:
             assert got.abnormal_probability is not None
             assert abs(got.abnormal_probability - want.abnormal_probability) < 0.05, name
@@ -563,7 +564,19 @@ def test_same_prediction_in_every_syntax(
         assert got.body_part == want.body_part, name
         assert got.assessed == want.assessed, name
         if encoding.lossless:
-            assert got == want, name
+            _assert_same(got, want, name)
         elif want.abnormal_probability is not None:
             assert got.abnormal_probability is not None
             assert abs(got.abnormal_probability - want.abnormal_probability) < 0.05, name
+
+
+def _assert_same(got: ImagePrediction, want: ImagePrediction, name: str) -> None:
+    """The same prediction for the same pixels; the floats to 1e-5 (ONNX Runtime's kernels
+    may round an image differently at another position in a batch)."""
+    assert (got.body_part, got.assessed, got.reason) == (want.body_part, want.assessed,
+                                                        want.reason), name
+    for key in ("body_part_probability", "abnormal_probability", "ood_score"):
+        assert getattr(got, key) == pytest.approx(getattr(want, key), abs=1e-5), (name, key)
+    assert len(got.findings) == len(want.findings), name
+    for a, b in zip(got.findings, want.findings, strict=True):
+        assert a.as_dict() == pytest.approx(b.as_dict(), abs=1e-3), name
