@@ -181,7 +181,9 @@ def _send_studies(port: int, sender: int, shared: Senders) -> None:
     rng = np.random.default_rng(sender)
     ae = AE(ae_title="STORESCU")
     ae.add_requested_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian])
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.acse_timeout = ae.dimse_timeout = 60
+    # idle at the round barrier while the round's SRs go out: as long as the listener waits
+    ae.network_timeout = NETWORK_TIMEOUT_S
     assoc = ae.associate("127.0.0.1", port, ae_title="OSSA")
     per_round = STUDIES_PER_SENDER // ROUNDS
     try:
