@@ -130,6 +130,13 @@ class AnnotatedImage:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
+    def boxes_on(self, rows: int, columns: int) -> tuple[Box, ...]:
+        """The boxes on the image as read, ``rows`` x ``columns`` (a copy may have been
+        resized since it was annotated)."""
+        sx, sy = columns / self.width, rows / self.height
+        return tuple(Box(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy) for b in self.boxes)
+
+
 @dataclass
 class BoxReport:
     """What a load or an import kept and skipped (warnings name each skipped entry)."""

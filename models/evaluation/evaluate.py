@@ -107,8 +107,7 @@ def _image_boxes(boxes: Mapping[Path, AnnotatedImage] | None, path: Path,
     annotated = (boxes or {}).get(path)
     if annotated is None:
         return None
-    sx, sy = image.shape[1] / annotated.width, image.shape[0] / annotated.height
-    return tuple(Box(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy) for b in annotated.boxes)
+    return annotated.boxes_on(*image.shape)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

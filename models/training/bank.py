@@ -92,11 +92,9 @@ class MuraImageDataset(Dataset[tuple[torch.Tensor, int, int]]):
         array, geometry = preprocess_with_geometry(image, self.preprocessing)
         annotated = self.boxes.get(path)
         if annotated is not None:
-            # the boxes were drawn on a width x height image; the file may have been resized
-            sx, sy = image.shape[1] / annotated.width, image.shape[0] / annotated.height
             self._input_boxes[index] = torch.tensor(
-                [geometry.to_input((b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy))
-                 for b in annotated.boxes], dtype=torch.float32).reshape(-1, 4)
+                [geometry.to_input(b.as_tuple()) for b in annotated.boxes_on(*image.shape)],
+                dtype=torch.float32).reshape(-1, 4)
         return torch.from_numpy(np.require(array, requirements="W"))  # copy if read-only
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
