@@ -24,8 +24,10 @@ bundle as served (its manifest's flip averaging): ``pydicom.dcmread`` of the fil
 preprocessing (foreground crop, resize, CLAHE), the two-stage network with abstention and the
 findings, and with captures the building and encoding of each assessed image's secondary
 capture, on 3000 x 2500 12-bit DX radiographs, uncompressed, JPEG-LS lossless and JPEG 2000
-lossless; both with and without secondary captures. The time per image of each step is
-reported too.
+lossless; both with and without secondary captures. With captures, every film gets one, as
+in an abnormal study: a synthetic film the shipped model does not assess (it abstains on
+them) is given an abnormal verdict with one finding for its capture. The time per image of
+each step is reported too.
 
     .venv/bin/python -m bench.inference [--quick] [--threads 2] [--images 64] [--repeat 5]
 """
@@ -54,8 +56,10 @@ from dicom_io.pixels import normalize_radiograph
 from dicom_io.report import encode_file
 from dicom_io.secondary_capture import RENDER_SIDE, build_secondary_capture, sc_label
 from models.serving.engine import BACKENDS, NetworkRunner, TwoStageEngine
+from models.serving.findings import Finding
 from models.serving.manifest import BundleInfo, open_bundle
 from models.serving.predict import TwoStageClassifier, make_runner
+from models.serving.results import ImagePrediction
 from models.serving.taxonomy import MURA_TAXONOMY, Taxonomy
 
 #: Network-alone batch sizes of issue 11.
@@ -171,6 +175,17 @@ def network_alone(report: common.Report, config: str, info: BundleInfo,
 BENCH_SERIES_UID = "1.2.826.0.1.3680043.8.498.1"
 
 
+def _stand_in(prediction: ImagePrediction, image: NDArray[np.float32],
+              thresholds: dict[str, float]) -> ImagePrediction:
+    """An abnormal verdict with one finding in the middle of the film, for a synthetic film
+    the model did not assess: the service builds a capture for each assessed image only,
+    and the benchmark times the capture of every film, as of an abnormal study."""
+    rows, columns = image.shape
+    box = Finding(columns * 0.4, rows * 0.4, columns * 0.55, rows * 0.6, 0.9)
+    return replace(prediction, body_part=next(iter(thresholds)), assessed=True,
+                   abnormal_probability=0.9, reason="", findings=(box,))
+
+
 def whole_path(report: common.Report, classifier: TwoStageClassifier, files: list[Path],
                syntax: str, repeat: int, *, captures: bool = True) -> None:
     """Images/s from DICOM bytes to probabilities, and the time per image of each step.
@@ -200,8 +215,7 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
         if not captures:
             return decoded - start, prepared - decoded, done - prepared
         for k, (ds, image, p) in enumerate(zip(datasets, images, predictions, strict=True)):
-            if not p.assessed:
-                continue
+            p = p if p.assessed else _stand_in(p, image, thresholds)
             scale = (int(ds.Columns) / image.shape[1], int(ds.Rows) / image.shape[0])
             capture = build_secondary_capture(
                 ds, image, [f.scaled(*scale) for f in p.findings],
@@ -332,9 +346,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{n_files} radiographs per run classified together; JPEG-LS and JPEG 2000 are "
         "lossless (encoded by pyjpegls and OpenJPEG). Each image is rendered at the size the "
         "service asks for: reduced by an integer factor to a longest side of at least the "
-        "secondary capture's RENDER_SIDE (with captures, which are then built and encoded) or the network's input size (without); "
+        "secondary capture's RENDER_SIDE (with captures, which are then built and encoded, "
+        "one per film) or the network's input size (without); "
         "JPEG 2000 decoded at that reduced resolution (Pillow's OpenJPEG reduce), JPEG-LS by "
-        "pyjpegls, uncompressed by pydicom.")
+        "pyjpegls, uncompressed read in place by pydicom.")
     report.notes.append(f"onnxruntime {ort.__version__}, torch {torch.__version__}, "
                         f"{args.threads} threads each.")
     report.write(args.out, plot)

@@ -72,6 +72,9 @@ DEVICE_OBSERVER: Code = codes.cid270.Device
 #: "that has processed composite instances to create new composite instances" (DCM 109102).
 #: Not 109103 "Modifying Equipment" (changes an instance in place) nor 109104 (de-identifying).
 PROCESSING_EQUIPMENT: Code = codes.cid7005.ProcessingEquipment
+#: Purpose of Reference of the source's acquisition equipment, as highdicom's
+#: ``ContributingEquipment.for_image_acquisition`` writes it (PS3.16 CID 7005).
+ACQUISITION_EQUIPMENT: Code = codes.cid7005.AcquisitionEquipment
 
 #: Modality (0008,0060) to its coded concept for Image Library descriptors (PS3.16 CID 29).
 MODALITY: dict[str, Code] = {

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -267,9 +268,17 @@ def _render_reduced(
     """Steps 3-6 of the module notes on the block means of ``stored`` (``factor`` x
     ``factor`` blocks; ``factor`` 1 renders ``stored`` as it is, as an already reduced
     decoding gives it)."""
+    linear = _linear_rendering(ds)
+    if linear is not None:  # the common case, in one pass of float32 arithmetic
+        scale, offset = linear
+        # stored values are below 2**BitsStored (decoding clears the bits above)
+        image, coverage = _block_mean(stored, factor, padding, (1 << int(ds.BitsStored)) - 1)
+        image *= np.float32(scale)
+        image += np.float32(offset)
+        return _finish(image, ds, coverage)
     kept = stored if padding is None else stored[~padding]
     low_stored, high_stored = int(kept.min()), int(kept.max())
-    means, coverage = _block_mean(stored, factor, padding)
+    means, coverage = _block_mean(stored, factor, padding, high_stored)
     try:
         if "ModalityLUTSequence" in ds:  # a LUT indexes by integer stored values
             means = np.rint(means).astype(np.int64)
@@ -287,6 +296,13 @@ def _render_reduced(
         image = (rendered - np.float32(low)) * np.float32(1.0 / (high - low))
     else:
         image = np.zeros_like(rendered)
+    return _finish(image, ds, coverage)
+
+
+def _finish(image: NDArray[np.float32], ds: Dataset, coverage: NDArray[np.float32] | None
+            ) -> NDArray[np.float32]:
+    """Steps 5-6 on a scaled rendering, in place: clip to [0, 1], invert where the
+    polarity asks, weigh padding in by its area."""
     np.clip(image, 0.0, 1.0, out=image)
     if _inverted(ds):
         np.subtract(np.float32(1.0), image, out=image)
@@ -295,26 +311,81 @@ def _render_reduced(
     return image
 
 
+def _linear_rendering(ds: Dataset) -> tuple[float, float] | None:
+    """``(scale, offset)`` such that steps 3, 4 and 6 map a stored value x to
+    ``x * scale + offset`` (before clipping to [0, 1]), when they are linear: Rescale
+    Slope/Intercept (or none) and a window with the VOI LUT Function LINEAR (the default) or
+    LINEAR_EXACT (PS3.3 C.11.2.1.2), no LUT. None otherwise, and wherever pydicom would
+    refuse the attributes, so that ``apply_voi_lut`` renders (or rejects) them as it does.
+
+    The window maps x to ``(x - c) / w + 0.5`` scaled to its output range, c and w the
+    center and width (less 0.5 and 1 for LINEAR); step 6 undoes the output range.
+    """
+    if "ModalityLUTSequence" in ds or _has_voi_lut(ds):
+        return None
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    if ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    function = ds.get("VOILUTFunction", "LINEAR")
+    try:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        slope, intercept = (
+            (float(ds.RescaleSlope), float(ds.RescaleIntercept))
+            if "RescaleSlope" in ds and "RescaleIntercept" in ds  # as apply_modality_lut
+            else (1.0, 0.0)
+        )
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not slope > 0:  # a negative slope also reverses pydicom's window output range
+        return None
+    if function == "LINEAR" and width > 1:
+        center, width = center - 0.5, width - 1
+    elif not (function == "LINEAR_EXACT" and width > 0):
+        return None
+    if not all(math.isfinite(v) for v in (center, width, slope, intercept)):
+        return None
+    return slope / width, (intercept - center) / width + 0.5
+
+
 def _block_mean(
-    stored: NDArray[Any], factor: int, padding: NDArray[np.bool_] | None
+    stored: NDArray[Any], factor: int, padding: NDArray[np.bool_] | None, peak: int
 ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
     """Mean of the non-padding stored values of each ``factor`` x ``factor`` block (the last
     row and column of blocks may be smaller), and each block's share of non-padding pixels
-    (None without padding; a block of padding only has mean 0 and share 0)."""
+    (None without padding; a block of padding only has mean 0 and share 0). ``peak``: the
+    largest stored value (sums of non-negative values up to it may fit 16 bits)."""
     if factor == 1:
         if padding is None:
             return stored.astype(np.float32), None
         return np.where(padding, 0, stored).astype(np.float32), (~padding).astype(np.float32)
+    if padding is None:
+        means = _block_sum(stored, factor, _sum_dtype(stored, factor, peak)).astype(np.float32)
+        means *= np.float32(1.0 / (factor * factor))
+        # the last row and column of blocks may be smaller than factor x factor
+        rows, columns = stored.shape[0] % factor, stored.shape[1] % factor
+        if rows:
+            means[-1, :] *= np.float32(factor / rows)
+        if columns:
+            means[:, -1] *= np.float32(factor / columns)
+        return means, None
     # integer sums are exact: at most factor**2 values of at most 16 bits each
     dtype = np.int32 if factor * factor < 1 << 15 else np.int64
     sizes = np.outer(_block_sizes(stored.shape[0], factor),
                      _block_sizes(stored.shape[1], factor)).astype(np.float32)
-    if padding is None:
-        return (_block_sum(stored, factor, dtype) / sizes).astype(np.float32), None
     counts = _block_sum(~padding, factor, dtype).astype(np.float32)
     sums = _block_sum(np.where(padding, 0, stored), factor, dtype)
     means = (sums / np.maximum(counts, 1.0)).astype(np.float32)
     return means, counts / sizes
+
+
+def _sum_dtype(stored: NDArray[Any], factor: int, peak: int) -> type[np.integer[Any]]:
+    """The narrowest integer type in which sums of ``factor`` x ``factor`` stored values up
+    to ``peak`` are exact: 16 bits for unsigned values that allow it (a 12-bit radiograph
+    reduced by up to 4), which halves the memory the reduction reads and writes."""
+    if stored.dtype.kind == "u" and factor * factor * peak <= np.iinfo(np.uint16).max:
+        return np.uint16
+    return np.int32 if factor * factor < 1 << 15 else np.int64
 
 
 def _block_sizes(length: int, factor: int) -> NDArray[np.int64]:
@@ -325,7 +396,7 @@ def _block_sizes(length: int, factor: int) -> NDArray[np.int64]:
     return sizes
 
 
-def _block_sum(array: NDArray[Any], factor: int, dtype: type[np.signedinteger[Any]]
+def _block_sum(array: NDArray[Any], factor: int, dtype: type[np.integer[Any]]
                ) -> NDArray[Any]:
     """Sum of each ``factor`` x ``factor`` block of ``array`` in ``dtype``: ``factor`` strided
     additions along each axis, which read the array once (``np.add.reduceat`` is ten times
@@ -374,10 +445,16 @@ def _decode(ds: Dataset, factor: int = 1) -> NDArray[Any]:
         if reduced is not None:
             return reduced
     decoder = get_decoder(syntax)
+    # Unsigned native pixels are read in place (a read-only view of Pixel Data) and their
+    # unused high bits cleared only where some are set (_clear_unused_bits): one copy of a
+    # large radiograph fewer.
+    in_place = not syntax.is_encapsulated and int(ds.PixelRepresentation) == 0
+    options = {"view_only": True, "correct_unused_bits": False} if in_place else {}
     error: BaseException | None = None
     for plugin in decoding_plugins(syntax):  # the preferred first; never an excluded one
         try:
-            stored, _ = decoder.as_array(ds, decoding_plugin=plugin)
+            # pydicom annotates its **kwargs as DecodeOptions each, not as their values
+            stored, _ = decoder.as_array(ds, decoding_plugin=plugin, **options)  # type: ignore[arg-type]
             break
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -394,7 +471,16 @@ def _decode(ds: Dataset, factor: int = 1) -> NDArray[Any]:
         raise PixelDataError(
             f"{_name(syntax)} pixel data decoded to shape {stored.shape}, not one 2-D frame"
         )
-    return stored
+    return _clear_unused_bits(stored, int(ds.BitsStored)) if in_place else stored
+
+
+def _clear_unused_bits(stored: NDArray[Any], bits_stored: int) -> NDArray[Any]:
+    """Unsigned stored values with the bits above Bits Stored cleared (PS3.5 8.1.1: they
+    may hold anything, such as an overlay), as pydicom's ``correct_unused_bits`` does; the
+    array itself when none is set (the usual case), which is then not copied."""
+    if bits_stored >= 8 * stored.dtype.itemsize or int(stored.max()) < 1 << bits_stored:
+        return stored
+    return np.bitwise_and(stored, (1 << bits_stored) - 1, dtype=stored.dtype)
 
 
 def _decode_reduced(ds: Dataset, syntax: UID, factor: int) -> NDArray[np.int32] | None:

@@ -50,6 +50,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import DataElement, Dataset
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DT
 
 from dicom_io import codes
 from dicom_io.report import MANUFACTURER, algorithm_equipment, source_header
@@ -634,11 +635,47 @@ def _laterality(header: Dataset) -> str | None:
 
 
 def _acquisition(header: Dataset) -> list[hd.ContributingEquipment]:
-    """The source's acquisition equipment as a Contributing Equipment item, if it names one."""
-    try:
-        return [hd.ContributingEquipment.for_image_acquisition(header)]
-    except (AttributeError, ValueError):  # no Manufacturer, or not an image SOP class
+    """The source's acquisition equipment as a Contributing Equipment item (PS3.3 C.7.5.2),
+    if the source names its Manufacturer.
+
+    The item highdicom's ``ContributingEquipment.for_image_acquisition`` builds, without its
+    check that the source's SOP Class is an image IOD (which searches the standard's tables:
+    a third of the time to build a capture): the source is an image, since its pixel data
+    were rendered.
+    """
+    manufacturer = header.get("Manufacturer")
+    if not manufacturer:
         return []
+    try:
+        return [hd.ContributingEquipment(
+            manufacturer=manufacturer,
+            purpose_of_reference=codes.ACQUISITION_EQUIPMENT,
+            manufacturer_model_name=header.get("ManufacturerModelName"),
+            software_versions=header.get("SoftwareVersions"),
+            device_serial_number=header.get("DeviceSerialNumber"),
+            institution_name=header.get("InstitutionName"),
+            institutional_department_name=header.get("InstitutionalDepartmentName"),
+            institution_address=header.get("InstitutionAddress"),
+            station_name=header.get("StationName"),
+            contribution_datetime=_acquired(header),
+            contribution_description="Acquisition equipment of the source image(s)",
+        )]
+    except (TypeError, ValueError) as exc:  # a value highdicom refuses: left out, logged
+        logger.warning("source acquisition equipment left out of the capture: %s", exc)
+        return []
+
+
+def _acquired(header: Dataset) -> DT | None:
+    """The source's Acquisition DateTime, which highdicom copies into the item; left out
+    when it is not a valid DT value (a warning names the attribute)."""
+    moment = header.get("AcquisitionDateTime")
+    if not moment:
+        return None
+    try:
+        return DT(moment)
+    except ValueError:
+        logger.warning("source AcquisitionDateTime is not a valid DT; left out of the capture")
+        return None
 
 
 def _source_reference(header: Dataset) -> Dataset:

@@ -321,15 +321,25 @@ def test_signed_padding_value_written_as_us_is_two_complement() -> None:
     assert out[4:-4, 4:-4].min() == 0.0 and out[4:-4, 4:-4].max() == 1.0
 
 
-def test_garbage_above_bits_stored_is_masked() -> None:
-    """pydicom keeps the low Bits Stored bits (PS3.5 8.1.1); the rest may hold anything."""
+@pytest.mark.parametrize("max_side", [None, 20])
+@pytest.mark.parametrize("garbage", ["everywhere", "one pixel"])
+def test_garbage_above_bits_stored_is_masked(max_side: int | None, garbage: str) -> None:
+    """Only the low Bits Stored bits count (PS3.5 8.1.1); the rest may hold anything, in
+    every pixel or in one (native pixels are read in place and cleared only if needed)."""
     clean = _ramp12()
     rng = np.random.default_rng(0)
-    dirty = clean | (rng.integers(1, 16, clean.shape, dtype=np.uint16) << 12)
-    assert (dirty >= 4096).all()
+    if garbage == "everywhere":
+        dirty = clean | (rng.integers(1, 16, clean.shape, dtype=np.uint16) << 12)
+        assert (dirty >= 4096).all()
+    else:
+        dirty = clean.copy()
+        dirty[5, 7] |= 0x8000
+    ds = _gray(dirty)
     np.testing.assert_array_equal(
-        normalize_radiograph(_gray(dirty)), normalize_radiograph(_gray(clean))
+        normalize_radiograph(ds, max_side=max_side),
+        normalize_radiograph(_gray(clean), max_side=max_side),
     )
+    assert ds.PixelData == dirty.astype("<u2").tobytes()  # the dataset is left as it was
 
 
 def test_garbage_above_bits_stored_is_masked_in_rle_too() -> None:
@@ -469,6 +479,42 @@ def test_reduced_rendering_agrees_with_area_averaging_the_full_one(case: str, ma
     difference = np.abs(reduced - _area_mean(full, factor))
     assert difference.mean() < 0.01 and difference.max() < 0.05, (
         difference.mean(), difference.max())
+
+
+LINEAR_CASES: dict[str, Callable[[], Dataset]] = {
+    "linear": lambda: _gray(_smooth12(), WindowCenter=2000, WindowWidth=1500),
+    "linear-exact": lambda: _gray(_smooth12(), WindowCenter=2000, WindowWidth=1500,
+                                  VOILUTFunction="LINEAR_EXACT"),
+    "rescaled-monochrome1": lambda: _gray(_smooth12(), photometric="MONOCHROME1",
+                                          WindowCenter=3000, WindowWidth=2500,
+                                          RescaleSlope=1.5, RescaleIntercept=-100),
+    "several-windows": lambda: _gray(_smooth12(), WindowCenter=[1000, 3000],
+                                     WindowWidth=[800, 2000]),
+    "padded": REDUCED_CASES["padded"],
+    "ragged-blocks": lambda: _gray(_smooth12((301, 257)), WindowCenter=2000, WindowWidth=3000),
+}
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_linear_rendering_is_pydicoms(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A linear window on a reduced image is rendered in one float32 pass: the same image as
+    pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` give, to float32 rounding."""
+    ds = LINEAR_CASES[case]()
+    assert pixels._linear_rendering(ds) is not None
+    fast = normalize_radiograph(ds, max_side=60)
+    monkeypatch.setattr(pixels, "_linear_rendering", lambda ds: None)
+    np.testing.assert_allclose(fast, normalize_radiograph(ds, max_side=60), atol=1e-5)
+
+
+@pytest.mark.parametrize("attributes", [
+    {},  # no window: the data range
+    {"WindowCenter": 2000, "WindowWidth": 1500, "VOILUTFunction": "SIGMOID"},
+    {"WindowCenter": 2000, "WindowWidth": 1, "VOILUTFunction": "LINEAR"},  # pydicom's 0 width
+    {"WindowCenter": 2000, "WindowWidth": 1500, "RescaleSlope": -1, "RescaleIntercept": 4095},
+    {"WindowCenter": 2000, "WindowWidth": 1500, "VOILUTSequence": [_voi_lut_item()]},
+])
+def test_other_renderings_are_left_to_pydicom(attributes: dict[str, object]) -> None:
+    assert pixels._linear_rendering(_gray(_smooth12(), **attributes)) is None
 
 
 def test_reduced_padding_is_black() -> None:

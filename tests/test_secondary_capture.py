@@ -196,6 +196,24 @@ def test_identity_marks_it_as_derived_research_output(source: Dataset) -> None:
     assert "heatmap" not in SC_CONTRIBUTION
     assert [i.Manufacturer for i in sc.ContributingEquipmentSequence] == [
         "Ossa phantom", "Ossa", "Highdicom open-source contributors"]
+    acquisition = sc.ContributingEquipmentSequence[0]
+    assert acquisition.PurposeOfReferenceCodeSequence[0].CodeValue == "109101"
+    assert acquisition.ContributionDescription == "Acquisition equipment of the source image(s)"
+
+
+def test_acquisition_equipment_is_the_sources(source: Dataset) -> None:
+    """The source's equipment and acquisition time, as highdicom's
+    ``for_image_acquisition`` names them; none without a Manufacturer."""
+    source.ManufacturerModelName = "Phantom DX"
+    source.AcquisitionDateTime = "20240506070809"
+    sc = _build(source, _grey())
+    acquisition = sc.ContributingEquipmentSequence[0]
+    assert (acquisition.Manufacturer, acquisition.ManufacturerModelName) == (
+        "Ossa phantom", "Phantom DX")
+    assert str(acquisition.ContributionDateTime) == "20240506070809"
+    source.Manufacturer = ""
+    assert [i.Manufacturer for i in _build(source, _grey()).ContributingEquipmentSequence] == [
+        "Ossa", "Highdicom open-source contributors"]
 
 
 def test_derivation_description_counts_the_outlined_findings(source: Dataset) -> None:

@@ -37,6 +37,9 @@ class OnnxRunner:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning for a while after each call: in
+        # the service the network shares the cores with decoding, captures and receiving.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sessions: dict[str, ort.InferenceSession] = {}
         for name in network_names(bundle.manifest.taxonomy):
             path = bundle.weights(name, ".onnx")
