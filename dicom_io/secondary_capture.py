@@ -411,9 +411,9 @@ def display_film(image: NDArray[np.float32], shape: tuple[int, int]) -> NDArray[
 
 def _to_uint8(array: NDArray[np.floating]) -> NDArray[np.uint8]:
     """[0, 1] floats to 0-255, rounded to nearest (values outside [0, 1] clipped)."""
-    scaled = np.clip(np.asarray(array, dtype=np.float32), 0.0, 1.0)
-    scaled *= 255.0
-    scaled += 0.5
+    scaled = np.multiply(np.asarray(array, dtype=np.float32), np.float32(255.0))
+    scaled += np.float32(0.5)
+    np.clip(scaled, 0.5, 255.5, out=scaled)  # as clipping to [0, 1] first
     return scaled.astype(np.uint8)
 
 

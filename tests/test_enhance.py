@@ -107,6 +107,9 @@ def test_resize_longest() -> None:
         (np.zeros((4, 4, 3), dtype=np.float32), ValueError, "2-D"),
         (np.zeros((1, 10), dtype=np.float32), ValueError, "2-D"),
         (np.full((4, 4), np.nan, dtype=np.float32), ValueError, "non-finite"),
+        (np.where(np.eye(4) > 0, np.nan, 0.5).astype(np.float32), ValueError, "non-finite"),
+        (np.where(np.eye(4) > 0, np.inf, 0.5), ValueError, "non-finite"),
+        (np.where(np.eye(4) > 0, -np.inf, 0.5), ValueError, "non-finite"),
         (np.full((4, 4), 2.0, dtype=np.float32), ValueError, r"\[0, 1\]"),
         (np.full((4, 4), -0.5, dtype=np.float64), ValueError, r"\[0, 1\]"),
     ],
@@ -120,6 +123,8 @@ def test_check_image_accepts_rounding_and_converts() -> None:
     image = np.full((4, 4), 1.0005, dtype=np.float64)
     checked = check_image(image)
     assert checked.dtype == np.float32 and checked.max() == 1.0
+    inside = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    assert check_image(inside) is inside  # a float32 image in [0, 1] is not copied
 
 
 def test_resize_matches_torchvision_antialiased_bilinear() -> None:

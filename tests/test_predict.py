@@ -168,3 +168,23 @@ def test_batch_size_does_not_change_predictions(classifier: TwoStageClassifier) 
     assert [p.assessed for p in a] == [p.assessed for p in b]
     with pytest.raises(ValueError, match="batch_size"):
         TwoStageClassifier(classifier.bundle, classifier.engine.runner, batch_size=0)
+
+
+def test_workers_preprocess_the_same_inputs_in_order(classifier: TwoStageClassifier) -> None:
+    """Images preprocessed several at once come back in their order, unchanged; an error
+    still names the image."""
+    images = [np.random.default_rng(i).random((60 + 7 * i, 50)).astype(np.float32)
+              for i in range(5)]
+    one = TwoStageClassifier(classifier.bundle, classifier.engine.runner, workers=1)
+    three = TwoStageClassifier(classifier.bundle, classifier.engine.runner, workers=3)
+    inputs_one, geometries_one = one.preprocess(images)
+    inputs_three, geometries_three = three.preprocess(images)
+    np.testing.assert_array_equal(inputs_one, inputs_three)
+    assert geometries_one == geometries_three
+    assert [g.source_shape for g in geometries_three] == [im.shape for im in images]
+    with pytest.raises(ValueError, match=r"^images\[3\]: "):
+        three.preprocess([*images[:3], images[3] * 3, images[4]])
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            TwoStageClassifier(classifier.bundle, classifier.engine.runner,
+                               workers=bad)  # type: ignore[arg-type]

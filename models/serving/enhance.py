@@ -142,14 +142,16 @@ def check_image(image: object, name: str = "image") -> NDArray[np.float32]:
         raise TypeError(f"{name} must be a floating-point numpy array in [0, 1]")
     if image.ndim != 2 or min(image.shape) < 2:
         raise ValueError(f"{name} must be 2-D with both sides >= 2, got shape {image.shape}")
-    if not np.isfinite(image).all():
+    low, high = float(image.min()), float(image.max())  # NaN propagates to both
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name} holds non-finite values")
-    low, high = float(image.min()), float(image.max())
     if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
         raise ValueError(
             f"{name} must lie in [0, 1] (1 = bright bone), got [{low:.4g}, {high:.4g}]"
         )
-    return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+    if low < 0.0 or high > 1.0:  # within the tolerance: clipped
+        return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+    return image.astype(np.float32, copy=False)  # not copied: callers do not write to it
 
 
 def clahe(image: NDArray[np.floating], *, clip_limit: float, kernel_size: int,

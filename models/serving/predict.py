@@ -11,7 +11,9 @@ abstention and the study rule are the same code (:mod:`models.serving.engine`,
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,10 +68,16 @@ class TwoStageClassifier:
         The backend running its networks (:func:`make_runner`).
     batch_size : int
         Images per network call.
+    workers : int
+        Images preprocessed at once (:meth:`preprocess`; its array work releases the GIL),
+        >= 1.
     """
 
     def __init__(self, bundle: BundleInfo, runner: NetworkRunner, *,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, workers: int = 1) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        self._workers = workers
         self._bundle = bundle
         manifest = bundle.manifest
         self._engine = TwoStageEngine(runner, manifest.taxonomy, flip_tta=manifest.flip_tta,
@@ -82,11 +90,15 @@ class TwoStageClassifier:
     @classmethod
     def from_bundle(cls, path: Path, *, backend: str = "onnxruntime", threads: int = 0,
                     device: str = "cpu", batch_size: int = 32) -> TwoStageClassifier:
-        """Verify the bundle at ``path`` and load it for ``backend`` (raises ``BundleError``)."""
+        """Verify the bundle at ``path`` and load it for ``backend`` (raises ``BundleError``).
+
+        ``threads``: the backend's intra-op threads and the images preprocessed at once (0:
+        one per usable core)."""
         bundle = open_bundle(path)
         runner = make_runner(bundle, backend=backend, threads=threads, device=device)
         logger.info("loaded bundle %s (%s)", bundle.version, backend)
-        return cls(bundle, runner, batch_size=batch_size)
+        workers = threads or len(os.sched_getaffinity(0))
+        return cls(bundle, runner, batch_size=batch_size, workers=workers)
 
     @property
     def algorithm(self) -> AlgorithmInfo:
@@ -131,16 +143,22 @@ class TwoStageClassifier:
     def preprocess(self, images: Sequence[NDArray[np.floating]]
                    ) -> tuple[NDArray[np.float32], list[InputGeometry]]:
         """Network inputs (N x C x S x S) of ``images`` and each one's geometry; errors name
-        the image's index."""
-        arrays, geometries = [], []
-        for i, image in enumerate(images):
+        the image's index. Up to ``workers`` images are preprocessed at once."""
+        params = self.preprocessing
+
+        def one(i: int) -> tuple[NDArray[np.float32], InputGeometry]:
             try:
-                array, geometry = preprocess_with_geometry(image, self.preprocessing)
+                return preprocess_with_geometry(images[i], params)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"images[{i}]: {exc}") from exc
-            arrays.append(array)
-            geometries.append(geometry)
-        return np.stack(arrays), geometries
+
+        workers = min(self._workers, len(images))
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="preprocess") as pool:
+                done = list(pool.map(one, range(len(images))))
+        else:
+            done = [one(i) for i in range(len(images))]
+        return np.stack([array for array, _ in done]), [geometry for _, geometry in done]
 
     def predict_arrays(self, inputs: NDArray[np.float32],
                        geometries: Sequence[InputGeometry] | None = None, *,
