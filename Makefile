@@ -14,7 +14,7 @@ REAL_DATA := var/fracatlas-ds
 REAL_BUNDLE := bundles/fracatlas
 REAL_TRAIN := $(BIN)/ossa train --data $(REAL_DATA) --out var/models/fracatlas --preset real --seed 0 --name fracatlas --workers 2
 # Debian packages the integration tests drive as real peers.
-TEST_DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools openjph-tools chromium chromium-driver
+TEST_DEBS := dcmtk orthanc orthanc-dicomweb dicom3tools openjph-tools chromium chromium-driver postgresql faketime
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: run test install install-train demo-bundle real-model test-deps lint bench soak clean

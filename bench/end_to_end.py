@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import Orthanc, Ossa, PeerError, storescu, wait_until
+from bench.peers import Orthanc, Ossa, PeerError, PostgresServer, storescu, wait_until
 from bench.radiographs import study_uids, write_corpus
 
 
@@ -86,34 +86,42 @@ def sr_arrivals(orthanc: Orthanc, seen: dict[str, float]) -> dict[str, float]:
     return found
 
 
-def store_times(state_store: Path) -> dict[str, dict[str, float]]:
-    """Per study, from Ossa's state store: last received, job created/started/finished and
-    the SR's delivery (the latest job of each study)."""
-    db = sqlite3.connect(f"file:{state_store}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            "SELECT s.study_uid, s.last_received, j.created, j.started, j.finished,"
-            " d.last_attempt FROM studies s JOIN jobs j ON j.study_id = s.id"
-            " JOIN objects o ON o.job_id = j.id AND o.kind = 'sr'"
-            " JOIN deliveries d ON d.object_id = o.id AND d.state = 'delivered'"
-            " ORDER BY j.revision"
-        ).fetchall()
-    finally:
-        db.close()
+def store_times(state_store: Path | str) -> dict[str, dict[str, float]]:
+    """Per study, from Ossa's state store (a SQLite file or a PostgreSQL URL): last received,
+    job created/started/finished and the SR's delivery (the latest job of each study)."""
+    query = (
+        "SELECT s.study_uid, s.last_received, j.created, j.started, j.finished,"
+        " d.last_attempt FROM studies s JOIN jobs j ON j.study_id = s.id"
+        " JOIN objects o ON o.job_id = j.id AND o.kind = 'sr'"
+        " JOIN deliveries d ON d.object_id = o.id AND d.state = 'delivered'"
+        " ORDER BY j.revision"
+    )
+    if isinstance(state_store, str):
+        import psycopg
+
+        with psycopg.connect(state_store, autocommit=True) as pg:
+            rows = pg.execute(query).fetchall()
+    else:
+        db = sqlite3.connect(f"file:{state_store}?mode=ro", uri=True)
+        try:
+            rows = db.execute(query).fetchall()
+        finally:
+            db.close()
     keys = ("received", "job_created", "job_started", "job_finished", "sr_delivered")
     return {str(r[0]): dict(zip(keys, map(float, r[1:]), strict=True)) for r in rows}
 
 
 def run(work: Path, files: list[Path], *, per_study: int, gap: float, timeout: float,
-        deadline: float) -> dict[str, Any]:
-    """Send the studies, wait for their SRs, return the raw times and the service's RSS."""
+        deadline: float, database: str | None = None) -> dict[str, Any]:
+    """Send the studies, wait for their SRs, return the raw times and the service's RSS;
+    the state store on PostgreSQL at ``database``, else SQLite."""
     folder = work / "run" / "end_to_end"
     shutil.rmtree(folder, ignore_errors=True)
     studies = [files[i : i + per_study] for i in range(0, len(files), per_study)]
     uids = study_uids([s[0] for s in studies])
     with Orthanc(folder / "orthanc") as orthanc, \
             Ossa(folder / "ossa", completion_timeout_s=timeout,
-                 destination=(orthanc.aet, orthanc.dicom_port)) as ossa:
+                 destination=(orthanc.aet, orthanc.dicom_port), database=database) as ossa:
         watcher = ChangeWatcher(orthanc, ossa)
         watcher.start()
         sends = []
@@ -134,7 +142,7 @@ def run(work: Path, files: list[Path], *, per_study: int, gap: float, timeout: f
         peak = ossa.peak_rss_mib()
         arrivals = sr_arrivals(orthanc, watcher.seen)
         ossa.stop()
-        times = store_times(ossa.state_store)
+        times = store_times(database or ossa.state_store)
         log_tail = ossa.log_tail(5)
     shutil.rmtree(folder, ignore_errors=True)
     return {"uids": uids, "arrivals": arrivals, "store": times, "sends": sends,
@@ -142,10 +150,46 @@ def run(work: Path, files: list[Path], *, per_study: int, gap: float, timeout: f
             "log_tail": log_tail}
 
 
+def add_figures(report: common.Report, result: dict[str, Any], *, backend: str,
+                timeout: float, studies: int) -> None:
+    """The latency, stage, RSS and send figures of one run (``backend``: its state store)."""
+    k = studies
+    prefix = "" if backend == "sqlite" else "PostgreSQL state store: "
+    latency, missing = [], []
+    for uid in result["uids"]:
+        if uid not in result["arrivals"] or uid not in result["store"]:
+            missing.append(uid)
+            continue
+        latency.append(result["arrivals"][uid] - result["store"][uid]["received"] - timeout)
+    if missing:
+        raise PeerError(f"{len(missing)} studies have no SR in Orthanc or no row in the store:"
+                        f"\n{result['log_tail']}")
+    report.figure(f"{prefix}latency after the completion timeout, over {k} studies", "s",
+                  latency, higher_is_better=False, kind="latency", backend=backend)
+    report.figure(f"{prefix}latency p95", "s", [common.percentile(latency, 95)],
+                  higher_is_better=False, kind="latency_p95", backend=backend)
+    stages = {
+        "scheduler wait past the timeout": ("received", "job_created", timeout),
+        "queued (job created -> classify started)": ("job_created", "job_started", 0.0),
+        "classify + report (3 images)": ("job_started", "job_finished", 0.0),
+        "delivery to Orthanc": ("job_finished", "sr_delivered", 0.0),
+    }
+    for name, (start, end, less) in stages.items():
+        report.figure(f"  {prefix}{name}", "s",
+                      [t[end] - t[start] - less for t in result["store"].values()],
+                      higher_is_better=False, kind="stage", stage=start + "->" + end,
+                      backend=backend)
+    report.figure(f"{prefix}peak RSS of ossa serve (VmHWM)", "MiB",
+                  [result["peak_rss_mib"] or 0.0], higher_is_better=False, kind="rss",
+                  backend=backend)
+    report.figure(f"{prefix}storescu send of one study (3 instances)", "s", result["sends"],
+                  higher_is_better=False, kind="send", backend=backend)
+
+
 def plot(report: common.Report) -> Any:
     fig, axes = common.new_plot(1, 2)
     ax = axes[0][0]
-    latency = report.find(kind="latency")[0].samples
+    latency = report.find(kind="latency", backend="sqlite")[0].samples
     ax.hist(latency, bins=min(20, max(5, len(latency))), color="tab:blue")
     for q, style in ((50, "-"), (95, "--")):
         ax.axvline(common.percentile(latency, q), color="k", linestyle=style,
@@ -160,7 +204,7 @@ def plot(report: common.Report) -> Any:
         ax.plot([t for t, _ in rss], [m for _, m in rss])
     ax.set_xlabel("seconds since the first study was sent")
     ax.set_ylabel("RSS of ossa serve (MiB)")
-    ax.set_title(f"Peak RSS {report.find(kind='rss')[0].samples[0]:.0f} MiB")
+    ax.set_title(f"Peak RSS {report.find(kind='rss', backend='sqlite')[0].samples[0]:.0f} MiB")
     fig.tight_layout()
     return fig
 
@@ -188,35 +232,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "columns": columns, "gap_s": gap, "completion_timeout_s": timeout,
                          "orthanc_poll_s": 0.05, "bundle": "bundles/fracatlas",
                          "backend": "onnxruntime"}
-    result = run(args.work, files, per_study=per_study, gap=gap, timeout=timeout,
-                 deadline=120 + 10 * k)
-    latency, missing = [], []
-    for uid in result["uids"]:
-        if uid not in result["arrivals"] or uid not in result["store"]:
-            missing.append(uid)
-            continue
-        latency.append(result["arrivals"][uid] - result["store"][uid]["received"] - timeout)
-    if missing:
-        raise PeerError(f"{len(missing)} studies have no SR in Orthanc or no row in the store:"
-                        f"\n{result['log_tail']}")
-    report.figure(f"latency after the completion timeout, over {k} studies", "s", latency,
-                  higher_is_better=False, kind="latency")
-    report.figure("latency p95", "s", [common.percentile(latency, 95)],
-                  higher_is_better=False, kind="latency_p95")
-    stages = {
-        "scheduler wait past the timeout": ("received", "job_created", timeout),
-        "queued (job created -> classify started)": ("job_created", "job_started", 0.0),
-        "classify + report (3 images)": ("job_started", "job_finished", 0.0),
-        "delivery to Orthanc": ("job_finished", "sr_delivered", 0.0),
-    }
-    for name, (start, end, less) in stages.items():
-        report.figure(f"  {name}", "s",
-                      [t[end] - t[start] - less for t in result["store"].values()],
-                      higher_is_better=False, kind="stage", stage=start + "->" + end)
-    report.figure("peak RSS of ossa serve (VmHWM)", "MiB", [result["peak_rss_mib"] or 0.0],
-                  higher_is_better=False, kind="rss")
-    report.figure("storescu send of one study (3 instances)", "s", result["sends"],
-                  higher_is_better=False, kind="send")
+    with PostgresServer() as server:
+        results = {
+            "sqlite": run(args.work, files, per_study=per_study, gap=gap, timeout=timeout,
+                          deadline=120 + 10 * k),
+            "postgresql": run(args.work, files, per_study=per_study, gap=gap, timeout=timeout,
+                              deadline=120 + 10 * k, database=server.new_database()),
+        }
+    for backend, result in results.items():
+        add_figures(report, result, backend=backend, timeout=timeout, studies=k)
+    result = results["sqlite"]
     t0 = result["rss"][0][0] if result["rss"] else 0.0
     report.extra["rss_mib"] = [(round(t - t0, 2), m) for t, m in result["rss"]]
     report.notes += [
@@ -230,9 +255,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     if result["poll_errors"]:
         report.notes.append(f"{result['poll_errors']} polls of Orthanc failed (retried).")
-    print(f"end to end: p50 {common.percentile(latency, 50):.2f} s, p95 "
-          f"{common.percentile(latency, 95):.2f} s, peak RSS {result['peak_rss_mib']} MiB",
-          flush=True)
+    for backend in results:
+        latency = report.find(kind="latency", backend=backend)[0].samples
+        print(f"end to end ({backend}): p50 {common.percentile(latency, 50):.2f} s, p95 "
+              f"{common.percentile(latency, 95):.2f} s, peak RSS "
+              f"{results[backend]['peak_rss_mib']} MiB", flush=True)
     report.write(args.out, plot)
 
 

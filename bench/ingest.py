@@ -22,14 +22,15 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import RECEIVERS, PeerError, storescu
+from bench.peers import RECEIVERS, Ossa, PeerError, PostgresServer, Receiver, storescu
 from bench.radiographs import sizes, write_corpus
 from worker.spool import Spool
 
@@ -68,12 +69,17 @@ def corpora(work: Path, *, large: int, small: int, quick: bool) -> list[Corpus]:
     ]
 
 
-def one_round(receiver: str, corpus: Corpus, senders: int, work: Path) -> float:
+#: Ossa with its state store on PostgreSQL (a private server the benchmark starts).
+OSSA_POSTGRESQL = "ossa-postgresql"
+
+
+def one_round(receiver: str, corpus: Corpus, senders: int, work: Path,
+              factories: Mapping[str, Callable[[Path], Receiver]]) -> float:
     """Instances/s of one send of ``corpus`` to a freshly started ``receiver``."""
     folder = work / "run" / receiver
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        with RECEIVERS[receiver](folder) as peer:
+        with factories[receiver](folder) as peer:
             seconds = storescu(corpus.files, peer.port, peer.called_aet, parallel=senders)
             stored = peer.stored_files()
         if stored != len(corpus.files):
@@ -108,7 +114,8 @@ def durable_write_round(corpus: Corpus, senders: int, work: Path) -> float:
 
 
 def measure(report: common.Report, corpus: Corpus, senders: Sequence[int],
-            receivers: Sequence[str], repeat: int, work: Path, *, figure_prefix: str = ""
+            receivers: Sequence[str], repeat: int, work: Path, *, figure_prefix: str = "",
+            factories: Mapping[str, Callable[[Path], Receiver]] = RECEIVERS,
             ) -> dict[tuple[str, int], common.Figure]:
     """Instances/s of every receiver at every number of senders, receivers taking turns."""
     found: dict[tuple[str, int], common.Figure] = {}
@@ -118,7 +125,7 @@ def measure(report: common.Report, corpus: Corpus, senders: Sequence[int],
             order = list(receivers[i % len(receivers):]) + list(receivers[:i % len(receivers)])
             for receiver in order:
                 rate = (durable_write_round(corpus, n, work) if receiver == DURABLE_WRITE
-                        else one_round(receiver, corpus, n, work))
+                        else one_round(receiver, corpus, n, work, factories))
                 samples[receiver].append(rate)
                 print(f"  {corpus.name:5s} {n} sender(s) {receiver:10s} {rate:8.1f} inst/s",
                       flush=True)
@@ -131,7 +138,8 @@ def measure(report: common.Report, corpus: Corpus, senders: Sequence[int],
     return found
 
 
-RECEIVER_LABEL = {"ossa": "Ossa", "dcmtk": "DCMTK storescp",
+RECEIVER_LABEL = {"ossa": "Ossa", OSSA_POSTGRESQL: "Ossa on PostgreSQL",
+                  "dcmtk": "DCMTK storescp",
                   "pynetdicom": "pynetdicom storescp",
                   DURABLE_WRITE: "durable write alone (no network)"}
 
@@ -143,9 +151,14 @@ def add_ratios(report: common.Report, corpus: Corpus,
         if receiver == "ossa":
             continue
         ossa = figures.get(("ossa", n))
-        if ossa is not None:
-            report.ratio(f"Ossa / {RECEIVER_LABEL[receiver]}, {corpus.name}, {n} sender(s)",
-                         ossa, fig, corpus=corpus.name, senders=n, against=receiver)
+        if ossa is None:
+            continue
+        if receiver == OSSA_POSTGRESQL:  # PostgreSQL against SQLite, the same Ossa
+            report.ratio(f"Ossa on PostgreSQL / on SQLite, {corpus.name}, {n} sender(s)",
+                         fig, ossa, corpus=corpus.name, senders=n, against="ossa")
+            continue
+        report.ratio(f"Ossa / {RECEIVER_LABEL[receiver]}, {corpus.name}, {n} sender(s)",
+                     ossa, fig, corpus=corpus.name, senders=n, against=receiver)
 
 
 def plot(report: common.Report) -> Any:
@@ -175,8 +188,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="128 x 128 instances (default 1000, --quick 20)")
     p.add_argument("--senders", type=int, nargs="+", default=None,
                    help="parallel associations (default 1 4, --quick 2)")
-    p.add_argument("--receivers", nargs="+", default=[*RECEIVERS, DURABLE_WRITE],
-                   choices=[*RECEIVERS, DURABLE_WRITE])
+    p.add_argument("--receivers", nargs="+",
+                   default=["ossa", OSSA_POSTGRESQL, "dcmtk", "pynetdicom", DURABLE_WRITE],
+                   choices=[*RECEIVERS, OSSA_POSTGRESQL, DURABLE_WRITE])
     args = p.parse_args(argv)
     args.out = args.out or common.default_out(args.quick)
     large = args.large or (4 if args.quick else 100)
@@ -216,10 +230,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     if large != 100:
         report.notes.append(f"large corpus: {large} instances instead of issue 11's 100 "
                             "(to keep `make bench` within its time budget)")
-    for corpus in sets:
-        print(f"ingest: {corpus.name} corpus, {corpus.describe()}", flush=True)
-        figures = measure(report, corpus, args.senders, args.receivers, repeat, args.work)
-        add_ratios(report, corpus, figures)
+    with ExitStack() as stack:
+        factories: dict[str, Callable[[Path], Receiver]] = dict(RECEIVERS)
+        if OSSA_POSTGRESQL in args.receivers:
+            server = stack.enter_context(PostgresServer())
+            factories[OSSA_POSTGRESQL] = lambda folder: Ossa(folder,
+                                                             database=server.new_database())
+            report.notes.append(
+                "Ossa on PostgreSQL: the same Ossa with `storage.database` on a private "
+                "PostgreSQL server on loopback (Debian's, default settings: fsync and "
+                "synchronous_commit on), a new database each round.")
+        for corpus in sets:
+            print(f"ingest: {corpus.name} corpus, {corpus.describe()}", flush=True)
+            figures = measure(report, corpus, args.senders, args.receivers, repeat, args.work,
+                              factories=factories)
+            add_ratios(report, corpus, figures)
     report.write(args.out, plot)
 
 

@@ -202,9 +202,11 @@ class PynetdicomStorescp(Receiver):
 
 def ossa_config(workdir: Path, port: int, *, bundle: Path = SHIPPED_BUNDLE,
                 completion_timeout_s: float = 86400.0,
-                destination: tuple[str, int] | None = None, log_level: str = "INFO") -> Path:
+                destination: tuple[str, int] | None = None, log_level: str = "INFO",
+                database: str | None = None) -> Path:
     """Write ``workdir/config.toml`` for ``ossa serve``: loopback listener, HTTP off, storage
-    in ``workdir/var``, and at most one DIMSE destination (AE title, port on loopback)."""
+    in ``workdir/var`` (the state store there, or on PostgreSQL at ``database``), and at most
+    one DIMSE destination (AE title, port on loopback)."""
     destinations = ""
     if destination is not None:
         destinations = (f'[[destinations]]\nname = "pacs"\ntype = "dimse"\n'
@@ -223,6 +225,7 @@ completion_timeout_s = {completion_timeout_s}
 [storage]
 root = "var"
 retention_days = 0
+{f'database = "{database}"' if database else ""}
 [model]
 bundle = "{bundle.resolve()}"
 [http]
@@ -262,6 +265,89 @@ RECEIVERS: dict[str, Callable[[Path], Receiver]] = {
     "dcmtk": DcmtkStorescp,
     "pynetdicom": PynetdicomStorescp,
 }
+
+
+# --- PostgreSQL: the state store of a cluster -----------------------------------------------
+
+
+class PostgresServer:
+    """A private PostgreSQL server (Debian's ``postgresql``) on a free loopback port, in a
+    temporary folder: ``initdb`` and ``pg_ctl``, as the unprivileged ``postgres`` user when
+    run as root (PostgreSQL refuses root). Trust authentication on 127.0.0.1 only; one
+    database per user of it (:meth:`new_database`). Shared by the tests and the benchmarks.
+    """
+
+    user = "ossa"
+
+    def __init__(self) -> None:
+        import glob
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                       key=lambda p: int(Path(p).parts[-3]))
+        if not found:
+            raise PeerError("PostgreSQL is not installed (Debian package postgresql; "
+                            "`make test-deps`)")
+        self.bin = Path(found[-1]).parent
+        self.port = free_port()
+        # Not under a root-only temporary folder: the server's user must reach it.
+        self.folder = Path(tempfile.mkdtemp(prefix="ossa-postgres-"))
+        self.data = self.folder / "data"
+        self.log_path = self.folder / "server.log"
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._databases = 0
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust",
+                      "-E", "UTF8", "--no-instructions")
+            self.start()
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+
+    def _run(self, tool: str, *args: str) -> None:
+        proc = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True,
+                              cwd=self.folder, timeout=120)
+        if proc.returncode != 0:
+            raise PeerError(f"PostgreSQL {tool} failed: {proc.stderr.decode(errors='replace')}")
+
+    def start(self) -> None:
+        """Start the server (again: its data persists); returns once it accepts queries."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60",
+                  "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                        f"-c unix_socket_directories='' -c max_connections=200", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``immediate``: as if it crashed)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        """The URL of one of its databases."""
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A new empty database; its URL."""
+        import psycopg
+
+        self._databases += 1
+        name = f"ossa_{os.getpid()}_{self._databases}"
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def close(self) -> None:
+        """Stop the server and remove its folder."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- Orthanc as the PACS ------------------------------------------------------------------

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 
+from bench.peers import PeerError, PostgresServer
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 
 if TYPE_CHECKING:
@@ -300,6 +301,21 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, ossa_port: int) -> Iterato
     peer.stop()
 
 
+class PostgresPeer(PostgresServer):
+    """:class:`bench.peers.PostgresServer` for the tests (one harness for both)."""
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresPeer]:
+    """One private PostgreSQL server for the session."""
+    try:
+        peer = PostgresPeer()
+    except PeerError as exc:
+        pytest.fail(f"{exc}: run `make test`")
+    yield peer
+    peer.close()
+
+
 # --- the real `ossa` CLI in a subprocess ---
 
 OSSA = str(Path(sys.executable).with_name("ossa"))
@@ -326,11 +342,11 @@ def echo(port: int, calling: str) -> subprocess.CompletedProcess[str]:
 class Served:
     """``ossa serve`` running in a subprocess; its log collected from stderr."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, *, prefix: Sequence[str] = ()) -> None:
         self.log_path = config.parent / "ossa.log"
         self.log = self.log_path.open("ab")  # a restart appends to the same log
         self.proc = subprocess.Popen(
-            [OSSA, "serve", "--config", str(config)],
+            [*prefix, OSSA, "serve", "--config", str(config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=config.parent,

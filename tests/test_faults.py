@@ -51,7 +51,7 @@ from tests.conftest import OSSA, OrthancPeer, Served, echo, free_port, wait_unti
 from worker.admission import StoreStatus
 from worker.intake import Intake, Received
 from worker.spool import Spool
-from worker.store import StateStore
+from worker.store import StateStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def test_full_storage_root_answers_out_of_resources_and_recovers(
                          what="the SR in Orthanc")
     assert len(sr_uids) == 1  # type: ignore[arg-type]
     assert served.stop() == 0
-    assert not list((root / "tmp").iterdir())
+    assert not [p for p in (root / "tmp").rglob("*") if p.is_file()]
     assert "Fault^Patient" not in served.text() and "FAULT-PID" not in served.text()
 
 
@@ -493,7 +493,7 @@ def test_full_tmpdir_aborts_the_association_and_leaves_nothing_behind(
     assert not _query(root / "state.sqlite3", "SELECT 1 FROM instances WHERE sop_uid = ?",
                       (study[1].SOPInstanceUID,))
     assert len([f for f in _files_under(root) if f.startswith("instances/")]) == 1
-    assert not list((root / "tmp").iterdir())
+    assert not [p for p in (root / "tmp").rglob("*") if p.is_file()]
 
     filler.unlink()
     assert _store(ossa_port, study) == [StoreStatus.SUCCESS] * len(study)
@@ -509,7 +509,7 @@ def test_commit_that_fails_is_rolled_back_and_the_store_keeps_working(tmp_path: 
     """A COMMIT that fails (SQLITE_FULL on a full disk; here a deferred foreign key) must
     not leave the pooled connection inside its transaction, holding the write lock."""
     store = StateStore(tmp_path / "state.sqlite3", busy_timeout_s=1)
-    with pytest.raises(sqlite3.IntegrityError), store._tx() as db:
+    with pytest.raises(StoreError, match="FOREIGN KEY"), store.db.tx() as db:
         db.execute("PRAGMA defer_foreign_keys = ON")
         db.execute("INSERT INTO jobs (study_id, revision, state, created) VALUES (999, 1,"
                    " 'queued', 0)")
@@ -534,9 +534,9 @@ def test_instance_not_recorded_leaves_no_file(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     store = StateStore.in_root(tmp_path)
     intake = Intake(spool, store)
-    full = sqlite3.OperationalError("database or disk is full")
+    full = StoreError("database or disk is full")
     with mock.patch.object(store, "add_instance", side_effect=full), \
-            pytest.raises(sqlite3.OperationalError):
+            pytest.raises(StoreError):
         intake.accept(_received(), b"DICM-bytes")
     assert list(spool.instance_files()) == [] and not list(spool.tmp.iterdir())
 
@@ -546,9 +546,9 @@ def test_failed_record_of_a_resent_instance_keeps_the_stored_copy(tmp_path: Path
     store = StateStore.in_root(tmp_path)
     intake = Intake(spool, store)
     intake.accept(_received(), b"first copy")
-    full = sqlite3.OperationalError("database or disk is full")
+    full = StoreError("database or disk is full")
     with mock.patch.object(store, "add_instance", side_effect=full), \
-            pytest.raises(sqlite3.OperationalError):
+            pytest.raises(StoreError):
         intake.accept(_received(), b"second copy")
     (path,) = spool.instance_files()
     assert spool.path(path).read_bytes() == b"second copy"  # an acknowledged instance's file

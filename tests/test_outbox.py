@@ -148,17 +148,21 @@ def test_kill_9_after_sending_before_recording_still_one_sr(
     wait_until(lambda: (_delivery(tmp_path) or ("", 0))[1] >= 1, timeout=120,
                what="a first, failed delivery attempt")
 
-    # Hold the state store's write lock: the next attempt can send but cannot record.
-    lock = sqlite3.connect(tmp_path / "var" / "state.sqlite3", isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
+    # A trigger refuses to record an attempt: the next attempt is claimed and sent, and
+    # cannot be recorded.
+    db = sqlite3.connect(tmp_path / "var" / "state.sqlite3", isolation_level=None)
+    db.execute("CREATE TRIGGER hold_record BEFORE UPDATE OF attempts ON deliveries"
+               " BEGIN SELECT RAISE(ABORT, 'held by the test'); END")
     try:
         pacs.start()
         sr_uids = wait_until(lambda: pacs.sr_sop_uids(study_uid), timeout=60,
                              what="the SR to reach Orthanc")
+        wait_until(lambda: "held by the test" in served.text(), timeout=30,
+                   what="the attempt's record to fail")
         served.kill()
     finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        db.execute("DROP TRIGGER hold_record")
+        db.close()
     state, _attempts, sr_uid = _delivery(tmp_path)  # type: ignore[misc]
     assert sr_uids == [sr_uid]
     assert state == "pending"  # sent, never recorded

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,7 @@ from pydicom.uid import Comprehensive3DSRStorage, ComputedRadiographyImageStorag
 
 from dicom_io.synthetic import StudyIdentity
 from tests.conftest import T0, FakeClock, wait_until
-from worker import schema
 from worker.intake import Intake, Received
-from worker.schema import SCHEMA_VERSION, SchemaError, migrate
 from worker.spool import Spool
 from worker.store import (
     STORE_FILE,
@@ -27,7 +26,10 @@ from worker.store import (
     NewObject,
     ObjectRef,
     StateStore,
+    StoreError,
+    schema,
 )
+from worker.store.schema import SCHEMA_VERSION, SchemaError, migrate
 
 QUIET_S = 30.0
 SR_SERIES = "1.2.826.0.1.3680043.10.511.9"
@@ -118,10 +120,11 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path: Path) -> None:
         assert store.path == tmp_path / "root" / STORE_FILE
     db = sqlite3.connect(tmp_path / "root" / STORE_FILE)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"studies", "jobs", "instances", "job_instances", "objects", "deliveries"}
+        assert tables == {"studies", "jobs", "instances", "job_instances", "objects", "deliveries",
+                          "nodes"}
     finally:
         db.close()
 
@@ -444,7 +447,7 @@ def test_interrupted_job_is_queued_and_claimed_again(store: StateStore, clock: F
     assert store.summary().jobs == {"queued": 1}
     assert store.summary().studies == {"queued": 1}
     again = claim_one(store)
-    assert again == job
+    assert again == replace(job, attempt=2)  # claimed once more: a new fencing token
     assert store.requeue_interrupted() == 1
     assert store.requeue_interrupted() == 0
 
@@ -838,7 +841,7 @@ def test_a_write_waits_for_another_writer_then_succeeds(
     with StateStore(path, clock=clock, busy_timeout_s=30) as store:
         statements: list[str] = []
         # Private, for synchronisation only: see when the store's write has begun waiting.
-        for pooled in list(store._pool.queue):
+        for pooled in list(store.db._pool.queue):
             pooled.set_trace_callback(statements.append)
         holder = sqlite3.connect(path, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
@@ -875,7 +878,7 @@ def test_a_write_gives_up_after_its_busy_timeout(tmp_path: Path, clock: FakeCloc
         holder = sqlite3.connect(path, isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
+            with pytest.raises(StoreError, match="locked"):
                 add(store)
             assert store.summary().studies == {}  # readers are not blocked (WAL)
         finally:
@@ -925,8 +928,9 @@ def test_a_version_1_store_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
         (row,) = store.list_studies()
         assert row.study_uid == "1.2.3" and row.revision == 1 and row.result is None
     with raw(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-        assert "result" in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert {"result", "owner", "lease_until", "attempt"} <= {
+            r[1] for r in db.execute("PRAGMA table_info(jobs)")}
 
 
 def test_finish_job_records_the_result_shown_for_the_study(
@@ -1039,5 +1043,5 @@ def test_stored_bytes_and_ping(tmp_path: Path, clock: FakeClock) -> None:
     assert store.stored_bytes() == 1000
     store.ping()
     store.close()
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+    with pytest.raises(StoreError, match="closed"):
         store.ping()

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worker.cli import fail
 from worker.config import Config, ConfigError, DimseDestination, load_config
-from worker.schema import SCHEMA_VERSION, SchemaError
-from worker.store import STORE_FILE, DeliveryState, JobState, StateStore, StudyState, Summary
+from worker.store import (
+    STORE_FILE,
+    DeliveryState,
+    JobState,
+    NodeRow,
+    StateStore,
+    StoreError,
+    StudyState,
+    Summary,
+    open_store,
+)
+from worker.store.schema import SCHEMA_VERSION, SchemaError
 
 
 def _open(args: argparse.Namespace) -> tuple[Config, StateStore] | int:
@@ -27,12 +36,13 @@ def _open(args: argparse.Namespace) -> tuple[Config, StateStore] | int:
     except ConfigError as exc:
         return fail(str(exc))
     path = config.storage.root / STORE_FILE
-    if not path.exists():
+    if config.storage.database is None and not path.exists():
         return fail(f"storage.root: no state store at {path} (has `ossa serve` run?)", 1)
     try:
-        return config, StateStore(path)
-    except (SchemaError, sqlite3.Error) as exc:
-        return fail(f"storage.root: {exc}", 1)
+        return config, open_store(config.storage, config.node)
+    except (SchemaError, StoreError) as exc:
+        key = "storage.root" if config.storage.database is None else "storage.database"
+        return fail(f"{key}: {exc}", 1)
 
 
 def _when(timestamp: float | None, now: float) -> str:
@@ -88,16 +98,36 @@ def status(args: argparse.Namespace) -> int:
     config, store = opened
     with store:
         summary = store.summary()
+        nodes = store.nodes()
         now = store.now()
     destinations = [d.name for d in config.destinations]
     if args.json:
-        payload = {"store": str(store.path), "schema_version": SCHEMA_VERSION,
-                   "configured_destinations": destinations, **asdict(summary)}
+        payload = {"store": store.location.shown, "schema_version": SCHEMA_VERSION,
+                   "configured_destinations": destinations, **asdict(summary),
+                   "nodes": [asdict(n) for n in nodes]}
         print(json.dumps(payload, indent=2))
     else:
-        print(f"State store: {store.path}")
+        print(f"State store: {store.location.shown}")
         print(format_summary(summary, destinations, now))
+        print(format_nodes(nodes, now, config.node.lease_s))
     return 0
+
+
+def format_nodes(nodes: list[NodeRow], now: float, lease_s: float) -> str:
+    """The nodes part of ``ossa status``: each node's last heartbeat and what it holds; a
+    node silent for longer than a lease is marked as such (its work is being taken over)."""
+    if not nodes:
+        return "Nodes:      none has run yet"
+    lines = ["Nodes:"]
+    for node in nodes:
+        silent = now - node.heartbeat
+        state = f"SILENT {silent:.0f} s" if silent > lease_s else "alive"
+        lines.append(
+            f"  {node.name} ({node.host}, pid {node.pid}, {node.version}): {state}, "
+            f"last heartbeat {_when(node.heartbeat, now)}, holds {node.jobs} job(s) and "
+            f"{node.deliveries} deliver{'y' if node.deliveries == 1 else 'ies'}"
+        )
+    return "\n".join(lines)
 
 
 def retry(args: argparse.Namespace) -> int:
@@ -142,11 +172,13 @@ def run_checks(config: Config, config_path: Path) -> list[Check]:
         checks.append(Check("model.bundle", True, f"{bundle.version} ({config.model.bundle})"))
     except (BundleError, OSError) as exc:
         checks.append(Check("model.bundle", False, str(exc)))
+    key = "storage.root" if config.storage.database is None else "storage.database"
     try:
-        with StateStore.in_root(config.storage.root) as store:
-            checks.append(Check("storage.root", True, f"{store.path} (schema {SCHEMA_VERSION})"))
-    except (SchemaError, sqlite3.Error, OSError) as exc:
-        checks.append(Check("storage.root", False, f"{config.storage.root}: {exc}"))
+        with open_store(config.storage, config.node) as store:
+            checks.append(Check(key, True, f"{store.location.shown} (schema {SCHEMA_VERSION})"))
+    except (SchemaError, StoreError, OSError) as exc:
+        checks.append(Check(key, False, f"{config.storage.database or config.storage.root}: "
+                                         f"{exc}"))
     if not config.destinations:
         checks.append(Check("destinations", True, "none configured: SRs stay on disk"))
     for destination in config.destinations:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from io import BytesIO
@@ -36,6 +35,7 @@ from pynetdicom.status import Status
 from dicom_io.pixels import PixelDataError, check_pixel_module
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES, InflateLimitError, inflate
 from worker.intake import Accepted, Intake, Kind, Received
+from worker.store import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
 
     try:
         kind = intake.classify(received)
-    except sqlite3.Error as exc:
+    except StoreError as exc:
         logger.error("Could not look up SOP Instance %s: %s", sop_uid, exc)
         return refused(StoreStatus.OUT_OF_RESOURCES, Refusal.STORE_UNAVAILABLE,
                        "state store unavailable", study_uid, sop_uid)
@@ -438,7 +438,7 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
         accepted = intake.accept(
             received, file_meta_bytes(meta, submission.calling_aet), submission.source
         )
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StoreError) as exc:
         logger.error("Could not store SOP Instance %s of study %s: %s", sop_uid, study_uid, exc)
         return refused(StoreStatus.OUT_OF_RESOURCES, Refusal.WRITE_FAILED,
                        "instance could not be written to disk", study_uid, sop_uid)

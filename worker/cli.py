@@ -31,7 +31,6 @@ import json
 import logging
 import logging.config
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -131,8 +130,8 @@ def serve(args: argparse.Namespace) -> int:
     from models.serving.manifest import BundleError
     from models.serving.predict import TwoStageClassifier
     from worker.config import ConfigError, load_config
-    from worker.schema import SchemaError
     from worker.service import build_service
+    from worker.store import SchemaError, StoreError
 
     try:
         config = load_config(args.config)
@@ -154,7 +153,7 @@ def serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
         service = build_service(config, classifier, stop_event=stop)
-    except (SchemaError, OSError, sqlite3.Error) as exc:
+    except (SchemaError, OSError, StoreError) as exc:
         return fail(f"storage.root: {exc}", 1)
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

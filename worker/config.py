@@ -131,10 +131,62 @@ class StudyConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """``[storage]``: where received instances, produced objects and the state store live."""
+    """``[storage]``: where received instances, produced objects and the state store live.
+
+    ``database`` (a ``postgresql://user@host:port/database`` URL) puts the state store on
+    PostgreSQL, shared by every node of a cluster, which then share ``root`` too (NFS);
+    without it the store is SQLite under ``root``, for one node. The password is read when a
+    connection opens, from ``database_password_file`` or ``database_password_env`` (or by
+    libpq's own ``.pgpass`` / ``PGPASSWORD``), never from this file.
+    """
 
     root: Path = Path("var")
     retention_days: float = Field(default=30.0, ge=0, le=36500)  # 0 keeps everything
+    database: str | None = Field(default=None, pattern=r"^postgres(ql)?://[^\s]+$")
+    database_password_file: Path | None = None
+    database_password_env: str | None = Field(default=None,
+                                              pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.password is not None:
+            raise ValueError("must not hold a password: use database_password_file or "
+                             "database_password_env")
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("needs a host and a database name, e.g. "
+                             "postgresql://ossa@db.example:5432/ossa")
+        try:
+            parts.port  # noqa: B018 - raises for a port outside 0-65535
+        except ValueError as exc:
+            raise ValueError(f"invalid port in {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _password_source(self) -> StorageConfig:
+        has_password = (self.database_password_file is not None
+                        or self.database_password_env is not None)
+        if self.database_password_file is not None and self.database_password_env is not None:
+            raise ValueError("give database_password_file or database_password_env, not both")
+        if has_password and self.database is None:
+            raise ValueError("a database password needs database (a PostgreSQL URL)")
+        return self
+
+
+class NodeConfig(_Section):
+    """``[node]``: this node of a cluster (several nodes on one PostgreSQL store).
+
+    ``name`` (default: the host name) owns the jobs and deliveries the node claims; each
+    node's must be unique. A claim lasts ``lease_s`` without a heartbeat (every third of
+    it): a node that dies or stalls longer has its work taken over by another.
+    """
+
+    name: str | None = Field(default=None, min_length=1, max_length=64,
+                             pattern=r"^[A-Za-z0-9_.-]+$")
+    lease_s: float = Field(default=60.0, ge=3, le=3600)
 
 
 class DeliveryConfig(_Section):
@@ -307,6 +359,7 @@ class Config(_Section):
     listener: ListenerConfig = ListenerConfig()
     study: StudyConfig = StudyConfig()
     storage: StorageConfig = StorageConfig()
+    node: NodeConfig = NodeConfig()
     model: ModelConfig = ModelConfig()
     scope: ScopeConfig = ScopeConfig()
     results: ResultsConfig = ResultsConfig()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from dicom_io.stow import StowRsPeer, send_stow_rs
 from dicom_io.tls import ClientTls
 from worker.config import DeliveryConfig, Destination, DimseDestination, StowRsDestination
 from worker.spool import Spool
-from worker.store import Delivery, DeliveryState, StateStore
+from worker.store import Delivery, DeliveryState, StateStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -280,10 +279,12 @@ class DeliveryWorker:
 
     def _record(self, delivery: Delivery, result: SendResult) -> None:
         if result.ok:
-            self.store.record_attempt(
+            if not self.store.record_attempt(
                 delivery.delivery_id, state=DeliveryState.DELIVERED,
                 outcome=result.outcome.value, detail=result.detail,
-            )
+            ):
+                _lease_lost(delivery, self.name)
+                return
             logger.info(
                 "Delivered %s of study %s to %s", delivery.sop_uid, delivery.study_uid, self.name
             )
@@ -297,10 +298,12 @@ class DeliveryWorker:
             state, why = DeliveryState.FAILED, f"gave up after {attempts} attempts"
         else:
             state, why = DeliveryState.PENDING, f"retry in {retry_at - now:.0f} s"
-        self.store.record_attempt(
+        if not self.store.record_attempt(
             delivery.delivery_id, state=state, outcome=result.outcome.value,
             detail=result.detail, next_attempt=retry_at,
-        )
+        ):
+            _lease_lost(delivery, self.name)
+            return
         log = logger.error if state is DeliveryState.FAILED else logger.warning
         log(
             "Delivery of %s of study %s to %s: attempt %d %s (%s); %s",
@@ -315,7 +318,7 @@ class DeliveryWorker:
                 if self.run_once():
                     continue
                 due = self.store.next_attempt(self.name)
-            except sqlite3.Error as exc:  # e.g. the store stayed locked: try again later
+            except StoreError as exc:  # e.g. the store stayed locked: try again later
                 logger.error("Destination %s: state store error: %s", self.name, exc)
                 due = None
             except Exception:  # the worker must outlive any one delivery
@@ -326,3 +329,10 @@ class DeliveryWorker:
                 wait = min(wait, max(0.0, due - self.store.now()))
             if self.wake.wait(wait):
                 self.wake.clear()
+
+
+def _lease_lost(delivery: Delivery, destination: str) -> None:
+    """Log an attempt whose outcome this node could no longer record: the delivery's lease
+    passed to another node (this one stalled longer than the lease), which sends it again."""
+    logger.warning("Delivery of %s of study %s to %s: attempt not recorded, the delivery is "
+                   "no longer this node's", delivery.sop_uid, delivery.study_uid, destination)

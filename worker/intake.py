@@ -11,6 +11,7 @@ their SOP Class with digitised films, which Ossa reads, so the own-object check 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -118,7 +119,7 @@ class Intake:
 
         Raises
         ------
-        sqlite3.Error
+        StoreError
             If the state store cannot be read.
         """
         if received.sop_class_uid in OWN_OBJECT_SOP_CLASSES and self.is_own_object(received):
@@ -158,7 +159,7 @@ class Intake:
 
         Raises
         ------
-        OSError, sqlite3.Error
+        OSError, StoreError
             If the file or its row could not be written; the sender must then be told the
             instance was not stored, and a file written for it is removed again (unless it
             replaced the copy of an instance stored earlier, whose row is still there):
@@ -188,11 +189,13 @@ class Intake:
             size=size,
         )
 
-    def reconcile(self) -> tuple[int, int]:
+    def reconcile(self, *, grace_s: float = 0.0) -> tuple[int, int]:
         """Make the store and the disk agree; run at start-up before the listener.
 
         A file without a row (a crash between the write and the commit) is registered from
-        its own header; a row without its file is marked lost and logged.
+        its own header, if it was last written ``grace_s`` seconds ago or earlier (on a root
+        shared by several nodes, a younger one may be another node's, its row about to be
+        committed); a row without its file is marked lost and logged.
 
         Returns
         -------
@@ -202,8 +205,9 @@ class Intake:
         self.spool.clear_tmp()
         known = self.store.instance_paths()
         registered = 0
+        young = time.time() - grace_s
         for path in self.spool.instance_files():
-            if path in known:
+            if path in known or (grace_s > 0 and self.spool.path(path).stat().st_mtime > young):
                 continue
             received = _read_header(self.spool, path)
             if received is None:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pydicom
@@ -41,7 +41,7 @@ from models.serving.enhance import InputGeometry, Preprocessing
 from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.serving.taxonomy import Taxonomy
 from worker.spool import Spool
-from worker.store import ClaimedJob, NewObject, ObjectRef, StateStore
+from worker.store import ClaimedJob, LeaseLostError, NewObject, ObjectRef, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -362,18 +362,29 @@ class ReportStage:
         job = item.study.job
         if item.prediction is None:
             logger.error("Study %s failed: %s", job.study_uid, item.error)
-            self.store.finish_job(job.job_id, error=item.error or "failed")
+            self._finish(job, error=item.error or "failed")
             return None
         try:
             sr = self._write_sr(item.study, item.prediction)
         except Exception as exc:  # a study that cannot be reported must not stop the stage
             logger.exception("Could not build the SR of study %s", job.study_uid)
-            self.store.finish_job(job.job_id, error=f"SR not built: {type(exc).__name__}: {exc}")
+            self._finish(job, error=f"SR not built: {type(exc).__name__}: {exc}")
             return None
         captures = self._write_captures(item) if self.captures else []
-        self.store.finish_job(job.job_id, objects=[sr, *captures], destinations=self.destinations,
-                              result=study_result(item.prediction))
-        return sr
+        recorded = self._finish(job, objects=[sr, *captures], destinations=self.destinations,
+                                result=study_result(item.prediction))
+        return sr if recorded else None
+
+    def _finish(self, job: ClaimedJob, **outcome: Any) -> bool:
+        """Record the job's outcome under its claim (fenced by its attempt); False when the
+        claim was lost meanwhile (its lease expired and another node took the job over:
+        that node reports the study, with objects of the same UIDs)."""
+        try:
+            self.store.finish_job(job.job_id, attempt=job.attempt, **outcome)
+        except LeaseLostError as exc:
+            logger.warning("Study %s: not recorded here: %s", job.study_uid, exc)
+            return False
+        return True
 
     def _write_captures(self, item: Classified) -> list[NewObject]:
         """One secondary capture per assessed image, its findings outlined."""

@@ -11,9 +11,11 @@ resumed at the next start, which is also what happens after ``kill -9``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -43,12 +45,16 @@ from worker.pipeline import (
 )
 from worker.retention import prune
 from worker.spool import Spool
-from worker.store import StateStore
+from worker.store import StoreError, open_store
+from worker.store.schema import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
 
 #: How often finished studies are checked against ``storage.retention_days``.
 RETENTION_INTERVAL_S = 3600.0
+#: On a storage root shared by several nodes, a spool file without a row is registered at
+#: start-up only once it is this old (a live node commits its row right after the rename).
+RECONCILE_GRACE_S = 300.0
 #: Added to a study's due time before the scheduler wakes for it, so that the store's
 #: clock has passed it.
 SCHEDULE_SLACK_S = 0.005
@@ -239,7 +245,11 @@ class Service:
     def _start_dicom(self, tls_context: ssl.SSLContext | None) -> None:
         """Reconcile, re-queue, bind the DICOM listener and start the pipeline threads."""
         store = self.intake.store
-        registered, lost = self.intake.reconcile()
+        store.register_node(host=socket.gethostname(), pid=os.getpid(), version=_version())
+        # On a shared root a file another node has just renamed into place may not have its
+        # row yet: only older files without a row are registered.
+        registered, lost = self.intake.reconcile(
+            grace_s=RECONCILE_GRACE_S if store.location.postgres else 0.0)
         requeued = store.requeue_interrupted()
         if registered or lost or requeued:
             logger.info(
@@ -265,6 +275,7 @@ class Service:
             "Listening as %s on %s:%d%s", self.listener.ae_title, self.listener.host, self.port,
             " (DICOM TLS)" if tls_context is not None else "",
         )
+        self._spawn(self._heartbeat, "ossa-heartbeat")
         self._spawn(self._schedule, "ossa-scheduler")
         self._spawn(self._classify, "ossa-classify")
         self._spawn(self._report, "ossa-report")
@@ -302,7 +313,9 @@ class Service:
         """Stop accepting, let work in progress finish within ``deadline_s``, return 0.
 
         What does not finish in time (a long classification, a send to a slow peer) is
-        still in the state store and is resumed at the next start.
+        still in the state store and is resumed at the next start, or by another node of a
+        cluster once its lease expires; when everything stopped, what this node still holds
+        is released at once.
         """
         self._stop.set()
         self._classify_wake.set()
@@ -326,8 +339,14 @@ class Service:
                 deadline_s, ", ".join(unfinished),
             )
         else:
+            try:  # what this node still holds goes back to the queue: another node takes it
+                released = self.intake.store.requeue_interrupted()
+                if released:
+                    logger.info("Released %d job(s) to the other nodes", released)
+            except StoreError as exc:
+                logger.error("Could not release this node's work: %s; its leases expire", exc)
             self.intake.store.close()
-        logger.info("Stopped; state is in %s", self.intake.store.path)
+        logger.info("Stopped; state is in %s", self.intake.store.location.shown)
         return 0
 
     def _schedule(self) -> None:
@@ -347,9 +366,22 @@ class Service:
                     wait = min(wait, due_in + SCHEDULE_SLACK_S)
                 if self.retention_days > 0 and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_INTERVAL_S
-                    prune(self.intake.store, self.intake.spool, self.retention_days)
+                    with self.intake.store.db.singleton("retention") as mine:
+                        if mine:  # one node of a cluster prunes at a time
+                            prune(self.intake.store, self.intake.spool, self.retention_days)
             except Exception:  # the scheduler must outlive a transient store error
                 logger.exception("Scheduler error")
+
+    def _heartbeat(self) -> None:
+        """Every third of a lease: record that this node is alive and renew the leases of
+        the jobs and deliveries it holds. A store that cannot be reached is logged and tried
+        again; the leases then expire and other nodes take the work over."""
+        store = self.intake.store
+        while not self._stop.wait(store.lease_s / 3):
+            try:
+                store.heartbeat()
+            except StoreError as exc:
+                logger.error("Heartbeat of node %s not recorded: %s", store.node, exc)
 
     def _classify(self) -> None:
         try:
@@ -390,8 +422,8 @@ def build_service(
 
     Opens (creating or migrating) the state store under ``storage.root``.
     """
-    spool = Spool(config.storage.root)
-    store = StateStore.in_root(config.storage.root)
+    store = open_store(config.storage, config.node)
+    spool = Spool(config.storage.root, node=store.node)
     metrics = Metrics() if config.http.enabled else None
     intake = Intake(spool, store, observer=metrics.instance_admitted if metrics else None)
     policy = RetryPolicy.from_config(config.delivery)
@@ -434,3 +466,12 @@ def build_service(
             model=service.model_status, report_queue=results,
         )
     return service
+
+
+def _version() -> str:
+    """Ossa's version and its state store's schema, as ``ossa status`` lists each node."""
+    try:
+        version = importlib.metadata.version("ossa")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"{version} (schema {SCHEMA_VERSION})"

@@ -2,7 +2,7 @@
 
 Layout under the storage root::
 
-    tmp/                                  partial writes (removed at start-up)
+    tmp/<node>/                           partial writes of one node (removed at its start)
     instances/<aet>/<study>/<sop>.dcm     received instances, as the sender encoded them
     objects/<study>/<sop>.dcm             SRs (and later secondary captures) Ossa wrote
     state.sqlite3                         the state store (:mod:`worker.store`)
@@ -14,6 +14,11 @@ B.2.3 promises that the SCP has the instance). Folder names come from UIDs and A
 never from patient identifiers; each received file's File Meta Information carries the
 calling AE title (Source Application Entity Title, PS3.10 7.1), so a file is registered
 again from its own content if the state store ever lacks its row.
+
+Several nodes may share the storage root (NFS, with the state store on PostgreSQL): each
+writes its partial files in a folder of its own, and clears only that one at its start, so
+no node removes what a live node is writing; the final names derive from UIDs, and two
+nodes writing the same object write the same name, each by an atomic rename.
 """
 
 from __future__ import annotations
@@ -75,11 +80,13 @@ class Spool:
     ----------
     root : pathlib.Path
         Storage root; sub-directories are created.
+    node : str, optional
+        The node writing (its partial writes have a folder of their own).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, node: str = "local") -> None:
         self.root = root
-        self.tmp = root / "tmp"
+        self.tmp = root / "tmp" / aet_folder(node)  # safe characters and a hash
         self.instances = root / "instances"
         self.objects = root / "objects"
         self._lock = threading.Lock()
@@ -87,8 +94,11 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
 
     def clear_tmp(self) -> None:
-        """Remove partial writes left by a crash; they were never acknowledged."""
+        """Remove this node's partial writes left by a crash (they were never acknowledged),
+        and those of an Ossa that wrote them straight under ``tmp/`` (before node folders)."""
         for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        for leftover in self.tmp.parent.glob("*.part"):
             leftover.unlink(missing_ok=True)
 
     def instance_path(self, calling_aet: str, study_uid: str, sop_uid: str) -> str:

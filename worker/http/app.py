@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -44,7 +43,7 @@ from worker.http.metrics import Metrics
 from worker.http.pages import StatusPage
 from worker.http.views import detail_json, study_json
 from worker.intake import Intake
-from worker.store import StateStore, StudyState
+from worker.store import StateStore, StoreError, StudyState
 
 logger = logging.getLogger(__name__)
 
@@ -251,5 +250,5 @@ def create_app(
     ]
     return Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, sqlite3.Error: store_error},
+        exception_handlers={HTTPException: http_error, StoreError: store_error},
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 from worker.http.views import iso_time
 from worker.spool import Spool
-from worker.store import StateStore
+from worker.store import StateStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +110,9 @@ class HealthProbe:
     def _check_store(self) -> Check:
         try:
             self.store.ping()
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             return Check(False, f"state store query failed: {exc}")
-        return Check(True, str(self.store.path))
+        return Check(True, self.store.location.shown)
 
     def _check_spool(self) -> Check:
         try:
@@ -135,7 +134,7 @@ class HealthProbe:
         }
         try:
             stats = self.store.delivery_stats()
-        except sqlite3.Error:
+        except StoreError:
             return out
         for entry in stats:
             out[entry.destination] = {

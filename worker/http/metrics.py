@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
@@ -28,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from worker.admission import Refusal, StoreOutcome
 from worker.spool import Spool
-from worker.store import DeliveryState, InstanceState, JobState, StateStore, StudyState
+from worker.store import DeliveryState, InstanceState, JobState, StateStore, StoreError, StudyState
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class StoreCollector(Collector):
         up = GaugeMetricFamily("ossa_store_up", "Whether the state store answered this scrape")
         try:
             families = list(self._from_store())
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             logger.error("Metrics: state store query failed: %s", exc)
             up.add_metric([], 0)
             families = []
