@@ -11,12 +11,12 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from tests.conftest import OrthancPeer, free_port
+from tests.conftest import OrthancPeer, PostgresPeer, free_port
 from tests.test_delivery import record_object
 from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc
 from worker.admin import format_summary
 from worker.spool import Spool
-from worker.store import DeliveryState, FailedDelivery, StateStore, Summary
+from worker.store import DeliveryState, FailedDelivery, Location, StateStore, Summary
 
 OSSA = str(Path(sys.executable).with_name("ossa"))
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "fracatlas"
@@ -177,6 +177,40 @@ def test_retry_of_an_unknown_destination_fails(
     assert "'nowhere' is not a configured destination" in proc.stderr
     status = json.loads(_ossa("status", "--json", "--config", failed.config).stdout)
     assert status["deliveries"] == {"pacs": {"failed": 1}}  # nothing was re-queued
+
+
+def test_status_lists_the_nodes_of_a_postgresql_store(
+    tmp_path: Path, postgres: PostgresPeer
+) -> None:
+    """Two nodes on one PostgreSQL store: each one's heartbeat and what it holds; one
+    silent for longer than a lease is marked so (its work is being taken over)."""
+    import psycopg
+
+    url = postgres.new_database()
+    with StateStore(Location(url=url), node="alpha") as alpha, \
+            StateStore(Location(url=url), node="beta") as beta:
+        alpha.register_node(host="host-a", pid=1, version="test")
+        beta.register_node(host="host-b", pid=2, version="test")
+        alpha.add_instance(calling_aet="A", study_uid="1.2", sop_uid="1.2.1",
+                           sop_class_uid="1.2.840.10008.5.1.4.1.1.1", series_uid="1.2.3",
+                           path="p", size=1, received=alpha.now() - 60)
+        assert alpha.schedule_due(10, max_queued=5) == 1
+        assert len(alpha.claim_jobs(5)) == 1
+    with psycopg.connect(url, autocommit=True) as db:  # beta fell silent an hour ago
+        db.execute("UPDATE nodes SET heartbeat = heartbeat - 3600 WHERE name = 'beta'")
+    config = _config(tmp_path)
+    config.write_text(config.read_text().replace(
+        'root = "var"', f'root = "var"\ndatabase = "{url}"'), encoding="utf-8")
+    status = json.loads(_ossa("status", "--json", "--config", config).stdout)
+    assert [(n["name"], n["host"], n["jobs"]) for n in status["nodes"]] == [
+        ("alpha", "host-a", 1), ("beta", "host-b", 0)]
+    text = _ossa("status", "--config", config)
+    assert text.returncode == 0, text.stderr
+    assert "State store: postgresql://ossa@127.0.0.1:" in text.stdout
+    (alpha_line,) = [line for line in text.stdout.splitlines() if "  alpha (" in line]
+    (beta_line,) = [line for line in text.stdout.splitlines() if "  beta (" in line]
+    assert ": alive," in alpha_line and "holds 1 job(s)" in alpha_line
+    assert "SILENT 36" in beta_line and "holds 0 job(s)" in beta_line
 
 
 def test_status_without_a_store_fails_clearly(tmp_path: Path) -> None:

@@ -244,6 +244,8 @@ def test_metrics_and_the_api_follow_a_study_sent_through_the_listener(
                   outcome="stored") == 0
     assert _value(samples, "ossa_inference_seconds_count") == 0
     assert _value(samples, "ossa_store_up") == 1
+    node = run.service.intake.store.node
+    assert node and _value(samples, "ossa_node_info", node=node) == 1
     assert _value(samples, "ossa_process_resident_memory_bytes") > 0
     assert _value(samples, "ossa_deliveries", destination="pacs", state="pending") == 0
 
@@ -527,6 +529,8 @@ def test_status_page_in_chromium_lists_the_study_and_its_retry_works(
 
         chromium.get(run.base + "/")
         assert chromium.title == "Ossa status"
+        node = run.service.intake.store.node
+        assert chromium.find_element(By.ID, "node").text == f"node {node}"
         row = chromium.find_element(By.CSS_SELECTOR, f'tr.study[data-study="{study_uid}"]')
         assert study_uid in row.text and "reported" in row.text and "1 failed" in row.text
         assert row.find_element(By.CSS_SELECTOR, "td.result").text != "—"

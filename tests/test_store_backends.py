@@ -323,6 +323,27 @@ def test_a_server_restart_gives_store_errors_then_recovers(
         assert store.summary().instances == {"stored": 2}
 
 
+def test_health_fails_while_the_database_is_down_and_recovers(
+    postgres: PostgresPeer, pg_url: str, tmp_path: Path
+) -> None:
+    """``/healthz``'s checks: the store check fails (503) while PostgreSQL is down."""
+    from worker.http.health import HealthProbe
+    from worker.spool import Spool
+
+    with StateStore(Location(url=pg_url), node="a") as store:
+        probe = HealthProbe(store, Spool(tmp_path, node="a"),
+                            listener=lambda: (True, "listening"), model=lambda: (True, "m"))
+        assert probe.run().ok
+        postgres.stop("fast")
+        try:
+            health = probe.run()
+            assert not health.ok and health.failing == ["store"]
+            assert "state store query failed" in health.checks["store"].detail
+        finally:
+            postgres.start()
+        assert probe.run().ok
+
+
 def test_an_unreachable_server_is_a_store_error() -> None:
     from tests.conftest import free_port
 

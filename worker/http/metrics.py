@@ -140,6 +140,10 @@ class StoreCollector(Collector):
         else:
             up.add_metric([], 1)
         yield up
+        node = GaugeMetricFamily("ossa_node_info", "This node of the cluster (always 1)",
+                                 labels=["node"])
+        node.add_metric([self.store.node], 1)
+        yield node
         yield from families
         queue = GaugeMetricFamily(
             "ossa_report_queue_size", "Classified studies waiting for the report stage"

@@ -66,7 +66,13 @@ class StatusPage:
         for item in summary.failed:
             failed.setdefault(item.study_uid, []).append(item)
         rows = [study_json(row) for row in self.store.list_studies(limit=limit, offset=offset)]
+        now = self.store.now()
+        nodes = [{"name": n.name, "host": n.host, "heartbeat": iso_time(n.heartbeat),
+                  "alive": now - n.heartbeat <= self.store.lease_s, "jobs": n.jobs,
+                  "deliveries": n.deliveries} for n in self.store.nodes()]
         return self._env.get_template("status.html").render(
+            node=self.store.node,
+            nodes=nodes,
             health=self.health.run(),
             studies_by_state=[(s.value, summary.studies.get(s.value, 0)) for s in StudyState],
             delivery_states=[s.value for s in DeliveryState],
