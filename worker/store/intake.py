@@ -30,8 +30,9 @@ class IntakeQueries(Queries):
         reported it starts a new revision, and for a study whose job has not started yet it
         cancels that job, so the instance joins it.
 
-        The study's row is locked first (PostgreSQL): two nodes receiving instances of one
-        study, or one receiving while another queues the study, take turns.
+        The study's row is created or locked first (PostgreSQL: the upsert locks it): two
+        nodes receiving instances of one study, or one receiving while another queues the
+        study, take turns. Four statements for a new instance of a known study.
 
         On SQLite, committed without a sync of its own (see :mod:`worker.store`): the
         instance's file is its durable record.
@@ -39,39 +40,37 @@ class IntakeQueries(Queries):
         db = self.db
         with db.tx(sync=False) as tx:
             now = db.now(tx) if received is None else received
-            tx.execute(
+            # created, or locked (the no-op update) and returned, in one statement
+            study_id, state_name = tx.execute(
                 "INSERT INTO studies (calling_aet, study_uid, state, first_received,"
                 " last_received, updated) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (calling_aet, study_uid) DO NOTHING",
+                " ON CONFLICT (calling_aet, study_uid) DO UPDATE SET state = studies.state"
+                " RETURNING id, state",
                 (calling_aet, study_uid, StudyState.RECEIVING, now, now, now),
-            )
-            study_id, state_name = tx.execute(
-                "SELECT id, state FROM studies WHERE calling_aet = ? AND study_uid = ?"
-                + db.lock_rows(),
-                (calling_aet, study_uid),
             ).fetchone()
             study_id, state = int(study_id), StudyState(state_name)
-            existing = tx.execute(
-                "SELECT id, state FROM instances WHERE study_id = ? AND sop_uid = ?",
-                (study_id, sop_uid),
+            inserted = tx.execute(
+                "INSERT INTO instances (study_id, sop_uid, sop_class_uid, series_uid, path,"
+                " size, received) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (study_id, sop_uid) DO NOTHING RETURNING id",
+                (study_id, sop_uid, sop_class_uid, series_uid, path, size, now),
             ).fetchone()
-            if existing is not None and existing[1] == InstanceState.STORED:
-                tx.execute(
-                    "UPDATE instances SET path = ?, size = ? WHERE id = ?",
-                    (path, size, existing[0]),
-                )
-                return False
-            if existing is not None:  # its file was lost: the re-sent copy is reported anew
+            if inserted is None:  # the study already has this SOP Instance UID
+                existing_id, existing_state = tx.execute(
+                    "SELECT id, state FROM instances WHERE study_id = ? AND sop_uid = ?",
+                    (study_id, sop_uid),
+                ).fetchone()
+                if existing_state == InstanceState.STORED:  # re-sent: not new
+                    tx.execute(
+                        "UPDATE instances SET path = ?, size = ? WHERE id = ?",
+                        (path, size, existing_id),
+                    )
+                    return False
+                # its file was lost: the re-sent copy is reported anew
                 tx.execute(
                     "UPDATE instances SET path = ?, size = ?, state = ?, received = ?,"
                     " job_id = NULL WHERE id = ?",
-                    (path, size, InstanceState.STORED, now, existing[0]),
-                )
-            else:
-                tx.execute(
-                    "INSERT INTO instances (study_id, sop_uid, sop_class_uid, series_uid, path,"
-                    " size, received) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (study_id, sop_uid, sop_class_uid, series_uid, path, size, now),
+                    (path, size, InstanceState.STORED, now, existing_id),
                 )
             if state is StudyState.QUEUED:
                 tx.execute(
