@@ -165,7 +165,7 @@ def migrate(connection: sqlite3.Connection | Db) -> int:
 
     Each migration runs in its own transaction together with the version bump, so a crash
     during a migration leaves the previous version intact. The version is read again under
-    the write lock (SQLite) or a transaction-scoped advisory lock (PostgreSQL): another
+    the write lock (SQLite) or an advisory lock (PostgreSQL): another
     process opening the same new store at the same moment (``ossa status`` beside the
     service, another node) may have migrated it meanwhile.
 
@@ -183,21 +183,35 @@ def migrate(connection: sqlite3.Connection | Db) -> int:
     found = _version(db)
     version = found
     while version < SCHEMA_VERSION:
-        db.execute("BEGIN" if db.postgres else "BEGIN IMMEDIATE")
+        if db.postgres:
+            # a session lock, taken before the transaction: a transaction that starts once
+            # another node's migration committed sees its tables (PostgreSQL refreshes its
+            # catalog caches when a transaction starts, not when an advisory lock is granted)
+            db.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
         try:
+            version = _migrate_once(db)
+        finally:
             if db.postgres:
-                db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-            version = _version(db)
-            if version < SCHEMA_VERSION:
-                for statement in statements(MIGRATIONS[version], postgres=db.postgres):
-                    db.execute(statement)
-                version += 1
-                _set_version(db, version)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+                db.execute("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))
     return found
+
+
+def _migrate_once(db: Db) -> int:
+    """Apply the next migration, if the version read under the lock still needs it; return
+    the version the database then has."""
+    db.execute("BEGIN" if db.postgres else "BEGIN IMMEDIATE")
+    try:
+        version = _version(db)
+        if version < SCHEMA_VERSION:
+            for statement in statements(MIGRATIONS[version], postgres=db.postgres):
+                db.execute(statement)
+            version += 1
+            _set_version(db, version)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return version
 
 
 #: Advisory lock key of migrations on PostgreSQL (any fixed 64-bit number).
@@ -207,7 +221,9 @@ _MIGRATION_LOCK = 0x05_5A_5C_4E_4D_41
 def _version(db: Db) -> int:
     """The database's schema version; :class:`SchemaError` if it is newer than this code's."""
     if db.postgres:
-        db.execute("CREATE TABLE IF NOT EXISTS ossa_schema (version INTEGER NOT NULL)")
+        # created by the first migration's transaction, under the advisory lock
+        if db.execute("SELECT to_regclass('ossa_schema')").fetchone()[0] is None:
+            return 0
         row = db.execute("SELECT version FROM ossa_schema").fetchone()
         version = 0 if row is None else int(row[0])
     else:
@@ -222,6 +238,7 @@ def _version(db: Db) -> int:
 
 def _set_version(db: Db, version: int) -> None:
     if db.postgres:
+        db.execute("CREATE TABLE IF NOT EXISTS ossa_schema (version INTEGER NOT NULL)")
         db.execute("DELETE FROM ossa_schema")
         db.execute("INSERT INTO ossa_schema (version) VALUES (?)", (version,))
     else:
