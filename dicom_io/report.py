@@ -48,11 +48,11 @@ import highdicom as hd
 import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.valuerep import _check_specific_character_set  # what its constructors apply
-from pydicom import Dataset
+from pydicom import Dataset, config
 from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, DT, TM, validate_value
 
 from dicom_io import codes
 from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
@@ -513,35 +513,85 @@ def _validate(
 
 
 def source_header(source: Dataset) -> Dataset:
-    """A pixel-free deep copy of a source with its Type 2 patient/study attributes made safe.
+    """A pixel-free deep copy of a source, its patient and study attributes made safe to copy.
 
-    highdicom reads Patient/Study attributes from the first evidence dataset without
-    checking that they exist or are valid; real-world images lack some (or hold values such
-    as Patient's Sex "Female"). Missing or invalid ones become empty (Type 2) in the copy.
     The SR and the secondary capture copy their patient and study attributes from it, so
-    both say the same; Specific Character Set is copied as it is, and with it the encoding of
-    every name.
+    both say the same. Real-world headers hold invalid values (a Patient's Age of ``81``, a
+    date with dashes, a lowercase code string, an over-long description). One rule
+    (:func:`_checked_values`): the attributes by which a PACS files a result under its
+    patient and study (:data:`IDENTIFIERS`, and every UID) are copied exactly as the source
+    has them, valid or not, with a warning; any other attribute whose value pydicom's
+    validation refuses for its VR is written empty when the SR or capture needs it (Type 2,
+    :data:`_TYPE2_HEADER`) and left out otherwise (Type 3), with a warning naming the
+    attribute, never the value. Missing Type 2 attributes become empty; Specific Character
+    Set is copied as it is (or replaced, :func:`_defined_character_set`), and with it the
+    encoding of every name.
     """
     header = Dataset()
     for element in source:
         if element.tag.group != 0x7FE0:  # Pixel Data and its float variants
             header.add(copy.deepcopy(element))
+    _defined_character_set(header)
+    _checked_values(header)
     for keyword in _TYPE2_HEADER:
         if keyword not in header or header[keyword].value is None:
             setattr(header, keyword, "")
-    if header.PatientSex not in ("", "M", "F", "O"):
-        logger.warning("source Patient's Sex is not M, F or O; written empty in the SR")
+    if header.PatientSex not in ("", "M", "F", "O"):  # an enumerated value (PS3.3 C.7.1.1)
+        logger.warning("source PatientSex is not M, F or O; written empty")
         header.PatientSex = ""
-    _defined_character_set(header)
-    for keyword, vr in (("StudyDate", DA), ("PatientBirthDate", DA), ("StudyTime", TM)):
-        value = header[keyword].value
-        if value:
-            try:
-                vr(value)
-            except ValueError:
-                logger.warning("source %s is not a valid DICOM value; written empty", keyword)
-                setattr(header, keyword, "")
     return header
+
+
+#: The attributes by which a PACS files a result under its patient and study: copied exactly
+#: as the source has them, valid or not. Blanking or trimming one would file the result under
+#: another patient or study.
+IDENTIFIERS = ("PatientID", "IssuerOfPatientID", "PatientName", "StudyInstanceUID",
+               "AccessionNumber", "StudyID")
+#: Value representations :func:`_checked_values` does not judge: sequences (their items are
+#: not copied as such), and binary or unknown values (any bytes are a valid binary number).
+_UNCHECKED_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "US", "SS", "UL",
+                            "SL", "UV", "SV", "FL", "FD", "AT"})
+
+
+#: Dates and times are also parsed: pydicom's validation checks their form, not the calendar.
+_DATES_AND_TIMES: dict[str, type] = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _checked_values(header: Dataset) -> None:
+    """Apply :func:`source_header`'s rule to every attribute of ``header`` (in place)."""
+    for element in list(header):
+        keyword = element.keyword
+        if not keyword or element.VR in _UNCHECKED_VRS or element.value in (None, ""):
+            continue  # private, binary, sequence, or empty
+        values = element.value if isinstance(element.value, MultiValue) else [element.value]
+        try:
+            for value in values:
+                validate_value(element.VR, _as_text(value), config.RAISE)
+                if element.VR in _DATES_AND_TIMES:  # a real date: not 31 February
+                    _DATES_AND_TIMES[element.VR](_as_text(value))
+        except (ValueError, TypeError):
+            pass  # its message holds the value: never logged
+        else:
+            continue
+        if keyword in IDENTIFIERS or element.VR == "UI":
+            logger.warning("source %s is not a valid %s value; copied as it is, so that the "
+                           "result is filed with its patient and study", keyword, element.VR)
+        elif keyword in _TYPE2_HEADER:
+            logger.warning("source %s is not a valid %s value; written empty", keyword,
+                           element.VR)
+            setattr(header, keyword, "")
+        else:
+            logger.warning("source %s is not a valid %s value; left out", keyword, element.VR)
+            del header[keyword]
+
+
+def _as_text(value: object) -> str | bytes:
+    """A value as pydicom validates it: the text it was read as (a number pydicom converted,
+    DS or IS, keeps its original string), or its text form."""
+    if isinstance(value, str | bytes):
+        return value
+    original = getattr(value, "original_string", None)
+    return original if isinstance(original, str) else str(value)
 
 
 def _defined_character_set(header: Dataset) -> None:

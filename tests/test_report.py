@@ -1040,3 +1040,88 @@ def test_patient_name_survives_byte_for_byte(
                           capture_output=True, timeout=60, check=True).stdout.decode("utf-8")
     assert f"Patient             : {name} (#PID-REPORT-7)" in dump
     assert '"Normal"' in dump  # p=0.2 below the threshold 0.5
+
+
+# --- imperfect source headers -------------------------------------------------------------
+
+#: An invalid value of each VR kind in attributes the SR and the capture copy: the expected
+#: fate of each (Type 2: written empty; Type 3: left out).
+INVALID_VALUES: dict[str, tuple[str, str]] = {
+    "PatientAge": ("81", "left out"),  # AS needs 081Y
+    "StudyDate": ("2024-01-01", "empty"),  # DA has no dashes
+    "StudyTime": ("25:00", "empty"),  # TM
+    "PatientBirthDate": ("19800231", "empty"),  # no 31 February
+    "StudyDescription": ("x" * 80, "left out"),  # LO is at most 64
+    "ReferringPhysicianName": ("R" * 80, "empty"),  # a PN component is at most 64
+    "PatientSex": ("f", "empty"),  # a lowercase CS
+    "BodyPartExamined": ("wrist", "left out"),  # a lowercase CS
+    "AcquisitionDateTime": ("2024-13-45T", "left out"),  # DT
+}
+#: Invalid identifiers: copied byte for byte, so that the PACS files the result with its study.
+INVALID_IDENTIFIERS = {"PatientID": "P" * 70, "AccessionNumber": "A-123456789012345678"}
+
+
+#: dciodvfy's closing line after any complaint about a value's VR.
+DCIODVFY_SUMMARY = "Error - Dicom dataset contains invalid data values for Value Representations"
+
+
+def identifier_errors(errors: list[str]) -> list[str]:
+    """dciodvfy's complaints about the invalid identifiers the source holds (and nothing
+    else): the one exception to "every SR and SC passes dciodvfy"."""
+    return [e for e in errors if "Patient ID" in e or "Accession Number" in e]
+
+
+def _imperfect(sources: list[Dataset]) -> list[Dataset]:
+    """The sources with the invalid values, set as a file read without validation holds
+    them (new elements, made under the current writing validation mode)."""
+    values = {k: v for k, (v, _) in INVALID_VALUES.items()} | INVALID_IDENTIFIERS
+    for ds in sources:
+        for keyword, value in values.items():
+            if keyword in ds:
+                del ds[keyword]
+            setattr(ds, keyword, value)
+    return sources
+
+
+def test_invalid_header_values_are_left_out_or_written_empty_and_identifiers_kept(
+    sources: list[Dataset], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One rule, whatever the VR: an invalid value is left out (Type 3) or written empty
+    (Type 2), an invalid identifier reaches the SR byte for byte; dciodvfy then complains
+    of the identifiers only. With pydicom configured as the service configures it, no log
+    line quotes a value: the warnings name attributes."""
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                        pydicom.config.IGNORE)
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode",
+                        pydicom.config.IGNORE)
+    sources = _imperfect(sources)
+    with caplog.at_level(logging.DEBUG):
+        sr = _build(sources, _prediction())
+    read = pydicom.dcmread(_write(sr, tmp_path / "sr.dcm"))
+    for keyword, (_, fate) in INVALID_VALUES.items():
+        if fate == "empty":
+            assert read[keyword].value in ("", None), keyword
+        elif keyword in ("PatientAge", "StudyDescription"):  # copied by highdicom if valid
+            assert keyword not in read, keyword
+    for keyword, value in INVALID_IDENTIFIERS.items():
+        assert read[keyword].value == value  # byte for byte
+    errors = dciodvfy_errors(tmp_path / "sr.dcm")
+    assert errors == [*identifier_errors(errors), DCIODVFY_SUMMARY], errors
+    assert len(identifier_errors(errors)) == 2
+    text = caplog.text
+    for keyword, (value, _) in INVALID_VALUES.items():
+        if keyword != "AcquisitionDateTime":
+            assert f"source {keyword} is not a valid" in text
+        assert all(quoted not in text for quoted in (f"'{value}'", f'"{value}"', f"<{value}>"))
+        assert len(value) < 8 or value not in text
+    assert "source PatientID is not a valid LO value; copied as it is" in text
+    assert "P" * 70 not in text and "A-123456789012345678" not in text
+
+
+def test_valid_header_values_are_copied_as_they_are(sources: list[Dataset]) -> None:
+    for ds in sources:
+        ds.PatientAge, ds.StudyDescription = "081Y", "XR WRIST 3 VIEWS"
+    read = _read(_build(sources, _prediction()))
+    assert (read.PatientAge, read.StudyDescription) == ("081Y", "XR WRIST 3 VIEWS")
+    assert read.StudyDate == sources[0].StudyDate

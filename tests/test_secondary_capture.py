@@ -169,6 +169,32 @@ def test_sc_passes_dciodvfy(
     assert dciodvfy_errors(_write(sc, tmp_path / "sc.dcm")) == []
 
 
+def test_an_imperfect_source_header_gives_a_valid_capture_but_its_identifiers(
+    make_radiograph: MakeRadiograph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capture copies what the SR copies, by the same rule (an invalid value left out
+    or written empty, an invalid identifier as the source has it)."""
+    from tests.test_report import (
+        DCIODVFY_SUMMARY,
+        INVALID_IDENTIFIERS,
+        _imperfect,
+        identifier_errors,
+    )
+
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode",
+                        pydicom.config.IGNORE)
+    (source,) = _imperfect([make_radiograph(_identity(), image=_grey())])
+    sc = _build(source, _grey(), (FINDING,))
+    path = _write(sc, tmp_path / "sc.dcm")
+    errors = dciodvfy_errors(path)
+    assert errors == [*identifier_errors(errors), DCIODVFY_SUMMARY], errors
+    read = pydicom.dcmread(path)
+    for keyword, value in INVALID_IDENTIFIERS.items():
+        assert read[keyword].value == value
+    assert "PatientAge" not in read and "BodyPartExamined" not in read
+    assert read.StudyDate == "" and read.PatientSex == ""
+
+
 def test_identity_marks_it_as_derived_research_output(source: Dataset) -> None:
     sc = _build(source, _grey(), [FINDING])
     assert sc.SOPClassUID == SecondaryCaptureImageStorage

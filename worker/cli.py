@@ -78,16 +78,20 @@ def configure_logging(level: str, fmt: str = "plain") -> None:
     ``fmt`` is ``logging.format``: ``"plain"`` lines or ``"json"`` (:class:`JsonFormatter`).
     pynetdicom and highdicom are kept at WARNING: at lower levels they dump DIMSE messages
     and source attributes, and Ossa's logs must not carry patient data. For the same reason
-    pydicom does not validate values as it reads them (``reading_validation_mode``
-    IGNORE): its warning about an invalid value quotes the value, and in a damaged data set
-    that can run on into the Patient's Name (found by tests/test_fuzz.py and
-    tests/test_zz_logs.py).
+    pydicom does not validate values as it reads them or as they are set
+    (``reading_validation_mode`` and ``writing_validation_mode`` IGNORE): its warning about
+    an invalid value quotes the value, and in a damaged data set that can run on into the
+    Patient's Name (found by tests/test_fuzz.py and tests/test_zz_logs.py), and an invalid
+    Patient ID copied into an SR as the source has it would be quoted too. Ossa validates
+    the values it copies itself and names the attribute only
+    (:func:`dicom_io.report.source_header`).
     """
     import pydicom.config
 
     if fmt not in ("plain", "json"):
         raise ValueError(f"logging.format must be 'plain' or 'json', got {fmt!r}")
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     logging.config.dictConfig(
         {
             "version": 1,
