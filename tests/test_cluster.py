@@ -4,8 +4,8 @@ root, a DCMTK ``storescp +uf`` destination (it keeps every copy it receives).
 Thirty studies of three instances are sent round-robin, some split across nodes; a sender
 re-sends what was not acknowledged to the next node, as a PACS with several destinations
 would. Meanwhile, at seeded moments: ``kill -9`` of a node while it receives, of a node
-holding a claimed job (claimed, or inferring), and of a node holding a delivery (between
-sending and recording); each killed node is restarted; PostgreSQL is restarted mid-run;
+that has just claimed a job, of one classifying a job, and of one holding a delivery
+(between sending and recording); each killed node is restarted; PostgreSQL is restarted mid-run;
 one node runs ten minutes fast (libfaketime). In the end: every acknowledged instance is
 on disk and in the store, every study has exactly one SR (one SOP Instance UID) at the
 destination, covering all its instances, and a job was only ever taken over from a node
@@ -181,14 +181,16 @@ def _rows_or_none(url: str, sql: str) -> list[Any] | None:
 
 
 def _kill_holder(nodes: list[Node], url: str, sql: str, what: str, killed: list[str],
-                 timeout: float) -> str | None:
-    """Kill the node that the query names (owner of a claim) as soon as one does."""
+                 timeout: float, delay: float = 0.0) -> str | None:
+    """Kill the node that the query names (owner of a claim) as soon as one does, or
+    ``delay`` seconds later (its classification under way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = _rows_or_none(url, sql) or []
         for (owner,) in rows:
             node = next((n for n in nodes if n.name == owner and n.up), None)
             if node is not None:
+                time.sleep(delay)
                 node.kill()
                 killed.append(node.name)
                 logger.info("cluster test: killed %s %s", node.name, what)
@@ -247,9 +249,16 @@ def test_three_nodes_on_one_postgresql_report_each_study_once_whatever_dies(
             killed.append(nodes[victim].name)
             time.sleep(1)
             nodes[victim].start()
-            # kill -9 of a node holding a claimed job (claimed, inferring)
+            # kill -9 of a node that has just claimed a job
             held = _kill_holder(nodes, url, "SELECT owner FROM jobs WHERE state = 'running'",
-                                "holding a job", killed, timeout=60)
+                                "holding a job it has just claimed", killed, timeout=60)
+            for node in nodes:
+                if not node.up:
+                    node.start()
+            # kill -9 of a node classifying a job
+            inferring = _kill_holder(
+                nodes, url, "SELECT owner FROM jobs WHERE state = 'running'",
+                "classifying a job", killed, timeout=60, delay=rng.uniform(0.05, 0.2))
             # PostgreSQL restarted mid-run: the nodes answer 0xA700 meanwhile
             postgres.stop("fast")
             time.sleep(2)
@@ -262,7 +271,7 @@ def test_three_nodes_on_one_postgresql_report_each_study_once_whatever_dies(
                 nodes, url,
                 "SELECT owner FROM deliveries WHERE owner IS NOT NULL AND state = 'pending'",
                 "sending a delivery", killed, timeout=90)
-            assert held is not None or sending is not None
+            assert held is not None or inferring is not None or sending is not None
             for node in nodes:
                 if not node.up:
                     node.start()
@@ -295,6 +304,7 @@ def test_three_nodes_on_one_postgresql_report_each_study_once_whatever_dies(
     # C-STORE answered success, or Out of Resources while PostgreSQL was down (or nothing,
     # from a node killed mid-association); never anything else.
     assert set(sender.statuses) <= {0, int(StoreStatus.OUT_OF_RESOURCES), None}
+    assert int(StoreStatus.OUT_OF_RESOURCES) in sender.statuses  # while PostgreSQL was down
 
     # Each study: one job, done, over all its instances; one SR at the destination.
     received: dict[str, list[Dataset]] = {}
