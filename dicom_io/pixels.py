@@ -445,10 +445,12 @@ def _decode(ds: Dataset, factor: int = 1) -> NDArray[Any]:
         if reduced is not None:
             return reduced
     decoder = get_decoder(syntax)
-    # Unsigned native pixels are read in place (a read-only view of Pixel Data) and their
+    # Unsigned little-endian native pixels are read in place (a read-only view of Pixel Data;
+    # big-endian ones are byte-swapped by pydicom) and their
     # unused high bits cleared only where some are set (_clear_unused_bits): one copy of a
     # large radiograph fewer.
-    in_place = not syntax.is_encapsulated and int(ds.PixelRepresentation) == 0
+    in_place = (not syntax.is_encapsulated and syntax.is_little_endian
+                and int(ds.PixelRepresentation) == 0)
     options = {"view_only": True, "correct_unused_bits": False} if in_place else {}
     error: BaseException | None = None
     for plugin in decoding_plugins(syntax):  # the preferred first; never an excluded one
