@@ -220,3 +220,40 @@ def test_the_scheduler_knows_when_the_next_study_is_due(
     stages.clock.advance(4)
     assert scheduler.run_once() == 0
     assert scheduler.seconds_until_due() == pytest.approx(-1)  # due, but the queue is full
+
+
+def test_instances_of_several_studies_read_at_once_stay_with_their_study(
+    tmp_path: Path, classifier: TwoStageClassifier, make_radiograph: Callable[..., Dataset]
+) -> None:
+    """The instances of a batch are read and prepared several at a time; each comes back
+    to its own study, in order, and gets the same prediction as when read one at a time."""
+    identities = [StudyIdentity(patient_id=f"P{i}", patient_name="Doe^J",
+                                accession_number=f"A{i}", body_part="WRIST") for i in range(3)]
+    studies = [_wrist(make_radiograph, identity, seed=5 + i, n=2)
+               for i, identity in enumerate(identities)]
+    studies[1][0].BodyPartExamined = "CHEST"  # not assessed, in the middle of the batch
+    results = {}
+    for workers in (1, 3):
+        parallel = TwoStageClassifier(classifier.bundle, classifier.engine.runner,
+                                      workers=workers)
+        clock, out, stop = FakeClock(), queue.Queue[Classified | None](maxsize=8), \
+            threading.Event()
+        root = tmp_path / f"workers-{workers}"
+        with StateStore(root / STORE_FILE, clock=clock) as store:
+            stages = Stages(store, Spool(root), clock, out, stop,
+                            ClassifyStage(store, Spool(root), parallel, out, stop),
+                            ReportStage(store, Spool(root), parallel.taxonomy,
+                                        parallel.algorithm, []))
+            for study in studies:
+                stages.receive(study)
+            items = stages.classify_all()
+        results[workers] = {
+            str(item.study.job.study_uid): [
+                (str(ds.SOPInstanceUID), p.assessed, p.abnormal_probability)
+                for ds, p in zip(item.study.sources, item.prediction.images, strict=True)]
+            for item in items if item.prediction is not None}
+    expected = {str(s[0].StudyInstanceUID): sorted(str(ds.SOPInstanceUID) for ds in s)
+                for s in studies}
+    assert {k: [uid for uid, *_ in v] for k, v in results[3].items()} == expected
+    assert results[3] == results[1]
+    assert [a for _, a, _ in results[3][str(studies[1][0].StudyInstanceUID)]].count(False) == 1
