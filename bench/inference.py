@@ -26,11 +26,8 @@ findings, and with captures the building and encoding of each assessed image's s
 capture, on 3000 x 2500 12-bit DX radiographs, uncompressed, JPEG-LS lossless and JPEG 2000
 lossless; both with and without secondary captures. With captures, every film gets one, as
 in an abnormal study: a synthetic film the shipped model does not assess (it abstains on
-them) is given an abnormal verdict with one finding for its capture. As the classify stage
-does, the images are read (decoded, then preprocessed) ``workers`` at a time (the
-classifier's threads), then classified together. The wall time per image of each step
-(read, network, capture) is reported, and the time per image of decoding and of
-preprocessing in the reading threads.
+them) is given an abnormal verdict with one finding for its capture. The time per image of
+each step is reported too.
 
     .venv/bin/python -m bench.inference [--quick] [--threads 2] [--images 64] [--repeat 5]
 """
@@ -41,7 +38,6 @@ import io
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -60,7 +56,6 @@ from dicom_io.pixels import normalize_radiograph
 from dicom_io.report import encode_file
 from dicom_io.secondary_capture import RENDER_SIDE, build_secondary_capture, sc_label
 from models.serving.engine import BACKENDS, NetworkRunner, TwoStageEngine
-from models.serving.enhance import InputGeometry
 from models.serving.findings import Finding
 from models.serving.manifest import BundleInfo, open_bundle
 from models.serving.predict import TwoStageClassifier, make_runner
@@ -201,36 +196,25 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
     max_side = classifier.preprocessing.working_side(RENDER_SIDE if captures else None)
     blobs = [f.read_bytes() for f in files]
     n = len(blobs)
-    # wall time of each step; the images are read (decoded, then preprocessed)
-    # classifier.workers at a time, as the classify stage reads a batch's instances
-    steps: dict[str, list[float]] = {"read": [], "network": []}
+    steps: dict[str, list[float]] = {"decode": [], "preprocess": [], "network": []}
     if captures:
         steps["capture"] = []
-    # time per image in the reading threads
-    threads: dict[str, list[float]] = {"decode": [], "preprocess": []}
     thresholds = dict(classifier.thresholds)
     totals = []
-    def read(blob: bytes) -> tuple[pydicom.Dataset, NDArray[np.float32],
-                                   tuple[NDArray[np.float32], InputGeometry], float, float]:
-        start = time.perf_counter()
-        ds = pydicom.dcmread(io.BytesIO(blob))
-        image = normalize_radiograph(ds, max_side=max_side)
-        decoded = time.perf_counter()
-        prepared = classifier.preprocess_one(image)
-        return ds, image, prepared, decoded - start, time.perf_counter() - decoded
 
-    def run() -> tuple[tuple[float, ...], tuple[float, float]]:
+    def run() -> tuple[float, ...]:
         start = time.perf_counter()
-        with ThreadPoolExecutor(classifier.workers) as pool:
-            reads = list(pool.map(read, blobs))
-        ready = time.perf_counter()
-        inputs = np.stack([r[2][0] for r in reads])
-        _, predictions = classifier.predict_arrays(inputs, [r[2][1] for r in reads])
+        datasets = [pydicom.dcmread(io.BytesIO(b)) for b in blobs]
+        images: list[NDArray[np.float32]] = [normalize_radiograph(ds, max_side=max_side)
+                                             for ds in datasets]
+        decoded = time.perf_counter()
+        inputs, geometries = classifier.preprocess(images)
+        prepared = time.perf_counter()
+        _, predictions = classifier.predict_arrays(inputs, geometries)
         done = time.perf_counter()
-        per_thread = (sum(r[3] for r in reads), sum(r[4] for r in reads))
         if not captures:
-            return (ready - start, done - ready), per_thread
-        for k, ((ds, image, *_), p) in enumerate(zip(reads, predictions, strict=True)):
+            return decoded - start, prepared - decoded, done - prepared
+        for k, (ds, image, p) in enumerate(zip(datasets, images, predictions, strict=True)):
             p = p if p.assessed else _stand_in(p, image, thresholds)
             scale = (int(ds.Columns) / image.shape[1], int(ds.Rows) / image.shape[0])
             capture = build_secondary_capture(
@@ -240,15 +224,13 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
                 instance_number=k + 1, algorithm=classifier.algorithm)
             encode_file(capture)
         captured = time.perf_counter()
-        return (ready - start, done - ready, captured - done), per_thread
+        return decoded - start, prepared - decoded, done - prepared, captured - done
 
     run()  # warm-up: decoder plugins, ONNX Runtime's first call
     for _ in range(repeat):
-        times, per_thread = run()
+        times = run()
         for key, seconds in zip(steps, times, strict=True):
             steps[key].append(1000 * seconds / n)
-        for key, seconds in zip(threads, per_thread, strict=True):
-            threads[key].append(1000 * seconds / n)
         totals.append(n / sum(times))
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     mode = "with secondary captures" if captures else "classification only"
@@ -260,14 +242,9 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
         report.figure(f"  {syntax}, {mode}: {key} per image", "ms/image", samples,
                       higher_is_better=False, part="step", syntax=syntax, step=key,
                       captures=captures)
-    for key, samples in threads.items():
-        report.figure(f"  {syntax}, {mode}: {key} per image, in its reading thread",
-                      "ms/image", samples, higher_is_better=False, part="thread",
-                      syntax=syntax, step=key, captures=captures)
     print(f"  whole path {syntax:12s} {mode:23s}: "
           f"{common.summarize(totals)['median']:.2f} img/s ("
-          + ", ".join(f"{k} {common.summarize(v)['median']:.0f} ms"
-                      for k, v in {**steps, **threads}.items())
+          + ", ".join(f"{k} {common.summarize(v)['median']:.0f} ms" for k, v in steps.items())
           + ")", flush=True)
 
 
@@ -288,7 +265,7 @@ def plot(report: common.Report) -> Any:
     ax = axes[0][1]
     syntaxes = [s for s in SYNTAXES if report.find(part="whole_path", syntax=s)]
     bottom = np.zeros(len(syntaxes))
-    for step in ("read", "network", "capture"):
+    for step in ("decode", "preprocess", "network", "capture"):
         values = np.array([common.summarize(report.find(part="step", syntax=s, step=step,
                                                           captures=True)[0]
                                             .samples)["median"] for s in syntaxes])

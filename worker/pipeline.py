@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -42,14 +41,7 @@ from models.serving.enhance import InputGeometry, Preprocessing
 from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.serving.taxonomy import Taxonomy
 from worker.spool import Spool
-from worker.store import (
-    ClaimedJob,
-    InstanceFile,
-    LeaseLostError,
-    NewObject,
-    ObjectRef,
-    StateStore,
-)
+from worker.store import ClaimedJob, LeaseLostError, NewObject, ObjectRef, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +50,7 @@ class InferenceMetrics(Protocol):
     """Where the classify stage reports how long inference took (``worker.http.metrics``)."""
 
     def observe_inference(self, seconds: float, images: int) -> None:
-        """One shared batch of ``images`` prepared images classified in ``seconds`` (the
-        networks and the findings; reading and preprocessing are not counted)."""
+        """One shared batch of ``images`` images preprocessed and classified in ``seconds``."""
         ...
 
 
@@ -81,14 +72,9 @@ class StudyClassifier(Protocol):
         """How images become network inputs (the working size the images are rendered at)."""
         ...
 
-    @property
-    def workers(self) -> int:
-        """How many images to read and prepare at once."""
-        ...
-
-    def preprocess_one(self, image: NDArray[np.floating]
-                       ) -> tuple[NDArray[np.float32], InputGeometry]:
-        """The network input of a normalized image, and where its pixels come from."""
+    def preprocess(self, images: Sequence[NDArray[np.floating]]
+                   ) -> tuple[NDArray[np.float32], list[InputGeometry]]:
+        """Network inputs of normalized images, and where their pixels come from."""
         ...
 
     def predict_arrays(self, inputs: NDArray[np.float32],
@@ -119,34 +105,16 @@ class LoadedStudy:
     images: list[NDArray[np.float32] | None] = field(default_factory=list)
     verdicts: list[ImagePrediction | None] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    #: The network input of each image given to the model, and its geometry.
-    inputs: list[tuple[NDArray[np.float32], InputGeometry] | None] = field(
-        default_factory=list)
 
     def add(self, ds: Dataset, image: NDArray[np.float32] | None,
-            verdict: ImagePrediction | None = None,
-            prepared: tuple[NDArray[np.float32], InputGeometry] | None = None) -> None:
-        """Add a source with its image and network input, or with the verdict that replaces
-        the model's."""
+            verdict: ImagePrediction | None = None) -> None:
+        """Add a source with its image, or with the verdict that replaces the model's."""
         for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
             if keyword in ds:
                 del ds[keyword]
         self.sources.append(ds)
         self.images.append(image)
         self.verdicts.append(verdict)
-        self.inputs.append(prepared)
-
-
-@dataclass(frozen=True)
-class ReadInstance:
-    """One instance of a job as the classify stage read it: unreadable (``ds`` None), not
-    given to the model (``verdict`` says why), or rendered and prepared for it."""
-
-    sop_uid: str
-    ds: Dataset | None = None
-    image: NDArray[np.float32] | None = None
-    prepared: tuple[NDArray[np.float32], InputGeometry] | None = None
-    verdict: ImagePrediction | None = None
 
 
 @dataclass(frozen=True)
@@ -255,11 +223,10 @@ class ClassifyStage:
         jobs = self.store.claim_jobs(self.max_batch_studies)
         if not jobs:
             return 0
-        loaded = self._load_all(jobs)
-        flat = [(ds, image, prepared) for study in loaded
-                for ds, image, prepared in zip(study.sources, study.images, study.inputs,
-                                               strict=True)
-                if image is not None and prepared is not None]
+        loaded = [self._load(job) for job in jobs]
+        flat = [(ds, image) for study in loaded
+                for ds, image in zip(study.sources, study.images, strict=True)
+                if image is not None]
         try:
             predictions = self._predict(flat)
             error = None
@@ -286,15 +253,13 @@ class ClassifyStage:
                 break
         return len(jobs)
 
-    def _predict(self, items: Sequence[tuple[Dataset, NDArray[np.float32],
-                                             tuple[NDArray[np.float32], InputGeometry]]]
+    def _predict(self, items: Sequence[tuple[Dataset, NDArray[np.float32]]]
                  ) -> list[ImagePrediction]:
         """Every image's prediction, its findings in the pixels of its source instance."""
         if not items:
             return []
         started = time.perf_counter()
-        inputs = np.stack([prepared[0] for _, _, prepared in items])
-        geometries = [prepared[1] for _, _, prepared in items]
+        inputs, geometries = self.classifier.preprocess([image for _, image in items])
         _, predictions = self.classifier.predict_arrays(inputs, geometries)
         if self.metrics is not None:
             self.metrics.observe_inference(time.perf_counter() - started, len(items))
@@ -302,7 +267,7 @@ class ClassifyStage:
         return [replace(p, findings=tuple(
                     f.scaled(int(ds.Columns) / image.shape[1], int(ds.Rows) / image.shape[0])
                     for f in p.findings)) if p.findings else p
-                for (ds, image, _), p in zip(items, predictions, strict=True)]
+                for (ds, image), p in zip(items, predictions, strict=True)]
 
     def _hand_over(self, item: Classified) -> bool:
         """Queue ``item`` for the report stage, waiting while the queue is full; give up
@@ -315,64 +280,41 @@ class ClassifyStage:
                 if self.stop.is_set():
                     return False
 
-    def _load_all(self, jobs: Sequence[ClaimedJob]) -> list[LoadedStudy]:
-        """Read the instances of ``jobs``, ``classifier.workers`` at a time (decoding and
-        preprocessing release the GIL for most of their work), and group them by job."""
-        instances = [instance for job in jobs for instance in job.instances]
-        workers = min(self.classifier.workers, len(instances))
-        if workers > 1:
-            with ThreadPoolExecutor(workers, thread_name_prefix="ossa-read") as pool:
-                reads = iter(list(pool.map(self.read_instance, instances)))
-        else:
-            reads = iter([self.read_instance(instance) for instance in instances])
-        loaded = []
-        for job in jobs:
-            study = LoadedStudy(job)
-            for _ in job.instances:
-                read = next(reads)
-                if read.ds is None:
-                    study.skipped.append(read.sop_uid)
-                else:
-                    study.add(read.ds, read.image, read.verdict, read.prepared)
-            loaded.append(study)
-        return loaded
-
-    def read_instance(self, instance: InstanceFile) -> ReadInstance:
-        """Read one instance; decide whether the model sees it, and prepare it if so.
+    def _load(self, job: ClaimedJob) -> LoadedStudy:
+        """Read a job's instances; decide which the model sees.
 
         An instance that is not DICOM at all cannot be referenced and is skipped (logged).
         One outside the scope of Body Part Examined / Anatomic Region (:mod:`dicom_io.scope`),
         or whose pixel data cannot be decoded, is kept as a source that was *not assessed*,
-        with the reason, so that the report says so. Never raises.
+        with the reason, so that the report says so.
         """
-        try:
-            ds = pydicom.dcmread(self.spool.path(instance.path))
-            ds.SOPInstanceUID  # noqa: B018 - a data set without its UIDs cannot be reported
-            ds.StudyInstanceUID  # noqa: B018
-        except Exception as exc:  # pydicom raises many types for a damaged file
-            logger.warning("Skipping SOP Instance %s: unreadable (%s: %s)",
-                           instance.sop_uid, type(exc).__name__, exc)
-            return ReadInstance(instance.sop_uid)
-        decision = self.scope.decide(ds)
-        if decision.out_of_scope:
-            logger.info("SOP Instance %s not assessed: %s", instance.sop_uid, decision.reason)
-            return ReadInstance(instance.sop_uid, ds,
-                                verdict=ImagePrediction.not_assessed(decision.reason))
+        loaded = LoadedStudy(job)
         working_side = self.classifier.preprocessing.working_side(
             RENDER_SIDE if self.captures else None)
-        try:  # any decoding or attribute error comes out as a PixelDataError
-            image = normalize_radiograph(ds, max_side=working_side)
-        except PixelDataError as exc:
-            logger.warning("SOP Instance %s not assessed: %s", instance.sop_uid, exc)
-            return ReadInstance(instance.sop_uid, ds, verdict=ImagePrediction.not_assessed(
-                f"pixel data could not be decoded: {exc}"))
-        try:
-            prepared = self.classifier.preprocess_one(image)
-        except (TypeError, ValueError) as exc:
-            logger.warning("SOP Instance %s not assessed: %s", instance.sop_uid, exc)
-            return ReadInstance(instance.sop_uid, ds, verdict=ImagePrediction.not_assessed(
-                f"image could not be prepared for the model: {exc}"))
-        return ReadInstance(instance.sop_uid, ds, image, prepared)
+        for instance in job.instances:
+            try:
+                ds = pydicom.dcmread(self.spool.path(instance.path))
+                ds.SOPInstanceUID  # noqa: B018 - a data set without its UIDs cannot be reported
+                ds.StudyInstanceUID  # noqa: B018
+            except Exception as exc:  # pydicom raises many types for a damaged file
+                logger.warning("Skipping SOP Instance %s: unreadable (%s: %s)",
+                               instance.sop_uid, type(exc).__name__, exc)
+                loaded.skipped.append(instance.sop_uid)
+                continue
+            decision = self.scope.decide(ds)
+            if decision.out_of_scope:
+                logger.info("SOP Instance %s not assessed: %s", instance.sop_uid, decision.reason)
+                loaded.add(ds, None, ImagePrediction.not_assessed(decision.reason))
+                continue
+            try:  # any decoding or attribute error comes out as a PixelDataError
+                image = normalize_radiograph(ds, max_side=working_side)
+            except PixelDataError as exc:
+                logger.warning("SOP Instance %s not assessed: %s", instance.sop_uid, exc)
+                loaded.add(ds, None, ImagePrediction.not_assessed(
+                    f"pixel data could not be decoded: {exc}"))
+                continue
+            loaded.add(ds, image)
+        return loaded
 
 
 class ReportStage:

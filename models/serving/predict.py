@@ -140,25 +140,15 @@ class TwoStageClassifier:
         """Whether the bundle locates findings (its fracture maps were trained with boxes)."""
         return bool(self.localisation.finding_thresholds)
 
-    @property
-    def workers(self) -> int:
-        """How many images are prepared at once (see :meth:`preprocess`)."""
-        return self._workers
-
-    def preprocess_one(self, image: NDArray[np.floating]
-                       ) -> tuple[NDArray[np.float32], InputGeometry]:
-        """The network input (C x S x S) of one image and its geometry (raises TypeError or
-        ValueError for an image that is not a 2-D array in [0, 1])."""
-        return preprocess_with_geometry(image, self.preprocessing)
-
     def preprocess(self, images: Sequence[NDArray[np.floating]]
                    ) -> tuple[NDArray[np.float32], list[InputGeometry]]:
         """Network inputs (N x C x S x S) of ``images`` and each one's geometry; errors name
         the image's index. Up to ``workers`` images are preprocessed at once."""
+        params = self.preprocessing
 
         def one(i: int) -> tuple[NDArray[np.float32], InputGeometry]:
             try:
-                return self.preprocess_one(images[i])
+                return preprocess_with_geometry(images[i], params)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"images[{i}]: {exc}") from exc
 

@@ -61,8 +61,8 @@ class Metrics:
         )
         self.inference_seconds = Histogram(
             "ossa_inference_seconds",
-            "Duration of one classifier call over a shared batch of prepared images (both "
-            "stages and the findings)",
+            "Duration of one classifier call over a shared batch of images (preprocessing "
+            "and both stages)",
             buckets=INFERENCE_BUCKETS,
             registry=self.registry,
         )
