@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,7 +126,6 @@ class StateStore(IntakeQueries, JobQueries, OutboxQueries, ViewQueries, Retentio
             location = Location(sqlite_path=location)
         if location.sqlite_path is not None:
             location.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            clock = clock or time.time
         self.location = location
         self.db = Database(location, clock=clock, busy_timeout_s=busy_timeout_s)
         self.node = node

@@ -204,9 +204,6 @@ class Database:
         except (sqlite3.Error, psycopg.Error) as exc:
             healthy = not isinstance(exc, psycopg.OperationalError)
             raise StoreError(_reason(exc)) from exc
-        except BaseException:
-            healthy = not self.postgres or not getattr(connection, "closed", False)
-            raise
         finally:
             if self._closed or not healthy or getattr(connection, "closed", False):
                 _close_quietly(connection)
