@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -99,11 +100,18 @@ class SendResult:
         return self.outcome in (SendOutcome.SUCCESS, SendOutcome.WARNING)
 
 
-def _associate(
-    peer: DimsePeer, calling_ae_title: str, contexts: list[tuple[str, list[str]]]
+def associate(
+    peer: DimsePeer,
+    calling_ae_title: str,
+    contexts: list[tuple[str, list[str]]],
+    *,
+    ext_neg: list[Any] | None = None,
+    evt_handlers: list[Any] | None = None,
 ) -> tuple[str, Association | SendResult]:
     """Request an association with ``peer``: a description of the peer, and the
-    established association or the failure result."""
+    established association or the failure result. ``ext_neg`` and ``evt_handlers`` go to
+    pynetdicom's ``AE.associate`` (SCP/SCU role selection and the C-STORE handler of a
+    C-GET, :mod:`dicom_io.retrieve`)."""
     ae = AE(ae_title=calling_ae_title)
     ae.connection_timeout = peer.timeout_s
     ae.acse_timeout = peer.timeout_s
@@ -119,7 +127,8 @@ def _associate(
         except (TlsFileError, ValueError) as exc:
             # Our own certificate, key or CA file: no attempt is made, an operator must act.
             return target, SendResult(SendOutcome.REFUSED, None, f"{target}: tls.{exc}")
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
+                         ext_neg=ext_neg, evt_handlers=evt_handlers)
     if assoc.is_established:
         return target, assoc
     if assoc.is_rejected:
@@ -160,7 +169,7 @@ def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) ->
     SendResult
     """
     sop_uid = dataset.SOPInstanceUID
-    target, assoc = _associate(
+    target, assoc = associate(
         peer, calling_ae_title,
         [(dataset.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
     )
@@ -169,7 +178,7 @@ def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) ->
         return assoc
     try:
         response = assoc.send_c_store(dataset)
-        result = _result_from_response(response, target)
+        result = result_from_response(response, target)
     except (ValueError, RuntimeError) as exc:
         result = SendResult(SendOutcome.REJECTED, None, f"{target}: {exc}")
     finally:
@@ -196,19 +205,19 @@ def send_c_echo(peer: DimsePeer, *, calling_ae_title: str) -> SendResult:
     SendResult
         ``SUCCESS`` when the peer answered the C-ECHO with success.
     """
-    target, assoc = _associate(
+    target, assoc = associate(
         peer, calling_ae_title, [(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
     )
     if isinstance(assoc, SendResult):
         return assoc
     try:
-        return _result_from_response(assoc.send_c_echo(), target)
+        return result_from_response(assoc.send_c_echo(), target)
     finally:
         if assoc.is_established:
             assoc.release()
 
 
-def _result_from_response(response: Dataset, target: str) -> SendResult:
+def result_from_response(response: Dataset, target: str) -> SendResult:
     status = response.get("Status") if response is not None else None
     if status is None:
         return SendResult(

@@ -330,7 +330,7 @@ def _reason(code: int) -> str:
     return f"0x{code:04X}" + (f" ({text})" if text else "")
 
 
-def _http(response: requests.Response) -> str:
+def http_status_text(response: requests.Response) -> str:
     code = response.status_code
     try:
         return f"HTTP {code} {HTTPStatus(code).phrase}"
@@ -338,7 +338,7 @@ def _http(response: requests.Response) -> str:
         return f"HTTP {code}"
 
 
-def _hint(response: requests.Response, outcome: SendOutcome) -> str | None:
+def hint(response: requests.Response, outcome: SendOutcome) -> str | None:
     """What an operator should look at after ``response``."""
     if outcome is not SendOutcome.REFUSED:
         return "try later"
@@ -351,7 +351,7 @@ def _hint(response: requests.Response, outcome: SendOutcome) -> str | None:
     return _HINTS.get(response.status_code)
 
 
-def _http_outcome(code: int) -> SendOutcome:
+def http_outcome(code: int) -> SendOutcome:
     """What an HTTP status says, before any Store Instances Response is read."""
     if 200 <= code < 300:
         return SendOutcome.SUCCESS
@@ -419,8 +419,8 @@ def _stored_result(
     """The result of an HTTP answer to a STOW-RS request of one instance; ``returned`` is
     what dicomweb-client made of a 2xx answer."""
     code = response.status_code
-    head = f"{target} answered {_http(response)}"
-    outcome = _http_outcome(code)
+    head = f"{target} answered {http_status_text(response)}"
+    outcome = http_outcome(code)
     if outcome is SendOutcome.SUCCESS or code == HTTPStatus.CONFLICT:
         answer = _response_dataset(response)
         if answer is None and isinstance(returned, Dataset) and len(returned):
@@ -436,8 +436,8 @@ def _stored_result(
                 else " with warnings it did not name")
             return SendResult(SendOutcome.WARNING, reason, detail, http_status=code)
         return SendResult(SendOutcome.SUCCESS, None, f"{head}: stored", http_status=code)
-    hint = _hint(response, outcome)
-    return SendResult(outcome, None, head + (f" ({hint})" if hint else ""), http_status=code)
+    advice = hint(response, outcome)
+    return SendResult(outcome, None, head + (f" ({advice})" if advice else ""), http_status=code)
 
 
 def _scrubbed(result: SendResult, secret: str | None) -> SendResult:
@@ -448,12 +448,17 @@ def _scrubbed(result: SendResult, secret: str | None) -> SendResult:
                       http_status=result.http_status)
 
 
-def _request(
+def request(
     peer: StowRsPeer,
-    call: Callable[[DICOMwebClient], object],
+    call: Callable[[DICOMwebClient, requests.Session], object],
     answer: Callable[[requests.Response, object], SendResult],
 ) -> SendResult:
-    """Run ``call`` on a client of ``peer`` and turn what happened into a result."""
+    """Run ``call`` on a client of ``peer`` (and its session, authenticated and with the
+    peer's TLS settings) and turn what happened into a result: ``answer`` reads the last HTTP
+    response and what ``call`` returned; a request without an answer, a secret that cannot be
+    read or a URL with credentials are results too. Nothing raises for a network, TLS or
+    HTTP problem, and the secret is in no detail. QIDO-RS and WADO-RS
+    (:mod:`dicom_io.wado`) go through here too."""
     parts = urlsplit(peer.url)
     if parts.username is not None or parts.password is not None:
         # dicomweb-client logs the full URL at DEBUG level: the password would be in the log.
@@ -473,7 +478,7 @@ def _request(
         except ValueError as exc:  # dicomweb-client's own URL check
             return SendResult(SendOutcome.REFUSED, None, f"{peer.target}: {exc}")
         try:
-            returned = call(client)
+            returned = call(client, session)
         except (requests.RequestException, ValueError, TypeError, KeyError) as exc:
             # HTTPError for 4xx/5xx; the others before an answer, or reading a damaged one.
             failure = exc
@@ -503,9 +508,9 @@ def send_stow_rs(dataset: Dataset, peer: StowRsPeer) -> SendResult:
         answer.
     """
     sop_uid = str(dataset.get("SOPInstanceUID", ""))
-    result = _request(
+    result = request(
         peer,
-        lambda client: client.store_instances([dataset]),
+        lambda client, _: client.store_instances([dataset]),
         lambda response, returned: _stored_result(response, returned, sop_uid, peer.target),
     )
     log = logger.info if result.ok else logger.warning
@@ -515,9 +520,9 @@ def send_stow_rs(dataset: Dataset, peer: StowRsPeer) -> SendResult:
 
 def _probe_result(response: requests.Response, target: str) -> SendResult:
     code = response.status_code
-    outcome = _http_outcome(code)
-    hint = _hint(response, outcome) if outcome is not SendOutcome.SUCCESS else None
-    detail = f"{target} answered {_http(response)}" + (f" ({hint})" if hint else "")
+    outcome = http_outcome(code)
+    advice = hint(response, outcome) if outcome is not SendOutcome.SUCCESS else None
+    detail = f"{target} answered {http_status_text(response)}" + (f" ({advice})" if advice else "")
     return SendResult(outcome, None, detail, http_status=code)
 
 
@@ -533,8 +538,8 @@ def probe_dicomweb(peer: StowRsPeer) -> SendResult:
         ``SUCCESS`` for a 2xx answer; otherwise what the same answer to a STOW-RS request
         would be (``REFUSED`` for 401, 403 or 404, ``UNREACHABLE`` for a TLS failure...).
     """
-    return _request(
+    return request(
         peer,
-        lambda client: client.search_for_studies(limit=1),
+        lambda client, _: client.search_for_studies(limit=1),
         lambda response, _: _probe_result(response, peer.target),
     )

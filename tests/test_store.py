@@ -120,11 +120,11 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path: Path) -> None:
         assert store.path == tmp_path / "root" / STORE_FILE
     db = sqlite3.connect(tmp_path / "root" / STORE_FILE)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {"studies", "jobs", "instances", "job_instances", "objects", "deliveries",
-                          "nodes"}
+                          "nodes", "sources", "retrievals"}
     finally:
         db.close()
 

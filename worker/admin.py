@@ -1,4 +1,4 @@
-"""Operator commands: ``ossa status``, ``ossa retry`` and ``ossa check-config``.
+"""Operator commands: ``ossa status``, ``ossa retry``, ``ossa analyze`` and ``ossa check-config``.
 
 ``status`` and ``retry`` open the state store of the configuration's ``storage.root`` in
 their own connection; SQLite's WAL mode lets them run beside the service (a running
@@ -15,12 +15,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worker.cli import fail
-from worker.config import Config, ConfigError, DimseDestination, load_config
+from worker.config import (
+    Config,
+    ConfigError,
+    DicomwebSource,
+    DimseDestination,
+    DimseSource,
+    load_config,
+)
 from worker.store import (
     STORE_FILE,
     DeliveryState,
     JobState,
     NodeRow,
+    RetrievalRow,
+    SourceRow,
     StateStore,
     StoreError,
     StudyState,
@@ -99,18 +108,52 @@ def status(args: argparse.Namespace) -> int:
     with store:
         summary = store.summary()
         nodes = store.nodes()
+        sources = store.sources()
+        troubled = store.troubled_retrievals()
         now = store.now()
     destinations = [d.name for d in config.destinations]
+    configured = [s.name for s in config.sources]
     if args.json:
         payload = {"store": store.location.shown, "schema_version": SCHEMA_VERSION,
                    "configured_destinations": destinations, **asdict(summary),
-                   "nodes": [asdict(n) for n in nodes]}
+                   "nodes": [asdict(n) for n in nodes],
+                   "configured_sources": configured, "sources": [asdict(s) for s in sources],
+                   "troubled_retrievals": [asdict(r) for r in troubled]}
         print(json.dumps(payload, indent=2))
     else:
         print(f"State store: {store.location.shown}")
         print(format_summary(summary, destinations, now))
+        if configured or sources:
+            print(format_sources(sources, troubled, configured, now))
         print(format_nodes(nodes, now, config.node.lease_s))
     return 0
+
+
+def format_sources(sources: list[SourceRow], troubled: list[RetrievalRow],
+                   configured: list[str], now: float) -> str:
+    """The sources part of ``ossa status``: each source's last poll and its retrievals, then
+    every retrieval that failed (or is being retried) with its reason."""
+    lines = ["Sources:"]
+    rows = {s.name: s for s in sources}
+    for name in dict.fromkeys([*configured, *rows]):
+        row = rows.get(name)
+        note = "" if name in configured else " (not configured)"
+        if row is None:
+            lines.append(f"  {name}{note}: not polled, nothing retrieved yet")
+            continue
+        poll = ("never polled" if row.last_poll is None else
+                f"last poll {_when(row.last_poll, now)}: {row.last_outcome}: {row.last_detail}")
+        lines.append(f"  {name}{note}: {poll}; retrievals pending {row.pending}, "
+                     f"failed {row.failed}")
+    if troubled:
+        lines.append("Retrievals failing (`ossa retry --source NAME` re-queues failed ones):")
+        for r in troubled:
+            lines.append(
+                f"  study {r.study_uid} from {r.source}: {r.state}, {r.attempts} attempt(s), "
+                f"last {_when(r.last_attempt, now)}: {r.last_outcome}: {r.last_detail}"
+                + (f"; next {_when(r.next_attempt, now)}" if r.state == "pending" else "")
+            )
+    return "\n".join(lines)
 
 
 def format_nodes(nodes: list[NodeRow], now: float, lease_s: float) -> str:
@@ -139,11 +182,57 @@ def retry(args: argparse.Namespace) -> int:
     with store:
         if args.destination and args.destination not in {d.name for d in config.destinations}:
             return fail(f"--destination: {args.destination!r} is not a configured destination")
-        count = store.retry(
-            study_uid=args.study, destination=args.destination, all_failed=args.all_failed
-        )
-    print(f"{count} deliver{'y' if count == 1 else 'ies'} re-queued")
+        if args.source and args.source not in {s.name for s in config.sources}:
+            return fail(f"--source: {args.source!r} is not a configured source")
+        count = 0
+        if not args.source:
+            count = store.retry(
+                study_uid=args.study, destination=args.destination, all_failed=args.all_failed
+            )
+        retrievals = 0
+        if not args.destination:
+            retrievals = store.retry_retrievals(source=args.source, study_uid=args.study)
+    if args.source:
+        print(f"{retrievals} retrieval(s) re-queued")
+    else:
+        print(f"{count} deliver{'y' if count == 1 else 'ies'} re-queued"
+              + (f", {retrievals} retrieval(s) re-queued" if retrievals else ""))
     return 0
+
+
+def analyze(args: argparse.Namespace) -> int:
+    """``ossa analyze --source NAME --study UID [--wait S]``: queue one study's retrieval
+    and report; with ``--wait``, follow it until it is reported (0), fails (1) or the wait
+    ends (3). The running service (any node) does the work."""
+    from worker.sources.demand import AnalyzeRequestError, analysis_state, request_analysis
+
+    opened = _open(args)
+    if isinstance(opened, int):
+        return opened
+    config, store = opened
+    with store:
+        try:
+            request_analysis(store, tuple(s.name for s in config.sources), args.source,
+                             args.study, requested_by="cli")
+        except AnalyzeRequestError as exc:
+            return fail(str(exc))
+        print(f"Study {args.study}: retrieval from {args.source} queued")
+        if args.wait is None:
+            return 0
+        end = time.monotonic() + args.wait
+        shown = ""
+        while True:
+            state = analysis_state(store, args.source, args.study)
+            line = f"{state.stage}: {state.detail}"
+            if line != shown:
+                print(line + (f" -> {state.result}" if state.result else ""), flush=True)
+                shown = line
+            if state.finished:
+                return 0 if state.stage == "reported" else 1
+            if time.monotonic() >= end:
+                print(f"still {state.stage} after {args.wait:g} s; `ossa status` follows it")
+                return 3
+            time.sleep(0.5)
 
 
 @dataclass(frozen=True)
@@ -179,6 +268,13 @@ def run_checks(config: Config, config_path: Path) -> list[Check]:
     except (SchemaError, StoreError, OSError) as exc:
         checks.append(Check(key, False, f"{config.storage.database or config.storage.root}: "
                                          f"{exc}"))
+    for source in config.sources:
+        if isinstance(source, DicomwebSource):
+            result = probe_dicomweb(stow_rs_peer(source))
+            checks.append(Check(f"source {source.name}", result.ok, f"QIDO-RS: {result.detail}"))
+        elif isinstance(source, DimseSource):
+            result = send_c_echo(dimse_peer(source), calling_ae_title=config.listener.ae_title)
+            checks.append(Check(f"source {source.name}", result.ok, f"C-ECHO: {result.detail}"))
     if not config.destinations:
         checks.append(Check("destinations", True, "none configured: SRs stay on disk"))
     for destination in config.destinations:

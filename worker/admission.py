@@ -94,7 +94,7 @@ class Submission:
     Parameters
     ----------
     protocol : str
-        ``"dimse"`` or ``"stowrs"`` (a metrics label).
+        ``"dimse"``, ``"stowrs"``, ``"wadors"`` or ``"cget"`` (a metrics label).
     calling_aet : str
         The sender: the calling AE title, or ``"STOW-RS"`` (recorded in the state store and
         in the file's Source Application Entity Title).
@@ -112,6 +112,9 @@ class Submission:
     sop_uid : str or None
         The SOP Instance UID the sender named, which the data set must carry; None when
         the sender named none.
+    origin : str or None
+        The configured source (``[[sources]]``) the instance was retrieved from; None for
+        an instance sent to Ossa.
     """
 
     protocol: str
@@ -121,6 +124,7 @@ class Submission:
     offset: int
     sop_class_uid: str
     sop_uid: str | None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,7 @@ def _admit(intake: Intake, submission: Submission, max_inflated_bytes: int) -> D
         sop_uid=sop_uid,
         sop_class_uid=sop_class,
         manufacturer=manufacturer,
+        source=submission.origin,
     )
 
     def done(outcome: StoreOutcome) -> Decision:

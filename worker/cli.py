@@ -16,8 +16,12 @@ Sub-commands:
     Turn FracAtlas's release layout into a labelled dataset.
 ``ossa bundle export-onnx BUNDLE``
     Add ONNX networks to a bundle that has only PyTorch weights.
-``ossa status [--json]``, ``ossa retry [--study UID | --destination NAME | --all-failed]``
-    The state store's studies, jobs and deliveries; re-queue failed deliveries.
+``ossa status [--json]``, ``ossa retry [--study UID | --destination NAME | --source NAME |
+--all-failed]``
+    The state store's studies, jobs, deliveries and sources; re-queue failed deliveries
+    and retrievals.
+``ossa analyze --source NAME --study UID [--wait S]``
+    Retrieve one study from a source (DICOMweb, C-GET or C-MOVE) and report it.
 ``ossa check-config --config config.toml``
     Validate the configuration, check the bundle and store, C-ECHO every destination.
 ``ossa export-dicom --data DIR --out DIR``
@@ -302,13 +306,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_admin("status"))
 
-    p = commands.add_parser("retry", help="re-queue failed deliveries")
+    p = commands.add_parser("retry", help="re-queue failed deliveries and retrievals")
     p.add_argument("--config", type=Path, default=Path("config.toml"), help="configuration file")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--study", metavar="UID", help="the deliveries of one study")
+    which.add_argument("--study", metavar="UID", help="the deliveries (and retrievals) of a study")
     which.add_argument("--destination", metavar="NAME", help="the deliveries to one destination")
-    which.add_argument("--all-failed", action="store_true", help="every failed delivery")
+    which.add_argument("--source", metavar="NAME", help="the failed retrievals from one source")
+    which.add_argument("--all-failed", action="store_true",
+                       help="every failed delivery and retrieval")
     p.set_defaults(func=_admin("retry"))
+
+    p = commands.add_parser("analyze", help="retrieve one study from a source and report it")
+    p.add_argument("--config", type=Path, default=Path("config.toml"), help="configuration file")
+    p.add_argument("--source", metavar="NAME", required=True, help="a [[sources]] name")
+    p.add_argument("--study", metavar="UID", required=True, help="the Study Instance UID")
+    p.add_argument("--wait", metavar="S", type=float, default=None,
+                   help="follow it up to S seconds: exit 0 reported, 1 failed, 3 still running")
+    p.set_defaults(func=_admin("analyze"))
 
     p = commands.add_parser(
         "check-config", help="validate the configuration and C-ECHO every destination"

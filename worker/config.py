@@ -260,16 +260,14 @@ class DimseDestination(_Section):
         return _check_ae_title(value)
 
 
-class StowRsDestination(_Section):
-    """``[[destinations]]`` with ``type = "stowrs"``: a DICOMweb STOW-RS service (PS3.18 10.5).
+class DicomwebAccess(_Section):
+    """URL, authentication and TLS of a DICOMweb service (a STOW-RS destination, a source).
 
     The secret (password or bearer token) is read when a request is made, from the file
     ``secret_file`` or the environment variable ``secret_env``; it is never in the
     configuration file and never logged.
     """
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    type: Literal["stowrs"]
     url: str = Field(pattern=r"^https?://[^\s]+$")
     auth: Literal["none", "basic", "bearer"] = "none"
     username: str | None = None
@@ -301,7 +299,7 @@ class StowRsDestination(_Section):
         return value
 
     @model_validator(mode="after")
-    def _auth_complete(self) -> StowRsDestination:
+    def _auth_complete(self) -> DicomwebAccess:
         has_secret = self.secret_file is not None or self.secret_env is not None
         if self.secret_file is not None and self.secret_env is not None:
             raise ValueError("give secret_file or secret_env, not both")
@@ -312,6 +310,112 @@ class StowRsDestination(_Section):
         if self.auth == "basic" and not self.username:
             raise ValueError('auth = "basic" needs username')
         return self
+
+
+class StowRsDestination(DicomwebAccess):
+    """``[[destinations]]`` with ``type = "stowrs"``: a DICOMweb STOW-RS service (PS3.18 10.5).
+
+    The secret (password or bearer token) is read when a request is made, from the file
+    ``secret_file`` or the environment variable ``secret_env``; it is never in the
+    configuration file and never logged.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["stowrs"]
+
+
+#: A source's name is also the calling AE title its instances are recorded under (PS3.5 AE
+#: characters, at most 16), so that its studies are assembled apart from those received.
+_SOURCE_NAME = r"^[A-Za-z0-9_.-]{1,16}$"
+#: Modalities a source asks for by default: the radiographs Ossa reads (DR is not a defined
+#: term of PS3.3 C.7.3.1.1.1, but some archives write it).
+DEFAULT_SOURCE_MODALITIES = ("CR", "DX", "DR")
+
+
+class _SourceBase(_Section):
+    """What every ``[[sources]]`` entry has: a name and where its results go."""
+
+    name: str = Field(pattern=_SOURCE_NAME)
+    # [[destinations]] names that a study retrieved from this source is reported to; by
+    # default, every destination.
+    results_to: tuple[str, ...] | None = None
+
+    @field_validator("results_to", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+
+class DicomwebSource(_SourceBase, DicomwebAccess):
+    """``[[sources]]`` with ``type = "dicomweb"``: an archive Ossa polls with QIDO-RS and
+    retrieves from with WADO-RS (PS3.18 10.6 and 10.4).
+
+    Each poll asks for the studies of ``modalities`` (and ``filters``, further QIDO-RS
+    matching keys such as ``InstitutionName``) whose Study Date is on or after the
+    watermark's, less ``overlap_s``; ``poll_interval_s = 0`` polls never (on-demand
+    retrieval only). The first poll looks back ``lookback_days``.
+    """
+
+    type: Literal["dicomweb"]
+    poll_interval_s: float = Field(default=30.0, ge=0, le=86400)
+    overlap_s: float = Field(default=3600.0, ge=0, le=30 * 86400)
+    lookback_days: float = Field(default=1.0, ge=0, le=3650)
+    modalities: tuple[str, ...] = Field(default=DEFAULT_SOURCE_MODALITIES, min_length=1)
+    filters: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("modalities")
+    @classmethod
+    def _check_modalities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for modality in value:
+            if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality):
+                raise ValueError(f"{modality!r} is not a modality (CS: upper case, at most 16)")
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _check_filters(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key in ("StudyDate", "ModalitiesInStudy", "limit", "offset", "includefield"):
+                raise ValueError(f"{key} is set by Ossa (watermark, modalities, paging)")
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*|[0-9A-Fa-f]{8}", key):
+                raise ValueError(f"{key!r} is not an attribute keyword or tag")
+        return value
+
+
+class DimseSource(_SourceBase):
+    """``[[sources]]`` with ``type = "dimse"``: a PACS Ossa retrieves studies from on demand
+    (``ossa analyze``), by C-GET (PS3.4 C.4.3) or by C-MOVE to Ossa's own listener (C.4.2:
+    the PACS must know Ossa's AE title, host and port)."""
+
+    type: Literal["dimse"]
+    ae_title: str
+    host: str
+    port: Port
+    retrieve: Literal["c-get", "c-move"] = "c-get"
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    tls: DestinationTlsConfig | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+def _source_type(value: object) -> str:
+    """The ``type`` of a source table (required: no default)."""
+    if isinstance(value, dict):
+        return str(value.get("type", ""))
+    return str(getattr(value, "type", ""))
+
+
+Source = Annotated[
+    Annotated[DicomwebSource, Tag("dicomweb")] | Annotated[DimseSource, Tag("dimse")],
+    Discriminator(
+        _source_type,
+        custom_error_type="source_type",
+        custom_error_message='type must be "dicomweb" or "dimse"',
+    ),
+]
 
 
 def _destination_type(value: object) -> str:
@@ -365,6 +469,7 @@ class Config(_Section):
     results: ResultsConfig = ResultsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     destinations: tuple[Destination, ...] = ()
+    sources: tuple[Source, ...] = ()
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig = HttpConfig()
 
@@ -374,7 +479,25 @@ class Config(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"destinations: names must be unique, repeated: {duplicates}")
+        sources = [s.name for s in self.sources]
+        duplicates = sorted({n for n in sources if sources.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"sources: names must be unique, repeated: {duplicates}")
+        for source in self.sources:
+            unknown = sorted(set(source.results_to or ()) - set(names))
+            if unknown:
+                raise ValueError(f"sources: {source.name}.results_to names no destination: "
+                                 f"{unknown}")
         return self
+
+    def results_to(self, source: str | None) -> tuple[str, ...]:
+        """The destinations a study is reported to: those of the source it was retrieved
+        from (its ``results_to``, by default every destination), else every destination."""
+        every = tuple(d.name for d in self.destinations)
+        for entry in self.sources:
+            if entry.name == source:
+                return every if entry.results_to is None else entry.results_to
+        return every
 
     def resolve_paths(self, base: Path) -> Config:
         """Return a copy whose relative paths (every ``Path`` value, in every section and
@@ -403,9 +526,10 @@ def _format_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         loc = list(item["loc"])
-        if len(loc) > 2 and loc[0] == "destinations" and loc[2] in ("dimse", "stowrs"):
+        if len(loc) > 2 and loc[0] in ("destinations", "sources") and loc[2] in (
+                "dimse", "stowrs", "dicomweb"):
             del loc[2]
-        if item["type"] == "destination_type":
+        if item["type"] in ("destination_type", "source_type"):
             loc.append("type")
         key = ".".join(str(part) for part in loc) or "(top level)"
         message = item["msg"]

@@ -28,7 +28,14 @@ from pydicom import Dataset
 from dicom_io.send import DimsePeer, SendOutcome, SendResult, send_c_store
 from dicom_io.stow import StowRsPeer, send_stow_rs
 from dicom_io.tls import ClientTls
-from worker.config import DeliveryConfig, Destination, DimseDestination, StowRsDestination
+from worker.config import (
+    DeliveryConfig,
+    Destination,
+    DicomwebAccess,
+    DimseDestination,
+    DimseSource,
+    StowRsDestination,
+)
 from worker.spool import Spool
 from worker.store import Delivery, DeliveryState, StateStore, StoreError
 
@@ -69,8 +76,8 @@ class DimseSender:
                             calling_ae_title=self.calling_ae_title)
 
 
-def dimse_peer(destination: DimseDestination) -> DimsePeer:
-    """The Storage SCP of a ``type = "dimse"`` destination, with its TLS settings if any.
+def dimse_peer(destination: DimseDestination | DimseSource) -> DimsePeer:
+    """The DIMSE peer of a ``type = "dimse"`` destination or source, with its TLS settings.
 
     The TLS files are read at each association (:class:`dicom_io.tls.ClientTls`), so a
     renewed certificate is used without a restart.
@@ -87,8 +94,8 @@ def dimse_peer(destination: DimseDestination) -> DimsePeer:
     )
 
 
-def stow_rs_peer(destination: StowRsDestination) -> StowRsPeer:
-    """The DICOMweb service of a ``type = "stowrs"`` destination."""
+def stow_rs_peer(destination: DicomwebAccess) -> StowRsPeer:
+    """The DICOMweb service of a ``type = "stowrs"`` destination or a DICOMweb source."""
     return StowRsPeer(
         url=destination.url,
         auth=destination.auth,

@@ -62,7 +62,7 @@ def handle_echo(event: evt.Event) -> int:
 
 def handle_store(
     event: evt.Event, intake: Intake, max_inflated_bytes: int,
-    observe: StoreObserver | None = None,
+    observe: StoreObserver | None = None, origin: str | None = None,
 ) -> int | Dataset:
     """C-STORE: make the instance durable and recorded, then acknowledge it.
 
@@ -78,6 +78,9 @@ def handle_store(
         (``listener.max_inflated_mb``).
     observe : callable, optional
         Told the :class:`StoreOutcome` of the request (the association audit counts them).
+    origin : str, optional
+        The source (``[[sources]]``) of a C-GET whose sub-operations these are: the
+        instance is recorded under its name, not the association's requestor (Ossa).
 
     Returns
     -------
@@ -92,7 +95,7 @@ def handle_store(
     """
     requested_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
     try:
-        result = _store(event, intake, max_inflated_bytes, requested_uid)
+        result = _store(event, intake, max_inflated_bytes, requested_uid, origin)
     except Exception:  # a handler must never raise: pynetdicom would answer 0xC211 blind
         logger.exception("C-STORE of SOP Instance %s failed unexpectedly",
                          printable(requested_uid))
@@ -108,7 +111,8 @@ def handle_store(
 
 
 def _store(
-    event: evt.Event, intake: Intake, max_inflated_bytes: int, requested_uid: str
+    event: evt.Event, intake: Intake, max_inflated_bytes: int, requested_uid: str,
+    origin: str | None,
 ) -> StoreOutcome | Dataset:
     """The outcome of an acknowledged instance, or the failure status to answer."""
     try:
@@ -124,8 +128,10 @@ def _store(
         # The File Meta Information pynetdicom made from the presentation context.
         meta = read_part10(source)
         submission = Submission(
-            protocol="dimse",
-            calling_aet=str(event.assoc.requestor.ae_title).strip(),
+            protocol="dimse" if origin is None else "cget",
+            calling_aet=str(event.assoc.requestor.ae_title).strip() if origin is None
+            else origin,
+            origin=origin,
             file_meta=meta,
             source=source,
             offset=source.tell(),

@@ -86,6 +86,7 @@ class Received:
     sop_uid: str
     sop_class_uid: str
     manufacturer: str = ""
+    source: str | None = None  # the [[sources]] entry it was retrieved from, if any
 
 
 class Intake:
@@ -187,6 +188,7 @@ class Intake:
             series_uid=received.series_uid,
             path=path,
             size=size,
+            source=received.source,
         )
 
     def reconcile(self, *, grace_s: float = 0.0) -> tuple[int, int]:

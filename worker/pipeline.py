@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -330,6 +330,9 @@ class ReportStage:
         The model's name and version (the objects' UIDs derive from the version).
     destinations : sequence of str
         Names of the destinations; each object gets one pending delivery to each.
+    routes : mapping of str to sequence of str, optional
+        For a study retrieved from a source named here, the destinations instead
+        (``[[sources]] results_to``).
     captures : bool
         Also write a secondary capture of each assessed image, with its findings outlined
         (:mod:`dicom_io.secondary_capture`). False: SR only.
@@ -344,13 +347,21 @@ class ReportStage:
         destinations: Sequence[str],
         *,
         captures: bool = False,
+        routes: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.taxonomy = taxonomy
         self.algorithm = algorithm
         self.destinations = tuple(destinations)
+        self.routes = {name: tuple(to) for name, to in (routes or {}).items()}
         self.captures = captures
+
+    def destinations_of(self, job: ClaimedJob) -> tuple[str, ...]:
+        """Where a study's objects go: its source's ``results_to``, else every destination."""
+        if job.source is not None and job.source in self.routes:
+            return self.routes[job.source]
+        return self.destinations
 
     def handle(self, item: Classified) -> NewObject | None:
         """Report one study; return the SR recorded, or None when the job failed.
@@ -371,7 +382,8 @@ class ReportStage:
             self._finish(job, error=f"SR not built: {type(exc).__name__}: {exc}")
             return None
         captures = self._write_captures(item) if self.captures else []
-        recorded = self._finish(job, objects=[sr, *captures], destinations=self.destinations,
+        recorded = self._finish(job, objects=[sr, *captures],
+                                destinations=self.destinations_of(job),
                                 result=study_result(item.prediction))
         return sr if recorded else None
 

@@ -2,7 +2,8 @@
 
 Like uvicorn's ``Server``: :meth:`Service.start` reconciles the state store with the disk,
 re-queues interrupted jobs, binds the DICOM listener and starts one thread per stage
-(scheduler, classify, report) and per destination; :meth:`Service.run` blocks until
+(scheduler, classify, report), per destination and per source (its retrievals, and its
+polls); :meth:`Service.run` blocks until
 :meth:`Service.request_stop` (called from a signal handler); :meth:`Service.stop` stops
 accepting associations, lets the batch in progress and the attempts in progress finish
 within a deadline and returns 0. Everything not finished is in the state store and is
@@ -30,8 +31,8 @@ from dicom_io.tls import TlsFileError, server_context, start_server
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from worker.access import PeerBindings
 from worker.audit import AssociationAudit
-from worker.config import Config, ConfigError, ListenerConfig
-from worker.delivery import DeliveryWorker, RetryPolicy, make_sender
+from worker.config import Config, ConfigError, DicomwebSource, ListenerConfig
+from worker.delivery import DeliveryWorker, RetryPolicy, make_sender, stow_rs_peer
 from worker.handlers import handle_echo, handle_store
 from worker.http.metrics import Metrics
 from worker.http.server import HttpServer, build_http_server
@@ -44,6 +45,7 @@ from worker.pipeline import (
     StudyClassifier,
 )
 from worker.retention import prune
+from worker.sources import RetrievalWorker, SourcePoller, make_retriever
 from worker.spool import Spool
 from worker.store import StoreError, open_store
 from worker.store.schema import SCHEMA_VERSION
@@ -176,6 +178,10 @@ class Service:
         ``classify`` hands its results to ``report`` through ``classify.out``.
     deliveries : sequence of DeliveryWorker
         One per destination.
+    retrievals : sequence of RetrievalWorker
+        One per source.
+    pollers : sequence of SourcePoller
+        One per polled DICOMweb source.
     stop_event : threading.Event
         Shared with the stages; set to stop.
     retention_days : float
@@ -193,6 +199,8 @@ class Service:
         report: ReportStage,
         deliveries: Sequence[DeliveryWorker],
         *,
+        retrievals: Sequence[RetrievalWorker] = (),
+        pollers: Sequence[SourcePoller] = (),
         stop_event: threading.Event,
         retention_days: float = 0.0,
         poll_interval_s: float = 0.5,
@@ -203,6 +211,8 @@ class Service:
         self.classify = classify
         self.report = report
         self.deliveries = tuple(deliveries)
+        self.retrievals = tuple(retrievals)
+        self.pollers = tuple(pollers)
         self.retention_days = retention_days
         self.poll_interval_s = poll_interval_s
         self._stop = stop_event
@@ -281,6 +291,10 @@ class Service:
         self._spawn(self._report, "ossa-report")
         for worker in self.deliveries:
             self._spawn(worker.run, f"ossa-deliver-{worker.name}")
+        for retrieval in self.retrievals:
+            self._spawn(retrieval.run, f"ossa-retrieve-{retrieval.name}")
+        for poller in self.pollers:
+            self._spawn(poller.run, f"ossa-poll-{poller.name}")
 
     def listener_status(self) -> tuple[bool, str]:
         """Whether the DICOM listener is bound and serving (a health check)."""
@@ -321,6 +335,8 @@ class Service:
         self._classify_wake.set()
         for worker in self.deliveries:
             worker.wake.set()
+        for retrieval in self.retrievals:
+            retrieval.wake.set()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -438,6 +454,18 @@ def build_service(
         )
         for destination in config.destinations
     ]
+    retrievals, pollers = [], []
+    for source in config.sources:
+        worker = RetrievalWorker(
+            make_retriever(source, intake, calling_ae_title=config.listener.ae_title,
+                           max_inflated_bytes=config.listener.max_inflated_mb * 1024 * 1024,
+                           max_instance_bytes=config.http.max_upload_mb * 1024 * 1024),
+            store, policy, stop_event, poll_interval_s=delivery_poll_interval_s,
+        )
+        retrievals.append(worker)
+        if isinstance(source, DicomwebSource) and source.poll_interval_s > 0:
+            pollers.append(SourcePoller(source, stow_rs_peer(source), store, stop_event,
+                                        wake=worker.wake))
     results: queue.Queue[Classified | None] = queue.Queue(maxsize=MAX_BATCH_STUDIES)
     service = Service(
         config.listener,
@@ -454,8 +482,11 @@ def build_service(
             store, spool, classifier.taxonomy, classifier.algorithm,
             [d.name for d in config.destinations],
             captures=config.results.secondary_capture,
+            routes={source.name: config.results_to(source.name) for source in config.sources},
         ),
         deliveries,
+        retrievals=retrievals,
+        pollers=pollers,
         stop_event=stop_event,
         retention_days=config.storage.retention_days,
         poll_interval_s=poll_interval_s,

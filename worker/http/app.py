@@ -9,6 +9,9 @@ route                                    access     what
                                                     ``offset``, ``state``)
 ``GET /api/studies/{uid}``               read       a study's jobs, objects and deliveries
 ``POST /api/studies/{uid}/retry``        token      re-queue its failed deliveries
+``POST /api/analyze``                    token      retrieve and report one study from a
+                                                    source: ``{"source", "study"}``, 202
+``GET /api/analyze/{source}/{uid}``      read       how far that analysis got
 ``GET /``                                read       the status page (HTML)
 ``POST /studies/{uid}/retry``            token      the page's retry form (token field)
 ``POST /dicomweb/studies``               token      STOW-RS (:mod:`.stow`)
@@ -43,6 +46,7 @@ from worker.http.metrics import Metrics
 from worker.http.pages import StatusPage
 from worker.http.views import detail_json, study_json
 from worker.intake import Intake
+from worker.sources.demand import AnalyzeRequestError, analysis_state, request_analysis
 from worker.store import StateStore, StoreError, StudyState
 
 logger = logging.getLogger(__name__)
@@ -87,6 +91,7 @@ def create_app(
     token: TokenFile,
     reads_open: bool,
     destinations: tuple[str, ...] = (),
+    sources: tuple[str, ...] = (),
     max_upload_bytes: int,
     max_inflated_bytes: int,
     accepting: Callable[[], bool] = lambda: True,
@@ -107,6 +112,8 @@ def create_app(
         Whether reads need no token (``[http] host`` is a loopback address).
     destinations : tuple of str
         Configured destination names (the status page lists them).
+    sources : tuple of str
+        Configured source names (``POST /api/analyze`` takes one of them).
     max_upload_bytes : int
         Largest STOW-RS request (``[http] max_upload_mb``).
     max_inflated_bytes : int
@@ -189,6 +196,39 @@ def create_app(
             raise HTTPException(404, "no such study")
         return JSONResponse({"study_uid": uid, "requeued": count})
 
+    def analysis_json(source: str, uid: str) -> dict[str, Any]:
+        state = analysis_state(store, source, uid)
+        return {"source": source, "study_uid": uid, "stage": state.stage,
+                "detail": state.detail, "result": state.result}
+
+    async def api_analyze(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, 'the body must be JSON: {"source": ..., "study": ...}'
+                                ) from None
+        if not isinstance(body, dict) or not all(
+                isinstance(body.get(k), str) for k in ("source", "study")):
+            raise HTTPException(400, 'the body must be {"source": NAME, "study": UID}')
+        source, uid = body["source"], body["study"]
+        try:
+            await run_in_threadpool(request_analysis, store, sources, source, uid,
+                                    requested_by="api")
+        except AnalyzeRequestError as exc:
+            raise HTTPException(404 if "source" in str(exc) else 400, str(exc)) from None
+        client = request.client.host if request.client else "?"
+        logger.info("HTTP: analysis of study %s from %s requested by %s", uid, source, client)
+        answer = await run_in_threadpool(analysis_json, source, uid)
+        location = f"/api/analyze/{quote(source, safe='')}/{quote(uid, safe='')}"
+        return JSONResponse(answer, status_code=202, headers={"Location": location})
+
+    async def api_analysis(request: Request) -> Response:
+        source, uid = request.path_params["source"], request.path_params["uid"]
+        answer = await run_in_threadpool(analysis_json, source, uid)
+        if answer["stage"] == "unknown":
+            raise HTTPException(404, "no analysis of this study from this source")
+        return JSONResponse(answer, headers=_NO_STORE)
+
     async def status_page(request: Request) -> Response:
         offset = _int_param(request, "offset", 0, 0, 2**62)
         notice = None
@@ -243,6 +283,8 @@ def create_app(
         Route("/api/studies", guarded(False, list_studies), methods=["GET"]),
         Route("/api/studies/{uid}", guarded(False, study), methods=["GET"]),
         Route("/api/studies/{uid}/retry", guarded(True, api_retry), methods=["POST"]),
+        Route("/api/analyze", guarded(True, api_analyze), methods=["POST"]),
+        Route("/api/analyze/{source}/{uid}", guarded(False, api_analysis), methods=["GET"]),
         Route("/", guarded(False, status_page), methods=["GET"]),
         # The form carries the token in a field (a browser cannot set the header).
         Route("/studies/{uid}/retry", page_retry, methods=["POST"]),

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: Seconds of one classifier call (a shared batch of images) on a CPU or a GPU.
 INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-PROTOCOLS = ("dimse", "stowrs")
+PROTOCOLS = ("dimse", "stowrs", "wadors", "cget")
 
 
 class Metrics:

@@ -171,7 +171,8 @@ def build_http_server(
                          destinations=names)
     app = create_app(
         store=intake.store, intake=intake, health=health, metrics=metrics, token=token,
-        reads_open=reads_open, destinations=names, max_upload_bytes=http.max_upload_mb * MIB,
+        reads_open=reads_open, destinations=names, sources=tuple(s.name for s in config.sources),
+        max_upload_bytes=http.max_upload_mb * MIB,
         max_inflated_bytes=config.listener.max_inflated_mb * MIB,
         accepting=lambda: listener()[0],  # STOW-RS only while the DICOM listener listens
     )

@@ -17,10 +17,7 @@ for the others; 200 when every instance was stored, 202 when some failed, 409 wh
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from pydicom import Dataset
 from python_multipart.exceptions import MultipartParseError
@@ -29,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from dicom_io.multipart import DICOM, MultipartError, Part, PartCollector
 from worker.admission import (
     Decision,
     Refusal,
@@ -46,90 +44,9 @@ logger = logging.getLogger(__name__)
 #: sender and Study Instance UID, so a study sent by STOW-RS is reported on its own).
 STOW_AET = "STOW-RS"
 PROTOCOL = "stowrs"
-DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
-#: A part is kept in memory up to this size, then in a temporary file.
-_PART_IN_MEMORY = 8 * 1024 * 1024
-
-
 class UploadTooLargeError(Exception):
     """The request body is larger than ``[http] max_upload_mb``."""
-
-
-class MultipartError(ValueError):
-    """The body is not a well-formed multipart message."""
-
-
-@dataclass
-class Part:
-    """One body part: its headers (names lower-cased) and its content, spooled."""
-
-    headers: dict[str, str]
-    content: IO[bytes]
-    size: int = 0
-
-    @property
-    def media_type(self) -> str:
-        value, _ = parse_options_header(self.headers.get("content-type", DICOM))
-        return value.decode("latin-1").lower()
-
-
-@dataclass
-class _Collector:
-    """python-multipart callbacks that gather the parts into spooled temporary files."""
-
-    tmp_dir: str
-    parts: list[Part] = field(default_factory=list)
-    ended: bool = False
-    _field: bytearray = field(default_factory=bytearray)
-    _value: bytearray = field(default_factory=bytearray)
-    _headers: dict[str, str] = field(default_factory=dict)
-    _current: Part | None = None
-
-    def callbacks(self) -> dict[str, Callable[..., None]]:
-        return {
-            "on_part_begin": self._begin,
-            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
-            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        }
-
-    def _begin(self) -> None:
-        self._headers = {}
-        self._current = None
-
-    def _header_end(self) -> None:
-        name = bytes(self._field).decode("latin-1").strip().lower()
-        self._headers[name] = bytes(self._value).decode("latin-1").strip()
-        self._field.clear()
-        self._value.clear()
-
-    def _headers_finished(self) -> None:
-        content = tempfile.SpooledTemporaryFile(max_size=_PART_IN_MEMORY, dir=self.tmp_dir)
-        self._current = Part(self._headers, content)
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if self._current is not None:
-            self._current.content.write(data[start:end])
-            self._current.size += end - start
-
-    def _part_end(self) -> None:
-        if self._current is not None:
-            self.parts.append(self._current)
-        self._current = None
-
-    def _end(self) -> None:
-        self.ended = True
-
-    def close(self) -> None:
-        for part in self.parts:
-            part.content.close()
-        if self._current is not None:
-            self._current.content.close()
 
 
 async def read_parts(request: Request, boundary: bytes, limit: int, tmp_dir: str) -> list[Part]:
@@ -142,7 +59,7 @@ async def read_parts(request: Request, boundary: bytes, limit: int, tmp_dir: str
     MultipartError
         If the body is not a complete multipart message.
     """
-    collector = _Collector(tmp_dir)
+    collector = PartCollector(tmp_dir)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
     try:

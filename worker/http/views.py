@@ -24,6 +24,7 @@ def study_json(row: StudyRow) -> dict[str, Any]:
     return {
         "study_uid": row.study_uid,
         "calling_aet": row.calling_aet,
+        "source": row.source,
         "state": row.state,
         "result": row.result,
         "revision": row.revision,

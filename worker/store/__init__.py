@@ -17,7 +17,8 @@ durable, and several nodes work on the same rows under leases (:mod:`worker.stor
 
 The store is one class made of a group of queries per caller: intake
 (:mod:`worker.store.intake`), the pipeline's jobs and nodes (:mod:`worker.store.jobs`), the
-outbox (:mod:`worker.store.outbox`), the status views (:mod:`worker.store.views`) and
+outbox (:mod:`worker.store.outbox`), the sources' polls and retrievals
+(:mod:`worker.store.sources`), the status views (:mod:`worker.store.views`) and
 retention (:mod:`worker.store.retention`), over one core of connections, transactions and
 the clock (:mod:`worker.store.core`).
 
@@ -53,7 +54,14 @@ from worker.store.jobs import (
 from worker.store.outbox import Delivery, FailedDelivery, OutboxQueries
 from worker.store.retention import PrunableStudy, RetentionQueries
 from worker.store.schema import SchemaError, migrate
-from worker.store.states import DeliveryState, InstanceState, JobState, StudyState
+from worker.store.sources import Retrieval, RetrievalRow, SourceQueries, SourceRow
+from worker.store.states import (
+    DeliveryState,
+    InstanceState,
+    JobState,
+    RetrievalState,
+    StudyState,
+)
 from worker.store.views import (
     DeliveryRow,
     DestinationStats,
@@ -73,8 +81,9 @@ __all__ = [
     "STORE_FILE", "ClaimedJob", "Delivery", "DeliveryRow", "DeliveryState", "DestinationStats",
     "FailedDelivery", "InstanceFile", "InstanceState", "JobRow", "JobState", "LeaseLostError",
     "Location", "NewObject", "NodeRow", "ObjectRef", "ObjectRow", "PrunableStudy",
-    "SchemaError", "StateStore", "StoreError", "StudyDetail", "StudyRow", "StudyState",
-    "Summary", "node_name", "open_store",
+    "Retrieval", "RetrievalRow", "RetrievalState", "SchemaError", "SourceRow", "StateStore",
+    "StoreError", "StudyDetail", "StudyRow", "StudyState", "Summary", "node_name",
+    "open_store",
 ]
 
 #: How long a node holds a claimed job or delivery without renewing it (its heartbeat
@@ -82,7 +91,8 @@ __all__ = [
 DEFAULT_LEASE_S = 60.0
 
 
-class StateStore(IntakeQueries, JobQueries, OutboxQueries, ViewQueries, RetentionQueries):
+class StateStore(IntakeQueries, JobQueries, OutboxQueries, SourceQueries, ViewQueries,
+                 RetentionQueries):
     """The state store, on a SQLite file or a PostgreSQL database.
 
     Parameters

@@ -21,6 +21,7 @@ class IntakeQueries(Queries):
         path: str,
         size: int,
         received: float | None = None,
+        source: str | None = None,
     ) -> bool:
         """Record a durably written instance; return whether it is new to its study.
 
@@ -35,7 +36,8 @@ class IntakeQueries(Queries):
         study, take turns. Four statements for a new instance of a known study.
 
         On SQLite, committed without a sync of its own (see :mod:`worker.store`): the
-        instance's file is its durable record.
+        instance's file is its durable record. ``source`` names the source the instance was
+        retrieved from (recorded on its study).
         """
         db = self.db
         with db.tx(sync=False) as tx:
@@ -43,10 +45,11 @@ class IntakeQueries(Queries):
             # created, or locked (the no-op update) and returned, in one statement
             study_id, state_name = tx.execute(
                 "INSERT INTO studies (calling_aet, study_uid, state, first_received,"
-                " last_received, updated) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (calling_aet, study_uid) DO UPDATE SET state = studies.state"
+                " last_received, updated, source) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (calling_aet, study_uid) DO UPDATE SET state = studies.state,"
+                " source = COALESCE(studies.source, excluded.source)"
                 " RETURNING id, state",
-                (calling_aet, study_uid, StudyState.RECEIVING, now, now, now),
+                (calling_aet, study_uid, StudyState.RECEIVING, now, now, now, source),
             ).fetchone()
             study_id, state = int(study_id), StudyState(state_name)
             inserted = tx.execute(

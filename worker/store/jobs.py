@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worker.store.core import Queries, StoreError
-from worker.store.states import DeliveryState, InstanceState, JobState, StudyState
+from worker.store.states import (
+    DeliveryState,
+    InstanceState,
+    JobState,
+    RetrievalState,
+    StudyState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,9 @@ class ClaimedJob:
     attempt : int
         How many times the job has been claimed (this claim included): the fencing token
         :meth:`JobQueries.finish_job` checks.
+    source : str or None
+        The source the study was retrieved from (its results go to that source's
+        ``results_to``); None for a study sent to Ossa.
     """
 
     job_id: int
@@ -74,6 +83,7 @@ class ClaimedJob:
     instances: tuple[InstanceFile, ...]
     predecessor: ObjectRef | None
     attempt: int = 1
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,9 @@ class JobQueries(Queries):
         was receiving when the service stopped (or died) waits a whole quiet time after the
         restart, for its senders to re-send what the outage interrupted, rather than being
         reported at once without it. Every node schedules; a study one node is queueing (or
-        receiving an instance of) is skipped by the others.
+        receiving an instance of) is skipped by the others. A study retrieved from a source
+        waits while its retrieval is pending (retrying after a failure part-way), so that it
+        is reported once, whole.
         """
         db = self.db
         with db.tx() as tx:
@@ -127,11 +139,15 @@ class JobQueries(Queries):
             room = max_queued - int(waiting)
             if room <= 0:
                 return 0
+            # a study still being retrieved from its source waits for the retrieval
             due = tx.execute(
                 f"SELECT id FROM studies WHERE state = ? AND"
                 f" {db.greatest('last_received', '?')} <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM retrievals r WHERE r.source = studies.source"
+                " AND r.study_uid = studies.study_uid AND r.state = ?)"
                 " ORDER BY last_received LIMIT ?" + db.lock_rows(skip_locked=True),
-                (StudyState.RECEIVING, quiet_since, now - completion_timeout_s, room),
+                (StudyState.RECEIVING, quiet_since, now - completion_timeout_s,
+                 RetrievalState.PENDING, room),
             ).fetchall()
             for (study_id,) in due:
                 revision = 1 + int(
@@ -176,10 +192,13 @@ class JobQueries(Queries):
                 " (SELECT 1 FROM jobs j WHERE j.study_id = studies.id AND j.state = ?)",
                 (StudyState.QUEUED, StudyState.PROCESSING, JobState.RUNNING),
             )
-            tx.execute(
-                "UPDATE deliveries SET owner = NULL, lease_until = NULL WHERE owner = ?",
-                (self.node,),
-            )
+            for table in ("deliveries", "retrievals"):
+                tx.execute(
+                    f"UPDATE {table} SET owner = NULL, lease_until = NULL WHERE owner = ?",
+                    (self.node,),
+                )
+            tx.execute("UPDATE sources SET polled_by = NULL, poll_until = NULL"
+                       " WHERE polled_by = ?", (self.node,))
             return int(count)
 
     def claim_jobs(self, limit: int) -> list[ClaimedJob]:
@@ -191,12 +210,12 @@ class JobQueries(Queries):
             now = db.now(tx)
             rows = tx.execute(
                 "SELECT j.id, j.study_id, j.revision, j.attempt, j.owner, s.study_uid,"
-                " s.calling_aet FROM jobs j JOIN studies s ON s.id = j.study_id"
+                " s.calling_aet, s.source FROM jobs j JOIN studies s ON s.id = j.study_id"
                 " WHERE j.state = ? OR (j.state = ? AND j.lease_until < ?)"
                 " ORDER BY j.id LIMIT ?" + db.lock_rows("j", skip_locked=True),
                 (JobState.QUEUED, JobState.RUNNING, now, limit),
             ).fetchall()
-            for job_id, study_id, revision, attempt, owner, study_uid, calling_aet in rows:
+            for job_id, study_id, revision, attempt, owner, study_uid, calling_aet, source in rows:
                 if owner is not None and owner != self.node:
                     logger.warning("Job %s of study %s: the lease of node %s expired; taken over",
                                    job_id, study_uid, owner)
@@ -233,6 +252,7 @@ class JobQueries(Queries):
                         if previous is None
                         else ObjectRef(str(study_uid), *(str(v) for v in previous)),
                         attempt=int(attempt) + 1,
+                        source=None if source is None else str(source),
                     )
                 )
         return claimed
@@ -345,4 +365,10 @@ class JobQueries(Queries):
                 "UPDATE deliveries SET lease_until = ? WHERE owner = ? AND state = ?",
                 (now + self.lease_s, self.node, DeliveryState.PENDING),
             ).rowcount
-            return int(jobs) + int(deliveries)
+            retrievals = tx.execute(
+                "UPDATE retrievals SET lease_until = ? WHERE owner = ? AND state = ?",
+                (now + self.lease_s, self.node, RetrievalState.PENDING),
+            ).rowcount
+            tx.execute("UPDATE sources SET poll_until = ? WHERE polled_by = ?",
+                       (now + self.lease_s, self.node))
+            return int(jobs) + int(deliveries) + int(retrievals)

@@ -32,6 +32,16 @@ Tables
     being sent is leased like a job (``owner``, ``lease_until``).
 ``nodes``
     One row per node that ran the service on this store: its start and last heartbeat.
+``sources``
+    One row per configured source: the poll watermark (store clock: studies dated from it,
+    less the overlap, are asked for), when the next poll is due, the poll's lease
+    (``polled_by``, ``poll_until``: one node polls a source at a time) and the last poll's
+    outcome. ``studies.source`` names the source a study was retrieved from.
+``retrievals``
+    One row per (source, Study Instance UID) to retrieve: ``pending``, ``done`` or
+    ``failed``, retried with backoff like a delivery, leased to the node retrieving it;
+    ``expected`` is the archive's instance count when it was queued, ``retrieved`` what
+    the last attempt stored.
 """
 
 from __future__ import annotations
@@ -139,6 +149,40 @@ MIGRATIONS: tuple[str, ...] = (
         started REAL NOT NULL,
         heartbeat REAL NOT NULL
     );
+    """,
+    # 4: sources (DICOMweb archives polled, PACS retrieved from on demand): each one's poll
+    # watermark, the studies to retrieve, and the source a study was retrieved from.
+    """
+    ALTER TABLE studies ADD COLUMN source TEXT;
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        watermark REAL,
+        next_poll REAL NOT NULL,
+        polled_by TEXT,
+        poll_until REAL,
+        last_poll REAL,
+        last_outcome TEXT,
+        last_detail TEXT
+    );
+    CREATE TABLE retrievals (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        study_uid TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        expected INTEGER,
+        retrieved INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        queued_at REAL NOT NULL,
+        next_attempt REAL NOT NULL,
+        last_attempt REAL,
+        last_outcome TEXT,
+        last_detail TEXT,
+        owner TEXT,
+        lease_until REAL,
+        UNIQUE (source, study_uid)
+    );
+    CREATE INDEX retrievals_due ON retrievals (state, next_attempt);
     """,
 )
 

@@ -37,3 +37,11 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+
+
+class RetrievalState(StrEnum):
+    """Where the retrieval of one study from a source is."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"

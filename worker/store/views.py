@@ -29,7 +29,8 @@ class StudyRow:
 
     ``revision`` and ``result`` are those of its latest job (``result``: of the latest job
     that produced one, e.g. ``"ABNORMAL (p=0.87)"``); None before the first report.
-    ``deliveries`` counts its objects' deliveries by state. Times are wall-clock seconds.
+    ``deliveries`` counts its objects' deliveries by state; ``source`` names the source it was
+    retrieved from (None: sent to Ossa). Times are wall-clock seconds.
     """
 
     study_uid: str
@@ -42,6 +43,7 @@ class StudyRow:
     last_received: float
     updated: float
     deliveries: dict[str, int] = field(default_factory=dict)
+    source: str | None = None  # the [[sources]] entry it was retrieved from
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class ViewQueries(Queries):
         " (SELECT COUNT(*) FROM instances i WHERE i.study_id = s.id AND i.state = 'stored'),"
         " (SELECT MAX(j.revision) FROM jobs j WHERE j.study_id = s.id),"
         " (SELECT j.result FROM jobs j WHERE j.study_id = s.id AND j.result IS NOT NULL"
-        "  ORDER BY j.revision DESC LIMIT 1)"
+        "  ORDER BY j.revision DESC LIMIT 1), s.source"
         " FROM studies s"
     )
 
@@ -205,8 +207,10 @@ class ViewQueries(Queries):
                 instances=int(instances), revision=None if revision is None else int(revision),
                 result=None if result is None else str(result), first_received=float(first),
                 last_received=float(last), updated=float(updated), deliveries=counts[int(i)],
+                source=opt_str(source),
             ))
-            for i, uid, aet, state, first, last, updated, instances, revision, result in rows
+            for i, uid, aet, state, first, last, updated, instances, revision, result, source
+            in rows
         ]
 
     def count_studies(self, state: str | None = None) -> int:
