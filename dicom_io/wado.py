@@ -80,10 +80,14 @@ def _value(item: Mapping[str, Any], tag: str) -> Any:
 
 def qido_date_range(since: float | None) -> str | None:
     """The Study Date range matching (PS3.4 C.2.2.2.5) of studies dated on or after the day
-    of ``since`` (seconds since the epoch, UTC): ``"20261207-"``; None for no bound."""
+    of ``since`` (seconds since the epoch): ``"20261207-"``; None for no bound.
+
+    The day is this machine's local one: Study Date is the modality's local date, and a
+    radiology department's archive and its worker share a time zone.
+    """
     if since is None:
         return None
-    day = datetime.datetime.fromtimestamp(max(since, 0.0), tz=datetime.UTC).date()
+    day = datetime.datetime.fromtimestamp(max(since, 0.0)).date()
     return f"{day:%Y%m%d}-"
 
 

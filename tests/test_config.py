@@ -124,6 +124,53 @@ def test_example_config_toml_is_valid_and_sets_the_outbox() -> None:
     assert config.storage.retention_days == 30
 
 
+def test_example_source_in_config_toml_is_valid_once_uncommented(tmp_path: Path) -> None:
+    """The commented ``[[sources]]`` block of the example is a working configuration."""
+    text = (Path(__file__).resolve().parents[1] / "config.toml").read_text(encoding="utf-8")
+    block = text[text.index("# [[sources]]"):]
+    uncommented = "\n".join(line[2:] for line in block.splitlines() if line.startswith("# "))
+    path = tmp_path / "config.toml"
+    path.write_text(text + "\n" + uncommented + "\n", encoding="utf-8")
+    (source,) = load_config(path).sources
+    assert source.name == "archive" and source.type == "dicomweb"
+    assert source.results_to == ("pacs",) and source.poll_interval_s == 30
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('name = "a"\ntype = "ftp"', 'sources.0.type: type must be "dicomweb" or "dimse"'),
+        ('name = "a-name-longer-than-16"\ntype = "dicomweb"\nurl = "http://x"',
+         "sources.0.name"),
+        ('name = "a"\ntype = "dicomweb"\nurl = "http://x"\nresults_to = "nowhere"',
+         "results_to names no destination: ['nowhere']"),
+        ('name = "a"\ntype = "dicomweb"\nurl = "http://x"\nfilters = { StudyDate = "2024" }',
+         "StudyDate is set by Ossa"),
+        ('name = "a"\ntype = "dicomweb"\nurl = "http://x"\nmodalities = ["cr"]',
+         "is not a modality"),
+        ('name = "a"\ntype = "dimse"\nae_title = "PACS"\nhost = "h"\nport = 104\n'
+         'retrieve = "c-find"', "sources.0.retrieve"),
+        ('name = "a"\ntype = "dicomweb"\nurl = "http://x"\nauth = "basic"',
+         "needs secret_file or secret_env"),
+    ],
+)
+def test_invalid_sources_are_refused_naming_the_key(tmp_path: Path, toml: str,
+                                                     message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"[[sources]]\n{toml}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert message in str(raised.value)
+
+
+def test_sources_need_unique_names(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[[sources]]\nname = "a"\ntype = "dicomweb"\nurl = "http://x"\n' * 2,
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match="sources: names must be unique"):
+        load_config(path)
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -18,6 +18,7 @@ from worker.store import (
     LeaseLostError,
     Location,
     NewObject,
+    RetrievalState,
     SchemaError,
     StateStore,
     StoreError,
@@ -223,6 +224,77 @@ def test_a_delivery_is_sent_by_one_node_at_a_time(opener: Opener, clock: FakeClo
                             outcome="success", detail="")
     assert b.summary().deliveries == {"PACS": {"delivered": 1}}
     assert b.study_detail("1.2.3")[0].deliveries[0].attempts == 1
+
+
+def test_one_node_polls_a_source_per_interval_and_keeps_its_watermark(
+    opener: Opener, clock: FakeClock,
+) -> None:
+    a, b = opener("a"), opener("b")
+    assert a.claim_poll("archive", 30.0) == (True, None)  # first poll: no watermark yet
+    assert b.claim_poll("archive", 30.0) == (False, None)  # a polls; not due for b
+    started = a.now()
+    a.finish_poll("archive", outcome="success", detail="2 found", watermark=started)
+    clock.advance(10)
+    assert b.claim_poll("archive", 30.0) == (False, None)  # polled 10 s ago
+    clock.advance(21)
+    assert b.claim_poll("archive", 30.0) == (True, started)  # b's turn, from a's watermark
+    b.finish_poll("archive", outcome="unreachable", detail="down")  # the watermark stays
+    clock.advance(31)
+    assert a.claim_poll("archive", 30.0) == (True, started)
+    clock.advance(LEASE_S + 31)  # a died while polling: its claim lapses
+    assert b.claim_poll("archive", 30.0) == (True, started)
+    (row,) = b.sources()
+    assert row.name == "archive" and row.polled_by == "b" and row.last_outcome == "unreachable"
+
+
+def test_a_retrieval_is_queued_once_leased_to_one_node_and_fenced(
+    opener: Opener, clock: FakeClock,
+) -> None:
+    a, b = opener("a"), opener("b")
+    assert a.note_study("archive", "1.2.3", 2)
+    assert not b.note_study("archive", "1.2.3", 2)  # pending already
+    taken = a.due_retrieval(("archive",))
+    assert taken is not None and taken.study_uid == "1.2.3" and taken.requested_by == "poll"
+    assert b.due_retrieval(("archive",)) is None  # a holds it
+    assert b.due_retrieval(("other",)) is None
+    clock.advance(LEASE_S + 1)  # a died mid-retrieval
+    again = b.due_retrieval(("archive",))
+    assert again is not None and again.retrieval_id == taken.retrieval_id
+    assert not a.record_retrieval(taken.retrieval_id, state=RetrievalState.DONE,
+                                  outcome="success", detail="", retrieved=2)  # fenced
+    assert b.record_retrieval(again.retrieval_id, state=RetrievalState.DONE,
+                              outcome="success", detail="2 stored", retrieved=2, expected=2)
+    assert not a.note_study("archive", "1.2.3", 2)  # done and unchanged
+    assert a.note_study("archive", "1.2.3", 3)  # a new instance in the archive
+    row = a.retrieval("archive", "1.2.3")  # its retries start anew
+    assert row is not None and row.state == RetrievalState.PENDING and row.attempts == 0
+    # a failure that needs an operator, then `ossa retry --source`
+    got = a.due_retrieval(("archive",))
+    assert got is not None
+    a.record_retrieval(got.retrieval_id, state=RetrievalState.FAILED, outcome="refused",
+                       detail="HTTP 401", retrieved=0)
+    assert not a.note_study("archive", "1.2.3", 4)  # a failed one waits for the operator
+    assert [r.last_detail for r in a.troubled_retrievals()] == ["HTTP 401"]
+    assert a.retry_retrievals(source="archive") == 1
+    row = a.retrieval("archive", "1.2.3")
+    assert row is not None and row.state == RetrievalState.PENDING and row.attempts == 0
+
+
+def test_a_study_waits_for_its_pending_retrieval(opener: Opener, clock: FakeClock) -> None:
+    a = opener("a")
+    a.request_retrieval("archive", "1.2.3", requested_by="cli")
+    a.add_instance(calling_aet="archive", study_uid="1.2.3", sop_uid="1.2.3.1",
+                   sop_class_uid="1.2.840.10008.5.1.4.1.1.1", series_uid="1.2.3.9",
+                   path="instances/archive/1.2.3/1.dcm", size=100, source="archive")
+    clock.advance(QUIET_S + 1)
+    assert a.schedule_due(QUIET_S, max_queued=5) == 0  # still retrieving
+    got = a.due_retrieval(("archive",))
+    assert got is not None
+    a.record_retrieval(got.retrieval_id, state=RetrievalState.DONE, outcome="success",
+                       detail="", retrieved=1)
+    assert a.schedule_due(QUIET_S, max_queued=5) == 1
+    (job,) = a.claim_jobs(5)
+    assert job.source == "archive"
 
 
 def test_a_newer_schema_is_refused(location: Location, opener: Opener) -> None:
