@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,9 +32,10 @@ from pydicom.uid import (
 
 from dicom_io.report import encode_file
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
+from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier
-from tests.conftest import dciodvfy_errors, free_port, wait_until
+from tests.conftest import PostgresPeer, dciodvfy_errors, free_port, wait_until
 from tests.test_report import (
     DCIODVFY_SUMMARY,
     INVALID_IDENTIFIERS,
@@ -182,9 +184,11 @@ def _secret(directory: Path, password: str = ORTHANC_PASSWORD) -> Path:
 
 
 def _config_toml(tmp_path: Path, archive: Archive, listener_port: int, *, url: str,
-                 secret: Path, poll_interval_s: float, sources_extra: str = "") -> Path:
+                 secret: Path, poll_interval_s: float, sources_extra: str = "",
+                 storage: str = 'root = "var"') -> Path:
     """A config.toml as an admin writes one: a DICOMweb source whose results go back to it
     (STOW-RS), and a DIMSE source on the same Orthanc."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.toml"
     path.write_text(f"""
 [listener]
@@ -196,7 +200,7 @@ allowed_calling_aets = ["ORTHANC"]
 completion_timeout_s = 0.5
 
 [storage]
-root = "var"
+{storage}
 
 [delivery]
 retry_initial_interval_s = 0.3
@@ -465,6 +469,73 @@ def test_analyze_over_dimse_c_get_and_c_move(
     assert {d.destination for d in detail.deliveries} == {SOURCE}
     wait_until(lambda: _reported(store, uid), timeout=60, what="the results delivered")
     assert len(archive.produced(uid, "SR")) == 1
+
+
+def test_an_instance_ossa_cannot_decode_is_asked_for_again_in_explicit_vr(
+    tmp_path: Path, archive: Archive, listener_port: int, serve: Callable[[Path], Service],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On an install without an RLE decoder (the syntax left out of what admission takes),
+    the archive's RLE copy is refused with 0xC122 and asked for again in Explicit VR Little
+    Endian, which Orthanc transcodes: the study is reported all the same."""
+    monkeypatch.setattr("worker.admission.TRANSFER_SYNTAXES",
+                        tuple(t for t in TRANSFER_SYNTAXES if t != RLELossless))
+    instances = _study("ELBOW", 30)
+    for ds in instances:
+        archive.upload(ds, RLELossless)
+    path = _config_toml(tmp_path, archive, listener_port, url=f"{archive.url}/dicom-web",
+                        secret=_secret(tmp_path / "secrets"), poll_interval_s=0)
+    service = serve(path)
+    uid = instances[0].StudyInstanceUID
+    caplog.set_level(logging.INFO)
+    assert main(["analyze", "--config", str(path), "--source", SOURCE, "--study", uid,
+                 "--wait", "120"]) == 0
+    store = service.intake.store
+    paths = [str(r[0]) for r in store.db.read("SELECT path FROM instances")]
+    assert len(paths) == len(instances)
+    for relative in paths:
+        stored = pydicom.dcmread(service.intake.spool.path(relative), stop_before_pixels=True)
+        assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    asked_again = [r for r in caplog.records if "again in Explicit VR Little Endian" in
+                   r.getMessage()]
+    assert len(asked_again) == len(instances)
+
+
+def test_two_nodes_on_postgresql_poll_in_turn_and_report_each_study_once(
+    tmp_path: Path, archive: Archive, postgres: PostgresPeer,
+    serve: Callable[[Path], Service],
+) -> None:
+    """Two nodes share a PostgreSQL store and a storage root, both configured with the same
+    polled source: one node polls per interval, either retrieves, and each study is
+    retrieved, reported and stored back once."""
+    bones = ("WRIST", "HAND", "ELBOW", "FINGER", "FOREARM", "SHOULDER")
+    studies = [_study(bone, 40 + i) for i, bone in enumerate(bones)]
+    for instances in studies:
+        for ds in instances:
+            archive.upload(ds)
+    database = postgres.new_database()
+    root = tmp_path / "shared"
+    secret = _secret(tmp_path / "secrets")
+    services = []
+    for node in ("n1", "n2"):
+        path = _config_toml(tmp_path / node, archive, free_port(),
+                            url=f"{archive.url}/dicom-web", secret=secret, poll_interval_s=0.3,
+                            storage=f'root = "{root}"\ndatabase = "{database}"')
+        with path.open("a", encoding="utf-8") as config:
+            config.write(f'\n[node]\nname = "{node}"\nlease_s = 5\n')
+        services.append(serve(path))
+    store = services[0].intake.store
+    uids = [s[0].StudyInstanceUID for s in studies]
+    wait_until(lambda: all(_reported(store, u) for u in uids), timeout=180,
+               what="every study reported by the two nodes")
+    for uid, instances in zip(uids, studies, strict=True):
+        (detail,) = store.study_detail(uid)
+        assert [j.revision for j in detail.jobs] == [1]
+        assert detail.study.instances == len(instances)
+        assert len(archive.produced(uid, "SR")) == 1
+    retrievals = store.db.read("SELECT study_uid, COUNT(*) FROM retrievals GROUP BY study_uid")
+    assert all(int(n) == 1 for _, n in retrievals) and len(retrievals) >= len(uids)
+    assert [n.name for n in store.nodes()] == ["n1", "n2"]
 
 
 def test_config_names_sources_and_routes_their_results(tmp_path: Path) -> None:
