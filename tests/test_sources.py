@@ -92,16 +92,26 @@ class Archive(AuthOrthanc):
         return [t["SOPInstanceUID"] for t in self.instances_of(study_uid)
                 if t.get("Modality") == modality and t.get("Manufacturer") == "Ossa"]
 
-    def file(self, sop_uid: str) -> bytes:
-        """The file Orthanc holds for an instance."""
-        token = base64.b64encode(f"{ORTHANC_USER}:{ORTHANC_PASSWORD}".encode()).decode()
+    def _orthanc_id(self, sop_uid: str) -> str:
         (orthanc_id,) = [i for i in self.get("/instances")
                          if self.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
                          == sop_uid]
-        request = urllib.request.Request(self.url + f"/instances/{orthanc_id}/file",
+        return str(orthanc_id)
+
+    def _call(self, method: str, path: str) -> bytes:
+        token = base64.b64encode(f"{ORTHANC_USER}:{ORTHANC_PASSWORD}".encode()).decode()
+        request = urllib.request.Request(self.url + path, method=method,
                                          headers={"Authorization": f"Basic {token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return bytes(response.read())
+
+    def file(self, sop_uid: str) -> bytes:
+        """The file Orthanc holds for an instance."""
+        return self._call("GET", f"/instances/{self._orthanc_id(sop_uid)}/file")
+
+    def delete(self, sop_uid: str) -> None:
+        """Delete an instance from Orthanc."""
+        self._call("DELETE", f"/instances/{self._orthanc_id(sop_uid)}")
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +120,22 @@ def listener_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def archive(tmp_path_factory: pytest.TempPathFactory, listener_port: int) -> Iterator[Archive]:
+    """An empty archive for each test: a poll finds every study the archive holds, and a
+    later test's service (a new state store) would report an earlier test's studies again."""
     peer = Archive(tmp_path_factory.mktemp("archive"), listener_port)
     yield peer
     peer.stop()
 
 
-class StoppingProxy:
-    """An HTTP proxy to Orthanc that stops Orthanc, for real, when the ``stop_at``-th
-    WADO-RS request of an instance arrives; that request then finds no server."""
+class Proxy:
+    """An HTTP proxy to Orthanc that calls ``before(n, path)`` ahead of forwarding the n-th
+    WADO-RS request of an instance: the test then stops Orthanc, or deletes the instance,
+    for real, at that moment."""
 
-    def __init__(self, archive: Archive, stop_at: int) -> None:
-        self.archive, self.stop_at, self.seen = archive, stop_at, 0
+    def __init__(self, archive: Archive, before: Callable[[int, str], None]) -> None:
+        self.archive, self.before, self.seen = archive, before, 0
         self.lock = threading.Lock()
         proxy = self
 
@@ -131,8 +144,7 @@ class StoppingProxy:
                 if "/instances/" in self.path:
                     with proxy.lock:
                         proxy.seen += 1
-                        if proxy.seen == proxy.stop_at:
-                            proxy.archive.stop()
+                        proxy.before(proxy.seen, self.path)
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.archive.http_port,
                                                       timeout=30)
                 try:
@@ -256,6 +268,17 @@ def serve(classifier: TwoStageClassifier) -> Iterator[Callable[[Path], Service]]
         service.stop(deadline_s=30)
 
 
+class _Records(logging.Handler):
+    """Keeps the records it handles."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def _reported(store: StateStore, study_uid: str) -> bool:
     details = store.study_detail(study_uid)
     return bool(details) and all(d.study.state == "reported" for d in details) and all(
@@ -320,7 +343,7 @@ def test_archive_stopped_mid_retrieval_is_retried_and_nothing_is_duplicated(
     instances = _study("FOREARM", 5, n_images=3)
     for ds in instances:
         archive.upload(ds)
-    proxy = StoppingProxy(archive, stop_at=2)
+    proxy = Proxy(archive, lambda n, _: archive.stop() if n == 2 else None)
     try:
         path = _config_toml(tmp_path, archive, listener_port, url=proxy.url,
                             secret=_secret(tmp_path / "secrets"), poll_interval_s=0)
@@ -346,6 +369,43 @@ def test_archive_stopped_mid_retrieval_is_retried_and_nothing_is_duplicated(
     assert detail.study.instances == 3 and [j.revision for j in detail.jobs] == [1]
     assert len(archive.produced(uid, "SR")) == 1
     assert proxy.seen >= 4  # the second instance asked again, the third once
+
+
+def test_an_instance_deleted_after_the_listing_is_left_out_and_the_rest_reported(
+    tmp_path: Path, archive: Archive, listener_port: int, serve: Callable[[Path], Service],
+) -> None:
+    """The archive deletes an instance between the QIDO-RS listing and its WADO-RS request:
+    Orthanc answers 404, that instance is counted refused and the study's other instances
+    are retrieved and reported, once."""
+    instances = _study("HAND", 11, n_images=3)
+    for ds in instances:
+        archive.upload(ds)
+    deleted: list[str] = []
+
+    def delete_first(n: int, path: str) -> None:
+        if n == 1:
+            deleted.append(path.rsplit("/", 1)[-1])
+            archive.delete(deleted[0])
+
+    proxy = Proxy(archive, delete_first)
+    try:
+        path = _config_toml(tmp_path, archive, listener_port, url=proxy.url,
+                            secret=_secret(tmp_path / "secrets"), poll_interval_s=0)
+        service = serve(path)
+        store = service.intake.store
+        uid = instances[0].StudyInstanceUID
+        assert main(["analyze", "--config", str(path), "--source", SOURCE, "--study", uid,
+                     "--wait", "120"]) == 0
+    finally:
+        proxy.close()
+    done = store.retrieval(SOURCE, uid)
+    assert done is not None and done.state == RetrievalState.DONE and done.attempts == 1
+    assert done.retrieved == 2 and "1 refused" in (done.last_detail or "")
+    (detail,) = store.study_detail(uid)
+    assert detail.study.instances == 2 and [j.revision for j in detail.jobs] == [1]
+    assert deleted[0] not in store.held_sop_uids(SOURCE, uid)
+    wait_until(lambda: _reported(store, uid), timeout=60, what="the results delivered")
+    assert len(archive.produced(uid, "SR")) == 1
 
 
 def test_wrong_password_fails_with_its_status_then_retries_once_fixed(
@@ -426,6 +486,9 @@ def test_analyze_on_demand_keeps_identifiers_and_writes_valid_objects(
     with urllib.request.urlopen(base + location, timeout=30) as response:
         answer = json.loads(response.read())
     assert answer["stage"] == "reported" and answer["result"]
+    with urllib.request.urlopen(base + "/", timeout=30) as response:
+        page = response.read().decode()
+    assert '<table id="sources">' in page and f"<td>{SOURCE}</td>" in page
 
     (sr_uid,) = archive.produced(uid, "SR")
     captures = archive.produced(uid, "OT")
@@ -473,7 +536,7 @@ def test_analyze_over_dimse_c_get_and_c_move(
 
 def test_an_instance_ossa_cannot_decode_is_asked_for_again_in_explicit_vr(
     tmp_path: Path, archive: Archive, listener_port: int, serve: Callable[[Path], Service],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On an install without an RLE decoder (the syntax left out of what admission takes),
     the archive's RLE copy is refused with 0xC122 and asked for again in Explicit VR Little
@@ -487,16 +550,24 @@ def test_an_instance_ossa_cannot_decode_is_asked_for_again_in_explicit_vr(
                         secret=_secret(tmp_path / "secrets"), poll_interval_s=0)
     service = serve(path)
     uid = instances[0].StudyInstanceUID
-    caplog.set_level(logging.INFO)
-    assert main(["analyze", "--config", str(path), "--source", SOURCE, "--study", uid,
-                 "--wait", "120"]) == 0
+    # On the retrievers' own logger: ``main`` configures the root logger's handlers afresh,
+    # which takes caplog's away.
+    seen = _Records()
+    retrievers = logging.getLogger("worker.sources.retrievers")
+    retrievers.addHandler(seen)
+    monkeypatch.setattr(retrievers, "level", logging.INFO)
+    try:
+        assert main(["analyze", "--config", str(path), "--source", SOURCE, "--study", uid,
+                     "--wait", "120"]) == 0
+    finally:
+        retrievers.removeHandler(seen)
     store = service.intake.store
     paths = [str(r[0]) for r in store.db.read("SELECT path FROM instances")]
     assert len(paths) == len(instances)
     for relative in paths:
         stored = pydicom.dcmread(service.intake.spool.path(relative), stop_before_pixels=True)
         assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    asked_again = [r for r in caplog.records if "again in Explicit VR Little Endian" in
+    asked_again = [r for r in seen.records if "again in Explicit VR Little Endian" in
                    r.getMessage()]
     assert len(asked_again) == len(instances)
 

@@ -123,7 +123,7 @@ def create_app(
         service is starting, reconciling its spool, or stopping), as the DICOM listener
         does not listen then.
     """
-    page = StatusPage(store, health, destinations)
+    page = StatusPage(store, health, destinations, sources)
 
     def refusal(request: Request, *, write: bool) -> Response | None:
         """None when the request may go on; else the 401 or 403 to answer."""

@@ -1,6 +1,7 @@
 """The status page: one server-rendered HTML page (Jinja2, every value escaped), no scripts.
 
-It shows the health checks, studies by state, each destination's deliveries, the failed
+It shows the health checks, studies by state, each destination's deliveries, each source's
+last poll and the retrievals failing, the failed
 deliveries with a retry form per study, and the most recent studies with their result. The
 retry form posts the token the operator types (``POST /studies/{uid}/retry``); a cross-site
 page cannot forge it without the token, and the browser keeps no credential.
@@ -33,13 +34,16 @@ class StatusPage:
         Its checks head the page.
     destinations : sequence of str
         Configured destination names (shown before their first delivery).
+    sources : sequence of str
+        Configured source names (shown before their first poll).
     """
 
     def __init__(self, store: StateStore, health: HealthProbe,
-                 destinations: Sequence[str] = ()) -> None:
+                 destinations: Sequence[str] = (), sources: Sequence[str] = ()) -> None:
         self.store = store
         self.health = health
         self.destinations = tuple(destinations)
+        self.sources = tuple(sources)
         self._env = Environment(
             loader=FileSystemLoader(TEMPLATES),
             autoescape=select_autoescape(["html"]),
@@ -70,7 +74,18 @@ class StatusPage:
         nodes = [{"name": n.name, "host": n.host, "heartbeat": iso_time(n.heartbeat),
                   "alive": now - n.heartbeat <= self.store.lease_s, "jobs": n.jobs,
                   "deliveries": n.deliveries} for n in self.store.nodes()]
+        polled = {row.name: row for row in self.store.sources()}
+        sources = [{
+            "name": name if name in self.sources else f"{name} (not configured)",
+            "last_poll": None if name not in polled else iso_time(polled[name].last_poll),
+            "last_outcome": None if name not in polled else polled[name].last_outcome,
+            "last_detail": None if name not in polled else polled[name].last_detail,
+            "pending": 0 if name not in polled else polled[name].pending,
+            "failed": 0 if name not in polled else polled[name].failed,
+        } for name in dict.fromkeys([*self.sources, *polled])]
         return self._env.get_template("status.html").render(
+            sources=sources,
+            troubled=self.store.troubled_retrievals(limit=20),
             node=self.store.node,
             nodes=nodes,
             health=self.health.run(),

@@ -70,12 +70,15 @@ class SourcePoller:
         mine, watermark = self.store.claim_poll(source.name, source.poll_interval_s)
         if not mine:
             return None
-        started = self.store.now()
-        since = (watermark if watermark is not None
-                 else started - source.lookback_days * _DAY_S) - source.overlap_s
+        # Whatever happens now, the claim is released (or, should the store be unreachable,
+        # taken again by this node's next poll: claim_poll lets a node reclaim its own).
+        outcome, detail, moved_to = "error", "poll interrupted", None
         queued = found = 0
-        failure: SendResult | None = None
         try:
+            started = self.store.now()
+            since = (watermark if watermark is not None
+                     else started - source.lookback_days * _DAY_S) - source.overlap_s
+            failure: SendResult | None = None
             for modality in source.modalities:
                 result, studies = find_studies(self.peer, modality=modality, since=since,
                                                filters=source.filters)
@@ -86,17 +89,17 @@ class SourcePoller:
                 for study in studies:
                     queued += self.store.note_study(source.name, study.study_uid,
                                                     study.instances)
-        except BaseException:
-            self.store.finish_poll(source.name, outcome="error", detail="poll interrupted")
-            raise
-        if failure is not None:
-            logger.warning("Poll of source %s failed: %s", source.name, failure.detail)
-            self.store.finish_poll(source.name, outcome=failure.outcome.value,
-                                   detail=failure.detail)
-            return queued
-        detail = f"{found} stud{'y' if found == 1 else 'ies'} found, {queued} queued"
-        (logger.info if queued else logger.debug)("Poll of source %s: %s", source.name, detail)
-        self.store.finish_poll(source.name, outcome="success", detail=detail, watermark=started)
+            if failure is not None:
+                logger.warning("Poll of source %s failed: %s", source.name, failure.detail)
+                outcome, detail = failure.outcome.value, failure.detail
+            else:
+                outcome, moved_to = "success", started
+                detail = f"{found} stud{'y' if found == 1 else 'ies'} found, {queued} queued"
+                (logger.info if queued else logger.debug)("Poll of source %s: %s",
+                                                          source.name, detail)
+        finally:
+            self.store.finish_poll(source.name, outcome=outcome, detail=detail,
+                                   watermark=moved_to)
         if queued:
             self.wake.set()
         return queued
@@ -106,10 +109,12 @@ class SourcePoller:
         while not self.stop.is_set():
             wait = self.source.poll_interval_s
             try:
-                self.poll_once()
+                polled = self.poll_once() is not None
                 due = self.store.seconds_until_poll(self.name)
                 if due is not None:
-                    wait = min(wait, max(due, 0.05))
+                    # another node's poll that is due but still running: look again in a
+                    # while, not at once
+                    wait = min(wait, max(due, 0.05 if polled else 1.0))
             except StoreError as exc:
                 logger.error("Source %s: state store error: %s", self.name, exc)
             except Exception:  # the poller must outlive any one poll

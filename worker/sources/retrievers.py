@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import BinaryIO, Protocol, cast
 
 from dicom_io.retrieve import c_get_study, c_move_study
@@ -46,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 #: The metrics' protocol label of instances retrieved with WADO-RS.
 WADO_PROTOCOL = "wadors"
+#: WADO-RS answers that concern one instance only (gone since it was listed, or not to be had
+#: in any transfer syntax asked for): it is counted refused, the study's other instances go on.
+_INSTANCE_GONE = frozenset({HTTPStatus.NOT_FOUND, HTTPStatus.NOT_ACCEPTABLE, HTTPStatus.GONE})
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,15 @@ class DicomwebRetriever:
                 max_bytes=self.max_instance_bytes, transfer_syntax=syntax,
             )
             if not result.ok:
+                if result.http_status == HTTPStatus.NOT_ACCEPTABLE and syntax != EXPLICIT_LITTLE:
+                    continue  # the archive cannot send it as it holds it: ask in Explicit VR
+                if result.http_status in _INSTANCE_GONE:
+                    # deleted or unreadable since the study was listed: that instance only
+                    logger.warning("SOP Instance %s of study %s not retrieved from %s: %s",
+                                   instance.sop_uid, instance.study_uid, self.name,
+                                   result.detail)
+                    tally.refused += 1
+                    return None
                 return result
             decisions = []
             try:
@@ -264,13 +277,13 @@ class DimseRetriever:
 
     def retrieve(self, study_uid: str, stop: threading.Event) -> Retrieved:
         """C-GET (instances admitted as they come) or C-MOVE (they arrive on the listener;
-        the study received meanwhile is then named this source's)."""
+        the study received meanwhile is then named this source's, whatever the outcome: a
+        retry goes on with it)."""
         peer = dimse_peer(self.source)
         if self.source.retrieve == "c-move":
             result = c_move_study(peer, study_uid, calling_ae_title=self.calling_ae_title,
                                   move_destination=self.calling_ae_title)
-            if result.ok:
-                self.intake.store.mark_source(study_uid, self.name)
+            self.intake.store.mark_source(study_uid, self.name)
             return Retrieved(result)
         tally = _Tally()
         outcomes: list[StoreOutcome] = []
@@ -285,10 +298,9 @@ class DimseRetriever:
             tally.stored += outcome is StoreOutcome.STORED
             tally.held += outcome in (StoreOutcome.DUPLICATE, StoreOutcome.OWN_OBJECT)
             tally.refused += outcome is StoreOutcome.REFUSED
-        if result.outcome is SendOutcome.WARNING and tally.refused:
-            # sub-operations Ossa refused (each logged): the study is retrieved as far as
-            # it can be; those that failed on the PACS's side are retried
-            result = SendResult(SendOutcome.SUCCESS, result.status, result.detail)
+        # A Warning (0xB000: some sub-operations failed, e.g. a dose SR for which Ossa
+        # offered no context, or an instance Ossa refused, each logged) is a retrieval as
+        # complete as it can be: retrying would fail the same way.
         return Retrieved(result, None, tally.stored, tally.held, tally.refused)
 
 

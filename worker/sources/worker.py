@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 
+from dicom_io.send import SendOutcome, SendResult
 from worker.delivery import RetryPolicy, is_permanent
 from worker.sources.retrievers import Retrieved, Retriever
 from worker.store import Retrieval, RetrievalState, StateStore, StoreError
@@ -73,7 +74,18 @@ class RetrievalWorker:
             return False
         logger.info("Retrieving study %s from %s (attempt %d)", retrieval.study_uid, self.name,
                     retrieval.attempts + 1)
-        self._record(retrieval, self.retriever.retrieve(retrieval.study_uid, self.stop))
+        try:
+            got = self.retriever.retrieve(retrieval.study_uid, self.stop)
+        except Exception as exc:  # e.g. the spool's disk full, the store unreachable
+            logger.exception("Retrieval of study %s from %s failed unexpectedly",
+                             retrieval.study_uid, self.name)
+            got = Retrieved(SendResult(SendOutcome.ABORTED, None,
+                                       f"error in Ossa: {type(exc).__name__}"))
+        if self.stop.is_set() and not got.result.ok:
+            # stopped in the middle: no attempt counted, due again at the next start
+            self.store.release_retrieval(retrieval.retrieval_id)
+            return True
+        self._record(retrieval, got)
         return True
 
     def _record(self, retrieval: Retrieval, got: Retrieved) -> None:
@@ -92,7 +104,7 @@ class RetrievalWorker:
                 state, why = RetrievalState.PENDING, f"retry in {retry_at - now:.0f} s"
         recorded = self.store.record_retrieval(
             retrieval.retrieval_id, state=state, outcome=result.outcome.value,
-            detail=result.detail if result.ok else f"{result.detail} ({got.summary})",
+            detail=f"{result.detail} ({got.summary})",
             retrieved=got.stored, expected=got.expected, next_attempt=retry_at,
         )
         if not recorded:
@@ -109,17 +121,16 @@ class RetrievalWorker:
     def run(self) -> None:
         """Retrieve until ``stop`` is set; waits for the next due retrieval in between."""
         while not self.stop.is_set():
-            due = None
+            wait = self.poll_interval_s
             try:
                 if self.run_once():
                     continue
                 due = self.store.next_retrieval((self.name,))
+                if due is not None:
+                    wait = min(wait, max(0.0, due - self.store.now()))
             except StoreError as exc:
                 logger.error("Source %s: state store error: %s", self.name, exc)
             except Exception:  # the worker must outlive any one retrieval
                 logger.exception("Source %s: unexpected error while retrieving", self.name)
-            wait = self.poll_interval_s
-            if due is not None:
-                wait = min(wait, max(0.0, due - self.store.now()))
             if self.wake.wait(wait):
                 self.wake.clear()

@@ -128,7 +128,8 @@ class JobQueries(Queries):
         reported at once without it. Every node schedules; a study one node is queueing (or
         receiving an instance of) is skipped by the others. A study retrieved from a source
         waits while its retrieval is pending (retrying after a failure part-way), so that it
-        is reported once, whole.
+        is reported once, whole (a study not yet named a source's waits for any pending
+        retrieval of its UID: a C-MOVE's).
         """
         db = self.db
         with db.tx() as tx:
@@ -139,12 +140,15 @@ class JobQueries(Queries):
             room = max_queued - int(waiting)
             if room <= 0:
                 return 0
-            # a study still being retrieved from its source waits for the retrieval
+            # a study still being retrieved waits for the retrieval: one from its source, or
+            # for a study of no source yet (a C-MOVE's instances come from the PACS's own AE
+            # title, and are named the source's when the move ends) any of its UID
             due = tx.execute(
                 f"SELECT id FROM studies WHERE state = ? AND"
                 f" {db.greatest('last_received', '?')} <= ?"
-                " AND NOT EXISTS (SELECT 1 FROM retrievals r WHERE r.source = studies.source"
-                " AND r.study_uid = studies.study_uid AND r.state = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM retrievals r WHERE r.study_uid ="
+                " studies.study_uid AND r.state = ? AND (r.source = studies.source"
+                " OR studies.source IS NULL))"
                 " ORDER BY last_received LIMIT ?" + db.lock_rows(skip_locked=True),
                 (StudyState.RECEIVING, quiet_since, now - completion_timeout_s,
                  RetrievalState.PENDING, room),

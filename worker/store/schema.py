@@ -40,8 +40,10 @@ Tables
 ``retrievals``
     One row per (source, Study Instance UID) to retrieve: ``pending``, ``done`` or
     ``failed``, retried with backoff like a delivery, leased to the node retrieving it;
-    ``expected`` is the archive's instance count when it was queued, ``retrieved`` what
-    the last attempt stored.
+    ``listed`` is the instance count last seen (Number of Study Related Instances in a
+    poll, or the instances a finished retrieval found: a poll that sees another count
+    queues the study again), ``expected`` the instances the last attempt found listed,
+    ``retrieved`` what it stored.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ MIGRATIONS: tuple[str, ...] = (
         study_uid TEXT NOT NULL,
         state TEXT NOT NULL,
         requested_by TEXT NOT NULL,
+        listed INTEGER,
         expected INTEGER,
         retrieved INTEGER NOT NULL DEFAULT 0,
         attempts INTEGER NOT NULL DEFAULT 0,

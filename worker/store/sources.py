@@ -90,7 +90,8 @@ class SourceQueries(Queries):
     # --- polls ------------------------------------------------------------------------------
 
     def claim_poll(self, source: str, interval_s: float) -> tuple[bool, float | None]:
-        """Claim ``source``'s poll if it is due and no live node is polling it.
+        """Claim ``source``'s poll if it is due and no live node is polling it (a claim of
+        this node's own is stale: its one poller of the source is asking again).
 
         Returns
         -------
@@ -108,9 +109,10 @@ class SourceQueries(Queries):
             )
             row = tx.execute(
                 "UPDATE sources SET next_poll = ?, polled_by = ?, poll_until = ?"
-                " WHERE name = ? AND next_poll <= ? AND (poll_until IS NULL OR poll_until < ?)"
+                " WHERE name = ? AND next_poll <= ?"
+                " AND (poll_until IS NULL OR poll_until < ? OR polled_by = ?)"
                 " RETURNING watermark",
-                (now + interval_s, self.node, now + self.lease_s, source, now, now),
+                (now + interval_s, self.node, now + self.lease_s, source, now, now, self.node),
             ).fetchone()
         return (row is not None), (None if row is None else opt_float(row[0]))
 
@@ -139,37 +141,38 @@ class SourceQueries(Queries):
 
     # --- retrievals -------------------------------------------------------------------------
 
-    def note_study(self, source: str, study_uid: str, expected: int | None) -> bool:
+    def note_study(self, source: str, study_uid: str, listed: int | None) -> bool:
         """Queue the retrieval of a study a poll found, unless it is known and unchanged.
 
         A study never seen is queued; one retrieved before (``done``) is queued again when
-        the archive now lists another number of instances; a pending one has its count
-        updated; a ``failed`` one waits for ``ossa retry``. Returns whether it was queued.
+        the poll sees another number of instances (``listed``) than the previous poll did;
+        a pending one has its count updated; a ``failed`` one waits for ``ossa retry``.
+        Returns whether it was queued.
         """
         db = self.db
         with db.tx() as tx:
             now = db.now(tx)
-            row = tx.execute(
-                "SELECT state, expected FROM retrievals WHERE source = ? AND study_uid = ?"
+            created = tx.execute(
+                "INSERT INTO retrievals (source, study_uid, state, requested_by, listed,"
+                " queued_at, next_attempt) VALUES (?, ?, ?, 'poll', ?, ?, ?)"
+                " ON CONFLICT (source, study_uid) DO NOTHING RETURNING id",
+                (source, study_uid, RetrievalState.PENDING, listed, now, now),
+            ).fetchone()
+            if created is not None:
+                return True
+            state, known = tx.execute(
+                "SELECT state, listed FROM retrievals WHERE source = ? AND study_uid = ?"
                 + db.lock_rows(),
                 (source, study_uid),
             ).fetchone()
-            if row is None:
+            changed = listed is not None and known != listed
+            if changed:
                 tx.execute(
-                    "INSERT INTO retrievals (source, study_uid, state, requested_by, expected,"
-                    " queued_at, next_attempt) VALUES (?, ?, ?, 'poll', ?, ?, ?)",
-                    (source, study_uid, RetrievalState.PENDING, expected, now, now),
+                    "UPDATE retrievals SET listed = ? WHERE source = ? AND study_uid = ?",
+                    (listed, source, study_uid),
                 )
-                return True
-            state, known = row
-            if state == RetrievalState.PENDING:
-                tx.execute(
-                    "UPDATE retrievals SET expected = ? WHERE source = ? AND study_uid = ?",
-                    (expected, source, study_uid),
-                )
-                return False
-            if state == RetrievalState.DONE and expected is not None and known != expected:
-                self._requeue(tx, now, source, study_uid, "poll", expected)
+            if state == RetrievalState.DONE and changed:
+                self._requeue(tx, now, source, study_uid, "poll")
                 return True
             return False
 
@@ -178,30 +181,24 @@ class SourceQueries(Queries):
         db = self.db
         with db.tx() as tx:
             now = db.now(tx)
-            exists = tx.execute(
-                "SELECT 1 FROM retrievals WHERE source = ? AND study_uid = ?" + db.lock_rows(),
-                (source, study_uid),
+            created = tx.execute(
+                "INSERT INTO retrievals (source, study_uid, state, requested_by,"
+                " queued_at, next_attempt) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (source, study_uid) DO NOTHING RETURNING id",
+                (source, study_uid, RetrievalState.PENDING, requested_by, now, now),
             ).fetchone()
-            if exists is None:
-                tx.execute(
-                    "INSERT INTO retrievals (source, study_uid, state, requested_by,"
-                    " queued_at, next_attempt) VALUES (?, ?, ?, ?, ?, ?)",
-                    (source, study_uid, RetrievalState.PENDING, requested_by, now, now),
-                )
-            else:
-                self._requeue(tx, now, source, study_uid, requested_by, None)
+            if created is None:
+                self._requeue(tx, now, source, study_uid, requested_by)
 
     @staticmethod
-    def _requeue(tx: Db, now: float, source: str, study_uid: str, requested_by: str,
-                 expected: int | None) -> None:
+    def _requeue(tx: Db, now: float, source: str, study_uid: str, requested_by: str) -> None:
         """Make a retrieval pending and due now; a finished one starts its retries anew."""
         tx.execute(
             "UPDATE retrievals SET next_attempt = ?, requested_by = ?,"
-            " expected = COALESCE(?, expected),"
             " attempts = CASE WHEN state = ? THEN attempts ELSE 0 END,"
             " queued_at = CASE WHEN state = ? THEN queued_at ELSE ? END, state = ?"
             " WHERE source = ? AND study_uid = ?",
-            (now, requested_by, expected, RetrievalState.PENDING, RetrievalState.PENDING, now,
+            (now, requested_by, RetrievalState.PENDING, RetrievalState.PENDING, now,
              RetrievalState.PENDING, source, study_uid),
         )
 
@@ -253,7 +250,12 @@ class SourceQueries(Queries):
         next_attempt: float | None = None,
     ) -> bool:
         """Record one attempt and release the lease; False, recording nothing, when the
-        retrieval is no longer this node's (its lease passed to another node)."""
+        retrieval is no longer this node's (its lease passed to another node).
+
+        A finished retrieval's instance count becomes the one the next poll compares with:
+        should its listing have missed an instance that a poll already counted (stored in
+        between), the next poll sees a different count and queues the study again.
+        """
         db = self.db
         with db.tx() as tx:
             now = db.now(tx)
@@ -261,12 +263,24 @@ class SourceQueries(Queries):
                 "UPDATE retrievals SET attempts = attempts + 1, last_attempt = ?, state = ?,"
                 " last_outcome = ?, last_detail = ?, retrieved = ?,"
                 " expected = COALESCE(?, expected), next_attempt = COALESCE(?, next_attempt),"
+                " listed = COALESCE(?, listed),"
                 " owner = NULL, lease_until = NULL"
                 " WHERE id = ? AND state = ? AND (owner = ? OR owner IS NULL)",
                 (now, state, outcome, detail[:500], retrieved, expected, next_attempt,
-                 retrieval_id, RetrievalState.PENDING, self.node),
+                 expected if state == RetrievalState.DONE else None, retrieval_id,
+                 RetrievalState.PENDING, self.node),
             ).rowcount
         return bool(changed)
+
+    def release_retrieval(self, retrieval_id: int) -> None:
+        """Give a retrieval back, due now, without counting an attempt (the node stopped
+        in the middle of it)."""
+        with self.db.tx() as tx:
+            tx.execute(
+                "UPDATE retrievals SET owner = NULL, lease_until = NULL"
+                " WHERE id = ? AND owner = ?",
+                (retrieval_id, self.node),
+            )
 
     def held_sop_uids(self, calling_aet: str, study_uid: str) -> set[str]:
         """SOP Instance UIDs of a study (as ``calling_aet`` sent it) whose files are held."""
@@ -290,21 +304,29 @@ class SourceQueries(Queries):
 
     def retry_retrievals(self, *, source: str | None = None,
                          study_uid: str | None = None) -> int:
-        """Make failed retrievals (of one source, or one study, or all) pending and due now."""
-        where, params = ["state = ?"], [str(RetrievalState.FAILED)]
+        """Re-queue failed retrievals (of one source, one study, or all) and make the pending
+        ones of the selection due now; return how many."""
+        where: list[str] = []
+        params: list[str] = []
         if source:
             where.append("source = ?")
             params.append(source)
         if study_uid:
             where.append("study_uid = ?")
             params.append(study_uid)
+        if not where:  # every failed one
+            where.append("state = ?")
+            params.append(RetrievalState.FAILED)
         db = self.db
         with db.tx() as tx:
             now = db.now(tx)
             return int(tx.execute(
-                "UPDATE retrievals SET state = ?, next_attempt = ?, queued_at = ?, attempts = 0"
-                f" WHERE {' AND '.join(where)}",
-                (RetrievalState.PENDING, now, now, *params),
+                "UPDATE retrievals SET next_attempt = ?,"
+                " attempts = CASE WHEN state = ? THEN 0 ELSE attempts END,"
+                " queued_at = CASE WHEN state = ? THEN ? ELSE queued_at END, state = ?"
+                f" WHERE state IN (?, ?) AND {' AND '.join(where)}",
+                (now, RetrievalState.FAILED, RetrievalState.FAILED, now, RetrievalState.PENDING,
+                 RetrievalState.FAILED, RetrievalState.PENDING, *params),
             ).rowcount)
 
     # --- views ------------------------------------------------------------------------------
