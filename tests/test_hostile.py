@@ -65,7 +65,8 @@ from tests.conftest import (
     wait_until,
 )
 from tests.test_report import _single
-from worker.admission import StoreStatus, is_ui_value, printable
+from worker.admission import StoreStatus, is_ui_value
+from worker.logsafe import printable
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from worker.cli import fail
 from worker.config import (
     Config,
     ConfigError,
@@ -23,6 +25,7 @@ from worker.config import (
     DimseSource,
     load_config,
 )
+from worker.console import fail
 from worker.store import (
     STORE_FILE,
     DeliveryState,
@@ -233,6 +236,42 @@ def analyze(args: argparse.Namespace) -> int:
                 print(f"still {state.stage} after {args.wait:g} s; `ossa status` follows it")
                 return 3
             time.sleep(0.5)
+
+
+def reload(args: argparse.Namespace) -> int:
+    """``ossa reload``: validate ``config.toml`` and send SIGHUP to this host's running
+    ``ossa serve`` (the node the file names), which re-reads it (:mod:`worker.reload`).
+
+    An invalid file is refused here, with the reason, and no signal is sent. The process
+    is the one the state store records for this node, on this host, with a heartbeat
+    within a lease: a stale record is never signalled.
+    """
+    opened = _open(args)
+    if isinstance(opened, int):
+        return opened
+    _, store = opened
+    with store:
+        node, now, lease_s = store.node, store.now(), store.lease_s
+        rows = [row for row in store.nodes() if row.name == node]
+    host = socket.gethostname()
+    if not rows or rows[0].host != host:
+        return fail(f"no `ossa serve` of node {node} has run on this host ({host})", 1)
+    row = rows[0]
+    if now - row.heartbeat > lease_s or not _is_ossa(row.pid):
+        return fail(f"node {node}: `ossa serve` (pid {row.pid}) is not running", 1)
+    os.kill(row.pid, signal.SIGHUP)
+    print(f"Sent SIGHUP to ossa serve of node {node} (pid {row.pid}); what changed, or why the"
+          " file was refused, is in its log")
+    return 0
+
+
+def _is_ossa(pid: int) -> bool:
+    """Whether ``pid`` is a live process running Ossa (its command line names it)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ossa" in cmdline or b"-m\x00worker" in cmdline
 
 
 @dataclass(frozen=True)

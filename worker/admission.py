@@ -35,6 +35,7 @@ from pynetdicom.status import Status
 from dicom_io.pixels import PixelDataError, check_pixel_module
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES, InflateLimitError, inflate
 from worker.intake import Accepted, Intake, Kind, Received
+from worker.logsafe import printable
 from worker.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -260,18 +261,6 @@ def is_ui_value(uid: str) -> bool:
     a valid SR, nor safely shown, and is refused.
     """
     return _UI_VALUE.fullmatch(uid) is not None
-
-
-def printable(value: str) -> str:
-    """``value`` for a log line: printable ASCII as it is, any other character escaped
-    (``\\x00``, ``\\u00e9``), so that a hostile UID cannot forge or break a log line."""
-    if value.isascii() and value.isprintable():
-        return value
-    return value.encode("ascii", "backslashreplace").decode("ascii").translate(_CONTROL)
-
-
-#: ASCII control characters as ``\\xNN`` (backslashreplace leaves them as they are).
-_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
 
 
 class TruncatedError(ValueError):

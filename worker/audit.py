@@ -35,6 +35,7 @@ from pynetdicom.association import Association
 from dicom_io.tls import peer_certificate_cn
 from worker.access import PeerBindings
 from worker.handlers import StoreOutcome
+from worker.logsafe import printable
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ AUDIT_LOGGER = "ossa.audit"
 # A-ASSOCIATE-RJ parameters (PS3.8 9.3.4): rejected-permanent, DUL service-user, calling AE
 # title not recognised.
 _REJECT_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
-
-
-def _printable(value: str) -> str:
-    """``value`` with control and non-ASCII characters replaced: titles come from the wire."""
-    return "".join(c if " " <= c <= "~" else "?" for c in value).strip()
 
 
 def _plain(value: object) -> str:
@@ -129,8 +125,8 @@ class AssociationAudit:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         request = assoc.requestor.primitive
-        calling = _printable(str(getattr(request, "calling_ae_title", "") or ""))
-        called = _printable(str(getattr(request, "called_ae_title", "") or ""))
+        calling = printable(str(getattr(request, "calling_ae_title", "") or "").strip())
+        called = printable(str(getattr(request, "called_ae_title", "") or "").strip())
         sock = getattr(assoc.dul.socket, "socket", None)
         record = _Association(
             calling_ae=calling,
@@ -168,7 +164,7 @@ class AssociationAudit:
         # A context Ossa does not negotiate (a CT, MR or RT object sent by mistake, PS3.8
         # 9.3.3.2 result 3 or 4): the sender cannot even send the instance, so say it here.
         rejected = [
-            f"{_printable(cx.abstract_syntax.name if cx.abstract_syntax else '?')}:"
+            f"{printable(cx.abstract_syntax.name if cx.abstract_syntax else '?')}:"
             f" {cx.status.lower()}"
             for cx in event.assoc.rejected_contexts
         ]

@@ -3,7 +3,7 @@
 Sub-commands:
 
 ``ossa serve --config config.toml``
-    Run the DICOM listener and worker until SIGINT/SIGTERM.
+    Run the DICOM listener and worker until SIGINT/SIGTERM; SIGHUP re-reads the file.
 ``ossa phantom --out DIR --studies N --seed S``
     Write the procedural phantom dataset in the MURA-v1.1 layout.
 ``ossa train --data DIR --out BUNDLE``
@@ -22,6 +22,8 @@ Sub-commands:
     and retrievals.
 ``ossa analyze --source NAME --study UID [--wait S]``
     Retrieve one study from a source (DICOMweb, C-GET or C-MOVE) and report it.
+``ossa reload --config config.toml``
+    Validate the file and send SIGHUP to the running ``ossa serve``, which re-reads it.
 ``ossa check-config --config config.toml``
     Validate the configuration, check the bundle and store, C-ECHO every destination.
 ``ossa export-dicom --data DIR --out DIR``
@@ -41,6 +43,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+
+from worker.console import fail
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +131,6 @@ def configure_logging(level: str, fmt: str = "plain") -> None:
     )
 
 
-def fail(message: str, code: int = 2) -> int:
-    """Print ``ossa: error: <message>`` on standard error; return the exit status ``code``."""
-    print(f"ossa: error: {message}", file=sys.stderr)
-    return code
-
-
 def serve(args: argparse.Namespace) -> int:
     """``ossa serve``: run the service with the given configuration file."""
     from models.serving.manifest import BundleError
@@ -168,8 +166,21 @@ def serve(args: argparse.Namespace) -> int:
         logger.info("Received signal %d; stopping", signum)
         service.request_stop()
 
+    def _on_hangup(signum: int, frame: FrameType | None) -> None:
+        service.request_reload()  # the main thread reloads: a signal handler must not block
+
+    def _reload() -> None:
+        logger.info("Reloading %s", args.config)
+        try:
+            service.reload(load_config(args.config))
+        except ConfigError as exc:
+            logger.error("Configuration not reloaded, the running one is kept: %s", exc)
+        except Exception:  # e.g. a destination that cannot be built: nothing was changed
+            logger.exception("Configuration not reloaded, the running one is kept")
+
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_hangup)
     try:
         service.start()
     except ConfigError as exc:  # e.g. a [listener.tls] file that cannot be used
@@ -178,7 +189,7 @@ def serve(args: argparse.Namespace) -> int:
         return fail(
             f"listener: cannot listen on {config.listener.host}:{config.listener.port}: {exc}", 1
         )
-    service.run()
+    service.run(on_reload=_reload)
     return service.stop()
 
 
@@ -323,6 +334,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wait", metavar="S", type=float, default=None,
                    help="follow it up to S seconds: exit 0 reported, 1 failed, 3 still running")
     p.set_defaults(func=_admin("analyze"))
+
+    p = commands.add_parser(
+        "reload", help="validate config.toml and have the running `ossa serve` re-read it"
+    )
+    p.add_argument("--config", type=Path, default=Path("config.toml"), help="configuration file")
+    p.set_defaults(func=_admin("reload"))
 
     p = commands.add_parser(
         "check-config", help="validate the configuration and C-ECHO every destination"

@@ -33,10 +33,10 @@ from worker.admission import (
     StoreStatus,
     Submission,
     admit,
-    printable,
     read_part10,
 )
 from worker.intake import Intake
+from worker.logsafe import printable
 
 __all__ = ["StoreObserver", "StoreOutcome", "StoreStatus", "handle_echo", "handle_store"]
 

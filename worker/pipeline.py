@@ -357,6 +357,13 @@ class ReportStage:
         self.routes = {name: tuple(to) for name, to in (routes or {}).items()}
         self.captures = captures
 
+    def reroute(self, destinations: Sequence[str],
+                routes: Mapping[str, Sequence[str]]) -> None:
+        """Report from now on to ``destinations`` (and per source to ``routes``): a
+        configuration reload. A study already reported keeps its deliveries."""
+        self.routes = {name: tuple(to) for name, to in routes.items()}
+        self.destinations = tuple(destinations)
+
     def destinations_of(self, job: ClaimedJob) -> tuple[str, ...]:
         """Where a study's objects go: its source's ``results_to``, else every destination."""
         if job.source is not None and job.source in self.routes:

@@ -2,12 +2,17 @@
 
 Like uvicorn's ``Server``: :meth:`Service.start` reconciles the state store with the disk,
 re-queues interrupted jobs, binds the DICOM listener and starts one thread per stage
-(scheduler, classify, report), per destination and per source (its retrievals, and its
-polls); :meth:`Service.run` blocks until
-:meth:`Service.request_stop` (called from a signal handler); :meth:`Service.stop` stops
-accepting associations, lets the batch in progress and the attempts in progress finish
-within a deadline and returns 0. Everything not finished is in the state store and is
-resumed at the next start, which is also what happens after ``kill -9``.
+(scheduler, classify, report) and the lanes (:mod:`worker.lanes`) of each destination and
+source; :meth:`Service.run` blocks until :meth:`Service.request_stop` (called from a signal
+handler); :meth:`Service.stop` stops accepting associations, lets the batch in progress and
+the attempts in progress finish within a deadline and returns 0. Everything not finished is
+in the state store and is resumed at the next start, which is also what happens after
+``kill -9``.
+
+:meth:`Service.request_reload` (SIGHUP) makes :meth:`Service.run` call its reload callback,
+which reads the configuration again and hands it to :meth:`Service.reload`: AE titles,
+allowed peers, scope, retry policy, destinations and sources change without a restart and
+without dropping an association (:mod:`worker.reload`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -31,12 +36,12 @@ from dicom_io.tls import TlsFileError, server_context, start_server
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from worker.access import PeerBindings
 from worker.audit import AssociationAudit
-from worker.config import Config, ConfigError, DicomwebSource, ListenerConfig
-from worker.delivery import DeliveryWorker, RetryPolicy, make_sender, stow_rs_peer
+from worker.config import Config, ConfigError, ListenerConfig
 from worker.handlers import handle_echo, handle_store
 from worker.http.metrics import Metrics
 from worker.http.server import HttpServer, build_http_server
 from worker.intake import STORAGE_SOP_CLASSES, Intake
+from worker.lanes import Lane, LaneBuilder, LaneSpec, retire
 from worker.pipeline import (
     Classified,
     ClassifyStage,
@@ -44,8 +49,8 @@ from worker.pipeline import (
     Scheduler,
     StudyClassifier,
 )
+from worker.reload import ConfigChange, compare, running
 from worker.retention import prune
-from worker.sources import RetrievalWorker, SourcePoller, make_retriever
 from worker.spool import Spool
 from worker.store import StoreError, open_store
 from worker.store.schema import SCHEMA_VERSION
@@ -65,6 +70,9 @@ SCHEDULE_SLACK_S = 0.005
 MAX_BATCH_STUDIES = 16
 #: Most jobs waiting for the classifier; further complete studies wait on disk.
 MAX_QUEUED_JOBS = 2 * MAX_BATCH_STUDIES
+#: How long a reload waits for a retired lane's attempt in progress before going on (the
+#: old lane then stops after it; the new lane starts at once either way).
+RETIRE_DEADLINE_S = 30.0
 
 
 def build_ae(listener: ListenerConfig) -> AE:
@@ -170,59 +178,58 @@ class Service:
 
     Parameters
     ----------
-    listener : ListenerConfig
-        ``[listener]`` section.
+    config : Config
+        The configuration it starts with (:meth:`reload` replaces its live keys).
     intake : Intake
         Writes and records received instances (its spool and store are the service's).
     scheduler, classify, report : stages of :mod:`worker.pipeline`
         ``classify`` hands its results to ``report`` through ``classify.out``.
-    deliveries : sequence of DeliveryWorker
-        One per destination.
-    retrievals : sequence of RetrievalWorker
-        One per source.
-    pollers : sequence of SourcePoller
-        One per polled DICOMweb source.
+    lanes : LaneBuilder
+        Builds the lanes (threads) of each destination and source.
     stop_event : threading.Event
         Shared with the stages; set to stop.
-    retention_days : float
-        ``storage.retention_days`` (0 keeps everything).
     poll_interval_s : float
         How often the scheduler and the classify stage look at the store.
     """
 
     def __init__(
         self,
-        listener: ListenerConfig,
+        config: Config,
         intake: Intake,
         scheduler: Scheduler,
         classify: ClassifyStage,
         report: ReportStage,
-        deliveries: Sequence[DeliveryWorker],
+        lanes: LaneBuilder,
         *,
-        retrievals: Sequence[RetrievalWorker] = (),
-        pollers: Sequence[SourcePoller] = (),
         stop_event: threading.Event,
-        retention_days: float = 0.0,
         poll_interval_s: float = 0.5,
     ) -> None:
-        self.listener = listener
+        self.config = config
         self.intake = intake
         self.scheduler = scheduler
         self.classify = classify
         self.report = report
-        self.deliveries = tuple(deliveries)
-        self.retrievals = tuple(retrievals)
-        self.pollers = tuple(pollers)
-        self.retention_days = retention_days
         self.poll_interval_s = poll_interval_s
+        self._lane_builder = lanes
+        #: The running lanes, by key (``"destination pacs"``); replaced whole by a reload.
+        self.lanes: dict[str, Lane] = lanes.build_all(config)
         self._stop = stop_event
+        self._wake_main = threading.Event()
+        self._reload_requested = threading.Event()
+        self._reload_lock = threading.Lock()
         self._classify_wake = threading.Event()
-        self._ae = build_ae(listener)
+        self._ae = build_ae(config.listener)
         self._server: ThreadedAssociationServer | None = None
+        self._audit = AssociationAudit(PeerBindings(config.listener.allowed_peers))
         self._interrupted = InterruptedReceives()
         self._threads: list[threading.Thread] = []
         #: Health, metrics, status page, API and STOW-RS (``[http]``); None when disabled.
         self.http: HttpServer | None = None
+
+    @property
+    def listener(self) -> ListenerConfig:
+        """The running ``[listener]`` section."""
+        return self.config.listener
 
     @property
     def port(self) -> int:
@@ -266,7 +273,7 @@ class Service:
                 "Start-up: %d file(s) registered, %d lost, %d interrupted job(s) re-queued",
                 registered, lost, requeued,
             )
-        audit = AssociationAudit(PeerBindings(self.listener.allowed_peers))
+        audit = self._audit
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store,
@@ -289,12 +296,8 @@ class Service:
         self._spawn(self._schedule, "ossa-scheduler")
         self._spawn(self._classify, "ossa-classify")
         self._spawn(self._report, "ossa-report")
-        for worker in self.deliveries:
-            self._spawn(worker.run, f"ossa-deliver-{worker.name}")
-        for retrieval in self.retrievals:
-            self._spawn(retrieval.run, f"ossa-retrieve-{retrieval.name}")
-        for poller in self.pollers:
-            self._spawn(poller.run, f"ossa-poll-{poller.name}")
+        for lane in self.lanes.values():
+            lane.start()
 
     def listener_status(self) -> tuple[bool, str]:
         """Whether the DICOM listener is bound and serving (a health check)."""
@@ -315,13 +318,80 @@ class Service:
         thread.start()
         self._threads.append(thread)
 
-    def run(self) -> None:
-        """Block until a stop is requested."""
-        self._stop.wait()
+    def run(self, on_reload: Callable[[], None] | None = None) -> None:
+        """Block until a stop is requested; call ``on_reload`` (in this thread) for each
+        reload requested meanwhile."""
+        while not self._stop.is_set():
+            self._wake_main.wait()
+            self._wake_main.clear()
+            if self._reload_requested.is_set() and not self._stop.is_set():
+                self._reload_requested.clear()
+                if on_reload is not None:
+                    on_reload()
 
     def request_stop(self) -> None:
         """Ask the service to stop; safe to call from a signal handler."""
         self._stop.set()
+        self._wake_main.set()
+
+    def request_reload(self) -> None:
+        """Ask :meth:`run` to reload the configuration; safe to call from a signal handler."""
+        self._reload_requested.set()
+        self._wake_main.set()
+
+    def reload(self, new: Config) -> ConfigChange:
+        """Apply ``new``'s live keys (:mod:`worker.reload`) to the running service.
+
+        The listener keeps listening and its associations go on: a new AE title or list of
+        allowed calling AE titles or peers applies to the associations requested from now
+        on. The lanes of destinations and sources that were removed or changed (or all of
+        them, when the retry policy or the AE title changed) are retired after their attempt
+        in progress, and the new ones started; the others run on. Keys that need a restart
+        are returned and logged, and keep their running values.
+        """
+        with self._reload_lock:
+            change = compare(self.config, new)
+            if not change:
+                logger.info("Configuration reloaded: nothing changed")
+                return change
+            config = running(self.config, new)
+            # Built before anything changes: a destination that cannot be built (its TLS
+            # files, say) fails the reload with the running configuration intact.
+            specs = self._lane_builder.specs(config)
+            built = {key: self._lane_builder.build(spec) for key, spec in specs.items()
+                     if key not in self.lanes or self.lanes[key].spec != spec}
+            listener = config.listener
+            self._ae.ae_title = listener.ae_title
+            self._ae.require_calling_aet = list(listener.allowed_calling_aets)
+            if self._server is not None:  # the title the listener answers to from now on
+                self._server.ae_title = listener.ae_title
+            self._audit.bindings = PeerBindings(listener.allowed_peers)
+            self.classify.scope = config.scope.table()
+            self.report.reroute([d.name for d in config.destinations],
+                                {s.name: config.results_to(s.name) for s in config.sources})
+            self._replace_lanes(specs, built)
+            self.config = config
+            if self.http is not None:
+                self.http.rename(destinations=tuple(d.name for d in config.destinations),
+                                 sources=tuple(s.name for s in config.sources))
+            if change.live:
+                logger.info("Configuration reloaded; applied: %s", ", ".join(change.live))
+            if change.restart:
+                logger.warning("Configuration reloaded; these keys take effect at the next"
+                               " restart only: %s", ", ".join(change.restart))
+            return change
+
+    def _replace_lanes(self, specs: dict[str, LaneSpec], built: dict[str, Lane]) -> None:
+        """Retire the lanes whose spec changed or went; start ``built``, their successors
+        and the lanes of new destinations and sources."""
+        retire([lane for key, lane in self.lanes.items() if specs.get(key) != lane.spec],
+               deadline_s=RETIRE_DEADLINE_S)
+        lanes = {key: lane for key, lane in self.lanes.items() if specs.get(key) == lane.spec}
+        for key, lane in built.items():
+            if self._server is not None:  # started: else start() starts them
+                lane.start()
+            lanes[key] = lane
+        self.lanes = {key: lanes[key] for key in specs}  # in the configuration's order
 
     def stop(self, *, deadline_s: float = 30.0) -> int:
         """Stop accepting, let work in progress finish within ``deadline_s``, return 0.
@@ -332,11 +402,11 @@ class Service:
         is released at once.
         """
         self._stop.set()
+        self._wake_main.set()
         self._classify_wake.set()
-        for worker in self.deliveries:
-            worker.wake.set()
-        for retrieval in self.retrievals:
-            retrieval.wake.set()
+        lanes = list(self.lanes.values())
+        for lane in lanes:
+            lane.signal_stop()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -345,7 +415,7 @@ class Service:
             self.http.stop()
         end = time.monotonic() + deadline_s
         unfinished = []
-        for thread in self._threads:
+        for thread in [*self._threads, *(t for lane in lanes for t in lane.threads)]:
             thread.join(timeout=max(0.0, end - time.monotonic()))
             if thread.is_alive():
                 unfinished.append(thread.name)
@@ -380,11 +450,12 @@ class Service:
                 due_in = self.scheduler.seconds_until_due()
                 if due_in is not None and due_in > 0:  # <= 0: due, but the queue is full
                     wait = min(wait, due_in + SCHEDULE_SLACK_S)
-                if self.retention_days > 0 and time.monotonic() >= next_retention:
+                days = self.config.storage.retention_days
+                if days > 0 and time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_INTERVAL_S
                     with self.intake.store.db.singleton("retention") as mine:
                         if mine:  # one node of a cluster prunes at a time
-                            prune(self.intake.store, self.intake.spool, self.retention_days)
+                            prune(self.intake.store, self.intake.spool, days)
             except Exception:  # the scheduler must outlive a transient store error
                 logger.exception("Scheduler error")
 
@@ -420,8 +491,9 @@ class Service:
                 return
             try:
                 if self.report.handle(item) is not None:
-                    for worker in self.deliveries:
-                        worker.wake.set()
+                    for lane in list(self.lanes.values()):
+                        if lane.kind == "destination":
+                            lane.wake()
             except Exception:  # e.g. the store stayed locked: the job is re-run at next start
                 logger.exception("Report stage error for study %s", item.study.job.study_uid)
 
@@ -442,33 +514,9 @@ def build_service(
     spool = Spool(config.storage.root, node=store.node)
     metrics = Metrics() if config.http.enabled else None
     intake = Intake(spool, store, observer=metrics.instance_admitted if metrics else None)
-    policy = RetryPolicy.from_config(config.delivery)
-    deliveries = [
-        DeliveryWorker(
-            make_sender(destination, calling_ae_title=config.listener.ae_title),
-            store,
-            spool,
-            policy,
-            stop_event,
-            poll_interval_s=delivery_poll_interval_s,
-        )
-        for destination in config.destinations
-    ]
-    retrievals, pollers = [], []
-    for source in config.sources:
-        worker = RetrievalWorker(
-            make_retriever(source, intake, calling_ae_title=config.listener.ae_title,
-                           max_inflated_bytes=config.listener.max_inflated_mb * 1024 * 1024,
-                           max_instance_bytes=config.http.max_upload_mb * 1024 * 1024),
-            store, policy, stop_event, poll_interval_s=delivery_poll_interval_s,
-        )
-        retrievals.append(worker)
-        if isinstance(source, DicomwebSource) and source.poll_interval_s > 0:
-            pollers.append(SourcePoller(source, stow_rs_peer(source), store, stop_event,
-                                        wake=worker.wake))
     results: queue.Queue[Classified | None] = queue.Queue(maxsize=MAX_BATCH_STUDIES)
     service = Service(
-        config.listener,
+        config,
         intake,
         # A study left receiving by a stop waits a whole quiet time from this start.
         Scheduler(store, config.study.completion_timeout_s, max_queued=MAX_QUEUED_JOBS,
@@ -484,11 +532,8 @@ def build_service(
             captures=config.results.secondary_capture,
             routes={source.name: config.results_to(source.name) for source in config.sources},
         ),
-        deliveries,
-        retrievals=retrievals,
-        pollers=pollers,
+        LaneBuilder(intake, poll_interval_s=delivery_poll_interval_s),
         stop_event=stop_event,
-        retention_days=config.storage.retention_days,
         poll_interval_s=poll_interval_s,
     )
     if metrics is not None:

@@ -38,7 +38,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from worker.admission import printable
 from worker.http import stow
 from worker.http.auth import TokenFile, bearer_token, is_loopback
 from worker.http.health import HealthProbe
@@ -46,6 +45,7 @@ from worker.http.metrics import Metrics
 from worker.http.pages import StatusPage
 from worker.http.views import detail_json, study_json
 from worker.intake import Intake
+from worker.logsafe import printable
 from worker.sources.demand import AnalyzeRequestError, analysis_state, request_analysis
 from worker.store import StateStore, StoreError, StudyState
 
@@ -113,7 +113,8 @@ def create_app(
     destinations : tuple of str
         Configured destination names (the status page lists them).
     sources : tuple of str
-        Configured source names (``POST /api/analyze`` takes one of them).
+        Configured source names (``POST /api/analyze`` takes one of them). A reload replaces
+        both lists on ``app.state.status_page``.
     max_upload_bytes : int
         Largest STOW-RS request (``[http] max_upload_mb``).
     max_inflated_bytes : int
@@ -212,7 +213,7 @@ def create_app(
             raise HTTPException(400, 'the body must be {"source": NAME, "study": UID}')
         source, uid = body["source"], body["study"]
         try:
-            await run_in_threadpool(request_analysis, store, sources, source, uid,
+            await run_in_threadpool(request_analysis, store, page.sources, source, uid,
                                     requested_by="api")
         except AnalyzeRequestError as exc:
             raise HTTPException(404 if "source" in str(exc) else 400, str(exc)) from None
@@ -290,7 +291,9 @@ def create_app(
         Route("/studies/{uid}/retry", page_retry, methods=["POST"]),
         Route("/dicomweb/studies", guarded(True, stow_rs), methods=["POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, StoreError: store_error},
     )
+    app.state.status_page = page  # its names are the ones a reload replaces
+    return app

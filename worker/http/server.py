@@ -53,15 +53,27 @@ class HttpServer:
         Address to bind (``[http] host``).
     port : int
         Port to bind (``[http] port``; 0 picks a free one).
+    rename : callable, optional
+        ``rename(destinations, sources)`` gives the app the configured names after a
+        reload (:meth:`rename`).
     """
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, *,
+                 rename: Callable[[tuple[str, ...], tuple[str, ...]], None] | None = None,
+                 ) -> None:
         self.app = app
         self.host = host
         self.requested_port = port
+        self._rename = rename
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
+
+    def rename(self, *, destinations: tuple[str, ...], sources: tuple[str, ...]) -> None:
+        """The configured destinations and sources, after a reload: the status page, the
+        health answer, the metrics and ``POST /api/analyze`` use these from now on."""
+        if self._rename is not None:
+            self._rename(destinations, sources)
 
     @property
     def port(self) -> int:
@@ -159,8 +171,9 @@ def build_http_server(
     """
     http = config.http
     names = tuple(d.name for d in config.destinations)
-    metrics.watch(StoreCollector(intake.store, intake.spool,
-                                 report_queue_size=report_queue.qsize, destinations=names))
+    collector = StoreCollector(intake.store, intake.spool,
+                               report_queue_size=report_queue.qsize, destinations=names)
+    metrics.watch(collector)
     token = TokenFile(http.token_file)
     token.warn_if_missing()
     reads_open = is_loopback(http.host)
@@ -176,4 +189,10 @@ def build_http_server(
         max_inflated_bytes=config.listener.max_inflated_mb * MIB,
         accepting=lambda: listener()[0],  # STOW-RS only while the DICOM listener listens
     )
-    return HttpServer(app, http.host, http.port)
+
+    def rename(destinations: tuple[str, ...], sources: tuple[str, ...]) -> None:
+        collector.destinations = health.destinations = destinations
+        page = app.state.status_page
+        page.destinations, page.sources = destinations, sources
+
+    return HttpServer(app, http.host, http.port, rename=rename)
