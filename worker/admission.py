@@ -50,7 +50,10 @@ _DEFLATE_OVERHEAD = 5 / 65535
 
 
 class StoreStatus(IntEnum):
-    """Statuses of a storage request (PS3.4 Table B.2-1; PS3.18 Table 10.5.3-1)."""
+    """Statuses of a storage request (PS3.4 Table B.2-1; PS3.18 Table 10.5.3-1).
+
+    When each is answered is tabled in ``docs/conformance.md``, 4.2.1.4.1.3.
+    """
 
     SUCCESS = Status.SUCCESS
     SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.4 "Refused: SOP Class not supported"
@@ -218,12 +221,10 @@ def admit(intake: Intake, submission: Submission, *, max_inflated_bytes: int) ->
     Returns
     -------
     Decision
-        Acknowledged (``STORED``, ``DUPLICATE``, ``OWN_OBJECT``) with ``SUCCESS``; or
-        refused with ``CANNOT_UNDERSTAND`` (a data set that cannot be decoded or has
-        unusable pixel data), ``DATASET_DOES_NOT_MATCH_SOP_CLASS`` (missing or mismatched
-        UIDs), ``SOP_CLASS_NOT_SUPPORTED`` (not a radiograph Ossa reads),
-        ``TRANSFER_SYNTAX_NOT_SUPPORTED`` or ``OUT_OF_RESOURCES`` (not written or recorded,
-        or a deflated data set past ``max_inflated_bytes``). Never raises.
+        Acknowledged (``STORED``, ``DUPLICATE``, ``OWN_OBJECT``) with ``SUCCESS``, or
+        refused with one of the failure statuses of :class:`StoreStatus`. Which status
+        answers which defect is tabled once, in ``docs/conformance.md`` (4.2.1.4.1.3,
+        "Status codes returned"; 4.5.1 for STOW-RS). Never raises.
     """
     try:
         decision = _admit(intake, submission, max_inflated_bytes)

@@ -49,16 +49,24 @@ def _check_ae_title(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Each field's docstring is its description, which the configuration reference
+    # (worker.config_reference, docs/operating.md) is generated from.
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class ListenerTlsConfig(_Section):
     """``[listener.tls]``: DICOM TLS on the listener (PS3.15 B.1, TLS 1.2 or later)."""
 
     cert: Path
+    """PEM certificate (chain) of the listener; with this table the listener speaks DICOM
+    TLS only (TLS 1.2 or later)."""
     key: Path
-    ca: Path | None = None  # CA certificates that sign client certificates
+    """Unencrypted PEM private key of ``cert``."""
+    ca: Path | None = None
+    """PEM CAs that sign client certificates; a certificate a client presents is then
+    verified."""
     require_client_cert: bool = False
+    """Refuse clients without a certificate signed by ``ca`` (needs ``ca``)."""
 
     @model_validator(mode="after")
     def _ca_for_clients(self) -> ListenerTlsConfig:
@@ -68,12 +76,17 @@ class ListenerTlsConfig(_Section):
 
 
 class DestinationTlsConfig(_Section):
-    """``[destinations.tls]``: DICOM TLS to a C-STORE destination (TLS 1.2 or later)."""
+    """``[destinations.tls]``: DICOM TLS to a C-STORE destination (TLS 1.2 or later); also
+    ``[sources.tls]``, to a PACS Ossa retrieves from."""
 
-    ca: Path | None = None  # CA certificates to verify the destination; None: the system's
-    cert: Path | None = None  # our client certificate, when the destination asks for one
+    ca: Path | None = None
+    """PEM CAs to verify the peer against; none: the system's CAs."""
+    cert: Path | None = None
+    """Ossa's client certificate (PEM), for a peer that asks for one (with ``key``)."""
     key: Path | None = None
+    """The unencrypted PEM key of ``cert``."""
     verify_hostname: bool = True
+    """The peer's certificate must name ``host`` (it is always verified against ``ca``)."""
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> DestinationTlsConfig:
@@ -86,19 +99,33 @@ class ListenerConfig(_Section):
     """``[listener]``: the C-STORE SCP that the PACS forwards radiographs to."""
 
     ae_title: str = "OSSA"
+    """Ossa's AE title (1-16 characters); an association calling another title is
+    rejected."""
     host: str = "127.0.0.1"
+    """Address to listen on (``"0.0.0.0"`` for every interface)."""
     port: Port = 11112
+    """TCP port of the DICOM listener."""
     allowed_calling_aets: tuple[str, ...] = ()
+    """Calling AE titles accepted; others are rejected at association. Empty accepts any
+    (a warning is logged)."""
     max_associations: int = Field(default=10, ge=1, le=1000)
+    """Concurrent associations; one more is rejected (transient, "local limit
+    exceeded")."""
     max_pdu_size: int = Field(default=0, ge=0)
+    """Maximum PDU size the listener announces; 0: no limit."""
     network_timeout_s: float = Field(default=60.0, gt=0)
+    """ACSE and network (idle) timeout of the listener; also the TLS handshake's."""
     dimse_timeout_s: float = Field(default=30.0, gt=0)
-    # A Deflated Explicit VR Little Endian data set that inflates past this is refused.
+    """DIMSE timeout of the listener."""
     max_inflated_mb: int = Field(default=256, ge=1, le=4096)
-    # Calling AE title -> IP addresses or networks it may connect from; an AE not listed is
-    # not bound to an address (allowed_calling_aets still applies).
+    """A Deflated Explicit VR Little Endian data set that inflates past this (MiB) is
+    refused with ``0xA700``."""
     allowed_peers: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Calling AE title -> the IP addresses or networks it may connect from, e.g.
+    ``{ PACS = ["10.0.0.5", "10.1.0.0/16"] }``; a title not listed is not bound to an
+    address (``allowed_calling_aets`` still applies)."""
     tls: ListenerTlsConfig | None = None
+    """DICOM TLS on the listener (``[listener.tls]``); none: plain TCP."""
 
     @field_validator("ae_title")
     @classmethod
@@ -128,6 +155,7 @@ class StudyConfig(_Section):
     """``[study]``: when a study counts as complete."""
 
     completion_timeout_s: float = Field(default=10.0, gt=0, le=86400)
+    """A study is complete (and classified) after this long with no new instance."""
 
 
 class StorageConfig(_Section):
@@ -141,11 +169,20 @@ class StorageConfig(_Section):
     """
 
     root: Path = Path("var")
-    retention_days: float = Field(default=30.0, ge=0, le=36500)  # 0 keeps everything
+    """Received instances, produced objects and (without ``database``) the SQLite state
+    store, ``state.sqlite3``."""
+    retention_days: float = Field(default=30.0, ge=0, le=36500)
+    """Finished studies are pruned after this many days without change; 0 keeps
+    everything."""
     database: str | None = Field(default=None, pattern=r"^postgres(ql)?://[^\s]+$")
+    """``postgresql://user@host:port/database``: the state store on PostgreSQL, shared by
+    the nodes of a cluster; no password in it. None: SQLite under ``root``."""
     database_password_file: Path | None = None
+    """File holding the PostgreSQL password, read at each connection, never logged; without
+    it or ``database_password_env``, libpq's ``~/.pgpass`` / ``PGPASSWORD``."""
     database_password_env: str | None = Field(default=None,
                                               pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Or: the environment variable holding the PostgreSQL password."""
 
     @field_validator("database")
     @classmethod
@@ -186,7 +223,11 @@ class NodeConfig(_Section):
 
     name: str | None = Field(default=None, min_length=1, max_length=64,
                              pattern=r"^[A-Za-z0-9_.-]+$")
+    """This node's name in a cluster (unique): the owner of the jobs and deliveries it
+    claims. None: the host name."""
     lease_s: float = Field(default=60.0, ge=3, le=3600)
+    """A claimed job or delivery is taken over by another node after this long without the
+    owner's heartbeat (sent every third of it)."""
 
 
 class DeliveryConfig(_Section):
@@ -198,8 +239,11 @@ class DeliveryConfig(_Section):
     """
 
     retry_initial_interval_s: float = Field(default=10.0, gt=0, le=86400)
+    """Wait before the first retry of a failed delivery (or retrieval)."""
     retry_max_interval_s: float = Field(default=300.0, gt=0, le=86400)
+    """The wait doubles after each failure up to this."""
     give_up_after_s: float = Field(default=86400.0, gt=0, le=90 * 86400)
+    """Then the delivery is ``failed`` until ``ossa retry``."""
 
     @model_validator(mode="after")
     def _initial_below_max(self) -> DeliveryConfig:
@@ -215,9 +259,15 @@ class ModelConfig(_Section):
     """``[model]``: the model bundle to load and the backend that runs it."""
 
     bundle: Path = Path("var/models/demo")
+    """Model bundle directory (the example ``config.toml`` names the shipped
+    ``bundles/fracatlas``)."""
     backend: Backend = "onnxruntime"
+    """``"onnxruntime"`` (base install, no PyTorch) or ``"torch"`` (needs the ``[train]``
+    extra)."""
     threads: int = Field(default=0, ge=0, le=256)
+    """Inference threads; 0: one per core."""
     batch_size: int = Field(default=32, ge=1, le=1024)
+    """Images per network call; the studies that are ready together share batches."""
 
 
 class ScopeConfig(_Section):
@@ -225,7 +275,9 @@ class ScopeConfig(_Section):
     does not assess (:mod:`dicom_io.scope`); each list replaces the built-in one."""
 
     not_assessed: tuple[str, ...] = DEFAULT_NOT_ASSESSED
+    """Body Part Examined terms and ``SCT:<code>`` anatomic regions Ossa does not assess."""
     assessed: tuple[str, ...] = DEFAULT_ASSESSED
+    """Values left to the model (listed so that a value cannot be in both lists)."""
 
     @model_validator(mode="after")
     def _disjoint(self) -> ScopeConfig:
@@ -241,18 +293,26 @@ class ResultsConfig(_Section):
     """``[results]``: the objects Ossa writes besides the SR."""
 
     secondary_capture: bool = True
+    """Also write a secondary capture for each assessed image, its findings outlined."""
 
 
 class DimseDestination(_Section):
     """``[[destinations]]`` with ``type = "dimse"``: a C-STORE SCP that receives the SRs."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """A unique name, used in logs, ``ossa status`` and ``results_to``."""
     type: Literal["dimse"] = "dimse"
+    """``"dimse"``: C-STORE."""
     ae_title: str
+    """The PACS's AE title."""
     host: str
+    """The PACS's host name or address."""
     port: Port
+    """The PACS's port."""
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Connection, ACSE and DIMSE timeout."""
     tls: DestinationTlsConfig | None = None
+    """C-STORE over DICOM TLS (``[destinations.tls]``); none: plain TCP."""
 
     @field_validator("ae_title")
     @classmethod
@@ -269,13 +329,25 @@ class DicomwebAccess(_Section):
     """
 
     url: str = Field(pattern=r"^https?://[^\s]+$")
+    """The DICOMweb root, e.g. ``"https://pacs.example.org/dicom-web"`` (a STOW-RS
+    destination POSTs to ``{url}/studies``)."""
     auth: Literal["none", "basic", "bearer"] = "none"
+    """``"basic"``: HTTP Basic (``username`` and the password); ``"bearer"``: a token."""
     username: str | None = None
+    """The HTTP Basic user name."""
     secret_file: Path | None = None
+    """File holding the password or token (one line); read at each request, never
+    logged."""
     secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Or: the environment variable holding it (give one of the two when ``auth`` is not
+    ``"none"``)."""
     verify_tls: bool = True
+    """Verify the server's certificate (``https://``)."""
     ca_bundle: Path | None = None
+    """PEM file of the CAs to trust instead of the system's (``REQUESTS_CA_BUNDLE``, else
+    certifi's)."""
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Connection and read timeout of each HTTP request."""
 
     @field_validator("url")
     @classmethod
@@ -321,7 +393,9 @@ class StowRsDestination(DicomwebAccess):
     """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """A unique name, used in logs, ``ossa status`` and ``results_to``."""
     type: Literal["stowrs"]
+    """``"stowrs"``: DICOMweb STOW-RS (PS3.18 10.5)."""
 
 
 #: A source's name is also the calling AE title its instances are recorded under (PS3.5 AE
@@ -336,9 +410,11 @@ class _SourceBase(_Section):
     """What every ``[[sources]]`` entry has: a name and where its results go."""
 
     name: str = Field(pattern=_SOURCE_NAME)
-    # [[destinations]] names that a study retrieved from this source is reported to; by
-    # default, every destination.
+    """Unique, 1-16 of ``A-Z a-z 0-9 _ . -``: the sender (calling AE title) the retrieved
+    studies are recorded under."""
     results_to: tuple[str, ...] | None = None
+    """``[[destinations]]`` name(s) the results of this source's studies go to (one or a
+    list); None: every destination."""
 
     @field_validator("results_to", mode="before")
     @classmethod
@@ -357,11 +433,17 @@ class DicomwebSource(_SourceBase, DicomwebAccess):
     """
 
     type: Literal["dicomweb"]
+    """``"dicomweb"``: QIDO-RS polls and WADO-RS retrieval."""
     poll_interval_s: float = Field(default=30.0, ge=0, le=86400)
+    """Seconds between polls; 0 polls never (on demand only)."""
     overlap_s: float = Field(default=3600.0, ge=0, le=30 * 86400)
+    """Each poll asks for studies dated from the watermark less this."""
     lookback_days: float = Field(default=1.0, ge=0, le=3650)
+    """How far back the first poll asks."""
     modalities: tuple[str, ...] = Field(default=DEFAULT_SOURCE_MODALITIES, min_length=1)
+    """One QIDO-RS search (``ModalitiesInStudy``) each."""
     filters: dict[str, str] = Field(default_factory=dict)
+    """Further QIDO-RS matching keys, e.g. ``{ InstitutionName = "General" }``."""
 
     @field_validator("modalities")
     @classmethod
@@ -388,12 +470,21 @@ class DimseSource(_SourceBase):
     the PACS must know Ossa's AE title, host and port)."""
 
     type: Literal["dimse"]
+    """``"dimse"``: C-GET or C-MOVE, on demand."""
     ae_title: str
+    """The PACS's Query/Retrieve SCP AE title."""
     host: str
+    """The PACS's host name or address."""
     port: Port
+    """The PACS's port."""
     retrieve: Literal["c-get", "c-move"] = "c-get"
+    """``"c-get"``, or ``"c-move"`` to ``listener.ae_title`` (the PACS must know Ossa's host
+    and port)."""
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """Connection, ACSE and DIMSE timeout of the retrieval."""
     tls: DestinationTlsConfig | None = None
+    """DICOM TLS to the PACS (``[sources.tls]``, as ``[destinations.tls]``); none: plain
+    TCP."""
 
     @field_validator("ae_title")
     @classmethod
@@ -439,7 +530,9 @@ class LoggingConfig(_Section):
     """``[logging]``: log level and format of the service."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["plain", "json"] = "plain"  # json: one JSON object per line
+    """Log level of the service."""
+    format: Literal["plain", "json"] = "plain"
+    """``"plain"`` lines, or ``"json"``: one JSON object per line."""
 
 
 class HttpConfig(_Section):
@@ -450,11 +543,17 @@ class HttpConfig(_Section):
     token otherwise.
     """
 
-    enabled: bool = False  # the example config.toml enables it
+    enabled: bool = False
+    """Run the HTTP server: health, metrics, status page, API, STOW-RS in (the example
+    ``config.toml`` enables it)."""
     host: str = "127.0.0.1"
+    """Its address; reads need the token when it is not a loopback address."""
     port: Port = 8080
+    """Its TCP port."""
     token_file: Path | None = None
-    max_upload_mb: int = Field(default=512, ge=1, le=16384)  # one STOW-RS request
+    """File holding the bearer token for retry and STOW-RS; without it they are refused."""
+    max_upload_mb: int = Field(default=512, ge=1, le=16384)
+    """Largest STOW-RS request (MiB); also bounds one WADO-RS answer of a source."""
 
 
 class Config(_Section):
@@ -469,7 +568,9 @@ class Config(_Section):
     results: ResultsConfig = ResultsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     destinations: tuple[Destination, ...] = ()
+    """Where the SRs and captures go; repeat the table for several."""
     sources: tuple[Source, ...] = ()
+    """Archives and PACS that Ossa retrieves studies from; repeat the table for several."""
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig = HttpConfig()
 
