@@ -90,7 +90,7 @@ bench: $(TRAIN_STAMP) test-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(TRAIN_STAMP)
-	$(BIN)/ruff check worker dicom_io models tests bench
+	$(BIN)/ruff check worker dicom_io models tests bench harness
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import Orthanc, Ossa, PeerError, PostgresServer, storescu, wait_until
 from bench.radiographs import study_uids, write_corpus
+from harness.peers import Orthanc, Ossa, PeerError, PostgresServer, storescu, wait_until
 
 
 class ChangeWatcher(threading.Thread):

@@ -50,11 +50,11 @@ from numpy.typing import NDArray
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
 from bench import common
-from bench.peers import SHIPPED_BUNDLE
 from bench.radiographs import sizes, write_corpus
 from dicom_io.pixels import normalize_radiograph
 from dicom_io.report import encode_file
 from dicom_io.secondary_capture import RENDER_SIDE, build_secondary_capture, sc_label
+from harness.peers import SHIPPED_BUNDLE
 from models.serving.engine import BACKENDS, NetworkRunner, TwoStageEngine
 from models.serving.findings import Finding
 from models.serving.manifest import BundleInfo, open_bundle

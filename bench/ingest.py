@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import RECEIVERS, Ossa, PeerError, PostgresServer, Receiver, storescu
 from bench.radiographs import sizes, write_corpus
+from harness.peers import RECEIVERS, Ossa, PeerError, PostgresServer, Receiver, storescu
 from worker.spool import Spool
 
 #: Not a receiver: the corpus written straight to a spool with Ossa's own durable write

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, inference, ingest
-from bench.peers import RECEIVERS, SHIPPED_BUNDLE
+from harness.peers import RECEIVERS, SHIPPED_BUNDLE
 from models.serving.manifest import open_bundle
 
 SENDERS = (1, 2, 4)

@@ -5,20 +5,26 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from pydicom import Dataset
 
-from bench.peers import PeerError, PostgresServer
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
+from harness.peers import (
+    Orthanc,
+    PeerError,
+    PostgresServer,
+    free_port,
+    port_open,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from models.serving.predict import TwoStageClassifier
@@ -100,13 +106,6 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def evidence_sop_uids(sr: Dataset) -> set[str]:
     """SOP Instance UIDs in an SR's Current Requested Procedure Evidence Sequence."""
     return {
@@ -115,27 +114,6 @@ def evidence_sop_uids(sr: Dataset) -> set[str]:
         for series in study.ReferencedSeriesSequence
         for ref in series.ReferencedSOPSequence
     }
-
-
-def port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_until(condition: Callable[[], object], *, timeout: float, what: str) -> object:
-    """Poll ``condition`` until it returns a truthy value or ``timeout`` seconds pass."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -165,128 +143,6 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         yield port, out
 
 
-ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-class OrthancPeer:
-    """A real Orthanc (with its DICOMweb plugin) on loopback, used as the PACS."""
-
-    aet = "ORTHANC"
-
-    def __init__(
-        self, workdir: Path, ossa_port: int, extra_config: dict[str, Any] | None = None
-    ) -> None:
-        import json
-
-        exe = shutil.which("Orthanc")
-        if exe is None or not ORTHANC_DICOMWEB_PLUGIN.exists():
-            pytest.fail("Orthanc and orthanc-dicomweb (Debian) are not installed; run `make test`")
-        self.http_port = free_port()
-        self.dicom_port = free_port()
-        self.ossa_port = ossa_port
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "OssaTestPACS",
-            "StorageDirectory": str(workdir / "storage"),
-            "IndexDirectory": str(workdir / "storage"),
-            "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port,
-            "DicomAet": self.aet,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomModalities": {"ossa": ["OSSA", "127.0.0.1", ossa_port]},
-            "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            **(extra_config or {}),
-        }
-        self.exe = exe
-        self.config_path = workdir / "orthanc.json"
-        self.config_path.write_text(json.dumps(config), encoding="utf-8")
-        self.log_path = workdir / "orthanc.log"
-        self.start()
-
-    def start(self) -> None:
-        """Start Orthanc (again: its storage, and so what it received, persists)."""
-        self.log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [self.exe, str(self.config_path)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        wait_until(self._ready, timeout=30, what="Orthanc to answer on its REST API")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            pytest.fail(f"Orthanc exited with {self.proc.returncode}; see {self.log.name}")
-        try:
-            return self.get("/system")["DicomPort"] == self.dicom_port
-        except OSError:
-            return False
-
-    def get(self, path: str) -> Any:
-        """GET a REST resource and decode its JSON."""
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, body: object) -> Any:
-        """POST JSON to a REST resource and decode the JSON answer."""
-        import json
-        import urllib.request
-
-        request = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
-
-    def get_bytes(self, path: str) -> bytes:
-        """GET a REST resource as bytes."""
-        import urllib.request
-
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return bytes(response.read())
-
-    def instances_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
-        """Orthanc's instance resources (with tags) in a study, [] if the study is unknown."""
-        import json
-        import urllib.request
-
-        query = json.dumps(
-            {"Level": "Instance", "Query": {"StudyInstanceUID": study_instance_uid},
-             "Expand": True}
-        ).encode()
-        request = urllib.request.Request(
-            self.url + "/tools/find", data=query, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return list(json.loads(response.read()))
-
-    def sr_sop_uids(self, study_instance_uid: str) -> list[str]:
-        """SOP Instance UIDs of the SRs Orthanc holds in a study (one per stored copy)."""
-        uids = []
-        for item in self.instances_of_study(study_instance_uid):
-            tags = self.get(f"/instances/{item['ID']}/simplified-tags")
-            if tags.get("Modality") == "SR":
-                uids.append(str(tags["SOPInstanceUID"]))
-        return uids
-
-    def stop(self) -> None:
-        """Stop Orthanc; :meth:`start` brings it back with the same ports and storage."""
-        if self.proc.poll() is not None:
-            self.log.close()
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
 def ossa_port() -> int:
     """The port the Ossa listener under test uses (Orthanc knows it as a modality)."""
@@ -294,22 +150,21 @@ def ossa_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def orthanc(tmp_path_factory: pytest.TempPathFactory, ossa_port: int) -> Iterator[OrthancPeer]:
+def orthanc(tmp_path_factory: pytest.TempPathFactory, ossa_port: int) -> Iterator[Orthanc]:
     """One Orthanc PACS for the session, on loopback ports."""
-    peer = OrthancPeer(tmp_path_factory.mktemp("orthanc"), ossa_port)
+    try:
+        peer = Orthanc(tmp_path_factory.mktemp("orthanc"), ossa_port)
+    except PeerError as exc:
+        pytest.fail(f"{exc}: run `make test`")
     yield peer
     peer.stop()
 
 
-class PostgresPeer(PostgresServer):
-    """:class:`bench.peers.PostgresServer` for the tests (one harness for both)."""
-
-
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresPeer]:
+def postgres() -> Iterator[PostgresServer]:
     """One private PostgreSQL server for the session."""
     try:
-        peer = PostgresPeer()
+        peer = PostgresServer()
     except PeerError as exc:
         pytest.fail(f"{exc}: run `make test`")
     yield peer
@@ -457,3 +312,47 @@ def classifier(trained_bundle: Path) -> TwoStageClassifier:
     from models.serving.predict import TwoStageClassifier
 
     return TwoStageClassifier.from_bundle(trained_bundle)
+
+
+# --- after the session: no patient data in any log it produced -----------------------------
+
+_BASETEMP = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_basetemp(request: pytest.FixtureRequest,
+                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the session's base temporary folder for :func:`pytest_sessionfinish`."""
+    request.config.stash[_BASETEMP] = tmp_path_factory.getbasetemp()
+
+
+def _suite_log(config: pytest.Config) -> Path | None:
+    """The file pytest's ``log_file`` handler writes (flushed), as the logging plugin opened
+    it (a relative ``log_file`` is relative to the directory pytest was started in)."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_file_handler", None)
+    if handler is None or not getattr(handler, "baseFilename", ""):
+        return None
+    handler.flush()
+    return Path(handler.baseFilename)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Search every log of the session for the fixtures' patient data
+    (:mod:`tests.logscan`), once all tests have run: a finding fails the session."""
+    from tests.logscan import search_logs
+
+    basetemp = session.config.stash.get(_BASETEMP, None)
+    if basetemp is None or exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return
+    found = search_logs(_suite_log(session.config), basetemp)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.line("")
+        reporter.write_sep("=" if found.findings else "-", found.summary(),
+                           red=bool(found.findings), bold=bool(found.findings))
+        for finding in found.findings[:50]:
+            reporter.write_line(str(finding))
+    if found.findings:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

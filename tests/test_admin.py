@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from tests.conftest import OrthancPeer, PostgresPeer, free_port
+from harness.peers import Orthanc, PostgresServer, free_port
 from tests.test_delivery import record_object
 from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc
 from worker.admin import format_summary
@@ -180,7 +180,7 @@ def test_retry_of_an_unknown_destination_fails(
 
 
 def test_status_lists_the_nodes_of_a_postgresql_store(
-    tmp_path: Path, postgres: PostgresPeer
+    tmp_path: Path, postgres: PostgresServer
 ) -> None:
     """Two nodes on one PostgreSQL store: each one's heartbeat and what it holds; one
     silent for longer than a lease is marked so (its work is being taken over)."""
@@ -277,7 +277,7 @@ timeout_s = 10
 {auth}"""
 
 
-def test_check_config_of_stow_rs_destinations(tmp_path: Path, orthanc: OrthancPeer) -> None:
+def test_check_config_of_stow_rs_destinations(tmp_path: Path, orthanc: Orthanc) -> None:
     right, wrong = tmp_path / "right.secret", tmp_path / "wrong.secret"
     right.write_text(ORTHANC_PASSWORD + "\n", encoding="utf-8")
     wrong.write_text("guess-0f-4-password\n", encoding="utf-8")

@@ -18,8 +18,9 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from harness.peers import free_port, wait_until
 from models.serving.predict import TwoStageClassifier
-from tests.conftest import Served, dcmtk, free_port, wait_until
+from tests.conftest import Served, dcmtk
 from worker.access import PeerBindings
 from worker.cli import JsonFormatter
 from worker.config import (

@@ -14,21 +14,12 @@ import pytest
 
 from dicom_io.report import study_finding
 from dicom_io.synthetic import StudyIdentity, write_study
+from harness.peers import Orthanc, free_port, wait_until
 from models.datasets.phantom import render_study
-from tests.conftest import (
-    OSSA,
-    OrthancPeer,
-    Served,
-    dciodvfy_errors,
-    dcmtk,
-    echo,
-    evidence_sop_uids,
-    free_port,
-    wait_until,
-)
+from tests.conftest import OSSA, Served, dciodvfy_errors, dcmtk, echo, evidence_sop_uids
 
 
-def _config(tmp_path: Path, port: int, bundle: Path, orthanc: OrthancPeer | None) -> Path:
+def _config(tmp_path: Path, port: int, bundle: Path, orthanc: Orthanc | None) -> Path:
     destination = (
         f"""
 [[destinations]]
@@ -66,14 +57,14 @@ level = "DEBUG"
 
 @pytest.fixture
 def served(
-    tmp_path: Path, ossa_port: int, trained_bundle: Path, orthanc: OrthancPeer
+    tmp_path: Path, ossa_port: int, trained_bundle: Path, orthanc: Orthanc
 ) -> Iterator[Served]:
     running = Served(_config(tmp_path, ossa_port, trained_bundle, orthanc), ossa_port)
     yield running
     running.stop()
 
 
-def _sr_instances(orthanc: OrthancPeer, study_uid: str) -> list[str]:
+def _sr_instances(orthanc: Orthanc, study_uid: str) -> list[str]:
     return [
         item["ID"]
         for item in orthanc.instances_of_study(study_uid)
@@ -83,7 +74,7 @@ def _sr_instances(orthanc: OrthancPeer, study_uid: str) -> list[str]:
 
 @pytest.mark.integration
 def test_storescu_to_orthanc_end_to_end(
-    served: Served, ossa_port: int, orthanc: OrthancPeer, tmp_path: Path
+    served: Served, ossa_port: int, orthanc: Orthanc, tmp_path: Path
 ) -> None:
     study = render_study("WRIST", True, 2024, n_images=3)
     identity = StudyIdentity(

@@ -33,14 +33,9 @@ from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from dicom_io.synthetic import StudyIdentity
-from tests.conftest import (
-    PostgresPeer,
-    Served,
-    evidence_sop_uids,
-    free_port,
-    running_storescp,
-    wait_until,
-)
+from harness.config import write_config
+from harness.peers import PostgresServer, free_port, wait_until
+from tests.conftest import Served, evidence_sop_uids, running_storescp
 from worker.admission import StoreStatus
 
 logger = logging.getLogger(__name__)
@@ -56,38 +51,18 @@ COMPLETION_S = 8.0
 
 def _write_config(folder: Path, *, name: str, port: int, bundle: Path, database: str,
                   root: Path, destination_port: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.toml"
-    path.write_text(f"""
-[listener]
-ae_title = "OSSA"
-port = {port}
-allowed_calling_aets = ["STORESCU"]
-[study]
-completion_timeout_s = {COMPLETION_S}
-[storage]
-root = "{root}"
-retention_days = 0
-database = "{database}"
-[node]
-name = "{name}"
-lease_s = {LEASE_S}
-[model]
-bundle = "{bundle}"
-[results]
-secondary_capture = false
-[delivery]
-retry_initial_interval_s = 1
-retry_max_interval_s = 2
-[[destinations]]
-name = "storescp"
-type = "dimse"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {destination_port}
-timeout_s = 5
-""", encoding="utf-8")
-    return path
+    return write_config(
+        folder / "config.toml",
+        listener={"port": port, "allowed_calling_aets": ["STORESCU"]},
+        study={"completion_timeout_s": COMPLETION_S},
+        storage={"root": root, "database": database},
+        node={"name": name, "lease_s": LEASE_S},
+        model={"bundle": bundle},
+        results={"secondary_capture": False},
+        delivery={"retry_initial_interval_s": 1, "retry_max_interval_s": 2},
+        destinations=[{"name": "storescp", "type": "dimse", "ae_title": "STORESCP",
+                       "host": "127.0.0.1", "port": destination_port, "timeout_s": 5}],
+    )
 
 
 def _libfaketime() -> str:
@@ -211,7 +186,7 @@ def _kill_holder(nodes: list[Node], url: str, sql: str, what: str, killed: list[
 
 @pytest.mark.integration
 def test_three_nodes_on_one_postgresql_report_each_study_once_whatever_dies(
-    tmp_path: Path, trained_bundle: Path, postgres: PostgresPeer,
+    tmp_path: Path, trained_bundle: Path, postgres: PostgresServer,
     make_radiograph: Callable[..., Dataset],
 ) -> None:
     seed = int(os.environ.get("OSSA_CLUSTER_SEED", random.SystemRandom().randrange(2**32)))

@@ -20,7 +20,8 @@ from pynetdicom import AE, evt
 
 from dicom_io.report import encode_file
 from dicom_io.send import SendOutcome, SendResult
-from tests.conftest import T0, FakeClock, OrthancPeer, free_port, wait_until
+from harness.peers import Orthanc, free_port, wait_until
+from tests.conftest import T0, FakeClock
 from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc, ossa_sr, secret_file
 from worker.config import DeliveryConfig, DimseDestination, StowRsDestination
 from worker.delivery import (
@@ -576,7 +577,7 @@ def _stow_worker(outbox: Outbox, destination: StowRsDestination) -> DeliveryWork
 
 
 def test_delivers_an_sr_to_orthanc_with_stow_rs(
-    outbox: Outbox, orthanc: OrthancPeer, make_radiograph: Callable[..., Dataset]
+    outbox: Outbox, orthanc: Orthanc, make_radiograph: Callable[..., Dataset]
 ) -> None:
     sr = ossa_sr(make_radiograph())
     path = record_object(outbox.store, outbox.spool, sr, ["web"])

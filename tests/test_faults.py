@@ -47,7 +47,9 @@ from pynetdicom import AE, evt
 
 from dicom_io.report import encode_file
 from dicom_io.synthetic import StudyIdentity
-from tests.conftest import OSSA, OrthancPeer, Served, echo, free_port, wait_until
+from harness.config import write_config
+from harness.peers import Orthanc, free_port, wait_until
+from tests.conftest import OSSA, Served, echo
 from worker.admission import StoreStatus
 from worker.intake import Intake, Received
 from worker.spool import Spool
@@ -72,37 +74,22 @@ INSTANCES_PER_STUDY = 3
 def _write_config(
     folder: Path, port: int, bundle: Path, destinations: list[tuple[str, str, int]], *,
     root: Path | str = "var", completion_s: float = COMPLETION_S,
-    delivery: str = "retry_initial_interval_s = 1\nretry_max_interval_s = 4",
+    delivery: dict[str, float] | None = None,
 ) -> Path:
-    """A ``config.toml`` in ``folder``; each destination is ``(name, AE title, port)``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dests = "".join(
-        f'\n[[destinations]]\nname = "{name}"\ntype = "dimse"\nae_title = "{aet}"\n'
-        f'host = "127.0.0.1"\nport = {dest_port}\ntimeout_s = 5\n'
-        for name, aet, dest_port in destinations
+    """A ``config.toml`` in ``folder`` (the example's, :func:`harness.config.write_config`);
+    each destination is ``(name, AE title, port)``; one object per study: the SR."""
+    return write_config(
+        folder / "config.toml",
+        listener={"port": port, "allowed_calling_aets": ["STORESCU"]},
+        study={"completion_timeout_s": completion_s},
+        storage={"root": root},
+        model={"bundle": bundle},
+        results={"secondary_capture": False},
+        delivery=delivery or {"retry_initial_interval_s": 1, "retry_max_interval_s": 4},
+        destinations=[{"name": name, "type": "dimse", "ae_title": aet, "host": "127.0.0.1",
+                       "port": dest_port, "timeout_s": 5}
+                      for name, aet, dest_port in destinations],
     )
-    path = folder / "config.toml"
-    path.write_text(
-        f"""
-[listener]
-ae_title = "OSSA"
-port = {port}
-allowed_calling_aets = ["STORESCU"]
-[study]
-completion_timeout_s = {completion_s}
-[storage]
-root = "{root}"
-retention_days = 0
-[model]
-bundle = "{bundle}"
-[results]
-secondary_capture = false  # one object per study: the SR
-[delivery]
-{delivery}
-{dests}""",
-        encoding="utf-8",
-    )
-    return path
 
 
 def _query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
@@ -263,7 +250,7 @@ def _check_acknowledged_on_disk(db: Path, root: Path, acked: set[str]) -> None:
 
 @pytest.mark.integration
 def test_kill_9_at_random_points_loses_nothing_and_reports_each_study_once(
-    tmp_path: Path, trained_bundle: Path, orthanc: OrthancPeer, ossa_port: int,
+    tmp_path: Path, trained_bundle: Path, orthanc: Orthanc, ossa_port: int,
     serve: Callable[[Path, int], Served], make_radiograph: Callable[..., Dataset],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -419,7 +406,7 @@ STORE_FILES = {"state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"}
 
 @pytest.mark.integration
 def test_full_storage_root_answers_out_of_resources_and_recovers(
-    tmp_path: Path, trained_bundle: Path, orthanc: OrthancPeer, ossa_port: int,
+    tmp_path: Path, trained_bundle: Path, orthanc: Orthanc, ossa_port: int,
     serve: Callable[[Path, int], Served], make_radiograph: Callable[..., Dataset],
     small_fs: Callable[[str, str], Path],
 ) -> None:
@@ -464,7 +451,7 @@ def test_full_storage_root_answers_out_of_resources_and_recovers(
 
 @pytest.mark.integration
 def test_full_tmpdir_aborts_the_association_and_leaves_nothing_behind(
-    tmp_path: Path, trained_bundle: Path, orthanc: OrthancPeer, ossa_port: int,
+    tmp_path: Path, trained_bundle: Path, orthanc: Orthanc, ossa_port: int,
     serve: Callable[[Path, int], Served], make_radiograph: Callable[..., Dataset],
     small_fs: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -650,8 +637,8 @@ def test_failing_destination_backs_off_fails_visibly_and_retry_delivers(
     port = free_port()
     config = _write_config(
         tmp_path, port, trained_bundle, [("flaky", peer.aet, peer.port)], completion_s=0.5,
-        delivery="retry_initial_interval_s = 0.5\nretry_max_interval_s = 2\n"
-                 "give_up_after_s = 4",
+        delivery={"retry_initial_interval_s": 0.5, "retry_max_interval_s": 2,
+                  "give_up_after_s": 4},
     )
     db = tmp_path / "var" / "state.sqlite3"
     served = serve(config, port)

@@ -32,7 +32,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_io.report import MANUFACTURER
-from tests.conftest import free_port
+from harness.peers import free_port
 from tests.test_delivery import record_object
 from worker.config import ListenerConfig
 from worker.handlers import StoreStatus, handle_echo, handle_store

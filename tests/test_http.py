@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
+from harness.peers import Orthanc, free_port, wait_until
 from models.serving.predict import TwoStageClassifier
-from tests.conftest import OrthancPeer, free_port, wait_until
 from tests.test_outbox import RefusingScp
 from tests.test_service import _destination, _phantom_study, _store
 from worker.config import (
@@ -183,7 +183,7 @@ def _foreign_sr(study_uid: str | None = None) -> Dataset:
     return ds
 
 
-def _orthanc_destination(orthanc: OrthancPeer) -> DimseDestination:
+def _orthanc_destination(orthanc: Orthanc) -> DimseDestination:
     return DimseDestination(name="orthanc", ae_title=orthanc.aet, host="127.0.0.1",
                             port=orthanc.dicom_port, timeout_s=10)
 
@@ -389,7 +389,7 @@ def test_loopback_reads_refuse_a_foreign_host_header(
 
 def test_stow_rs_with_curl_stores_a_study_whose_sr_reaches_orthanc(
     start: Callable[..., Running],
-    orthanc: OrthancPeer,
+    orthanc: Orthanc,
     make_radiograph: Callable[..., Dataset],
     tmp_path: Path,
 ) -> None:
@@ -459,7 +459,7 @@ def test_stow_rs_with_curl_stores_a_study_whose_sr_reaches_orthanc(
 
 def test_stow_rs_with_dicomweb_client(
     start: Callable[..., Running],
-    orthanc: OrthancPeer,
+    orthanc: Orthanc,
     make_radiograph: Callable[..., Dataset],
 ) -> None:
     run = start([_orthanc_destination(orthanc)])

@@ -41,7 +41,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import Status
 
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
-from tests.conftest import Served, free_port, running_storescp, wait_until
+from harness.config import write_config
+from harness.peers import free_port, wait_until
+from tests.conftest import Served, running_storescp
 from worker.store import STORE_FILE, DeliveryState, InstanceState, StateStore
 
 logger = logging.getLogger(__name__)
@@ -102,39 +104,17 @@ def unique_storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 def _config(folder: Path, port: int, bundle: Path, pacs_port: int) -> Path:
-    config = folder / "config.toml"
-    config.write_text(
-        f"""
-[listener]
-port = {port}
-allowed_calling_aets = ["STORESCU", "ECHOSCU"]
-max_associations = {MAX_ASSOCIATIONS}
-network_timeout_s = {NETWORK_TIMEOUT_S}
-[study]
-completion_timeout_s = {COMPLETION_TIMEOUT_S}
-[storage]
-root = "var"
-retention_days = 0
-[results]
-secondary_capture = false
-[http]
-enabled = false
-[model]
-bundle = "{bundle}"
-[logging]
-level = "INFO"
-[delivery]
-retry_initial_interval_s = 1
-[[destinations]]
-name = "pacs"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {pacs_port}
-timeout_s = 30
-""",
-        encoding="utf-8",
+    return write_config(
+        folder / "config.toml",
+        listener={"port": port, "allowed_calling_aets": ["STORESCU", "ECHOSCU"],
+                  "max_associations": MAX_ASSOCIATIONS, "network_timeout_s": NETWORK_TIMEOUT_S},
+        study={"completion_timeout_s": COMPLETION_TIMEOUT_S},
+        model={"bundle": bundle},
+        results={"secondary_capture": False},
+        delivery={"retry_initial_interval_s": 1},
+        destinations=[{"name": "pacs", "type": "dimse", "ae_title": "STORESCP",
+                       "host": "127.0.0.1", "port": pacs_port, "timeout_s": 30}],
     )
-    return config
 
 
 def _image(rng: np.random.Generator) -> np.ndarray:

@@ -21,8 +21,9 @@ from pydicom.uid import Comprehensive3DSRStorage
 from pynetdicom import AE, evt
 
 from dicom_io.synthetic import StudyIdentity, write_study
+from harness.peers import Orthanc, free_port, wait_until
 from models.datasets.phantom import render_study
-from tests.conftest import OSSA, OrthancPeer, Served, dcmtk, free_port, wait_until
+from tests.conftest import OSSA, Served, dcmtk
 
 pytestmark = pytest.mark.integration
 
@@ -98,15 +99,15 @@ def _status(config: Path) -> dict[str, object]:
 
 
 @pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[OrthancPeer]:
+def pacs(tmp_path: Path) -> Iterator[Orthanc]:
     """A fresh Orthanc for one test (these tests stop and start it)."""
-    peer = OrthancPeer(tmp_path / "orthanc", free_port())
+    peer = Orthanc(tmp_path / "orthanc", free_port())
     yield peer
     peer.stop()
 
 
 def test_pacs_down_for_a_minute_gets_exactly_one_sr_when_back(
-    tmp_path: Path, trained_bundle: Path, pacs: OrthancPeer,
+    tmp_path: Path, trained_bundle: Path, pacs: Orthanc,
     serve: Callable[[Path, int], Served],
 ) -> None:
     port = free_port()
@@ -137,7 +138,7 @@ def test_pacs_down_for_a_minute_gets_exactly_one_sr_when_back(
 
 
 def test_kill_9_after_sending_before_recording_still_one_sr(
-    tmp_path: Path, trained_bundle: Path, pacs: OrthancPeer,
+    tmp_path: Path, trained_bundle: Path, pacs: Orthanc,
     serve: Callable[[Path, int], Served],
 ) -> None:
     port = free_port()

@@ -25,9 +25,11 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
+from harness.config import write_config
+from harness.peers import free_port, wait_until
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier
-from tests.conftest import Served, dcmtk, free_port, running_storescp, wait_until
+from tests.conftest import Served, dcmtk, running_storescp
 from worker.cli import main
 from worker.config import Config, DimseDestination, ListenerConfig, StorageConfig
 from worker.reload import compare, running
@@ -68,29 +70,15 @@ def test_compare_sorts_live_keys_from_those_needing_a_restart() -> None:
 
 def _config(path: Path, *, port: int, bundle: Path, ae_title: str, calling: list[str],
             destination_port: int | None) -> None:
-    destination = "" if destination_port is None else f"""
-[[destinations]]
-name = "pacs"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {destination_port}
-"""
-    path.write_text(f"""
-[listener]
-ae_title = "{ae_title}"
-port = {port}
-allowed_calling_aets = {calling!r}
-[study]
-completion_timeout_s = 1
-[storage]
-root = "var"
-[model]
-bundle = "{bundle}"
-[http]
-enabled = false
-[logging]
-level = "INFO"
-{destination}""".replace("'", '"'), encoding="utf-8")
+    write_config(
+        path,
+        listener={"ae_title": ae_title, "port": port, "allowed_calling_aets": calling},
+        study={"completion_timeout_s": 1},
+        model={"bundle": bundle},
+        destinations=[] if destination_port is None else [{
+            "name": "pacs", "type": "dimse", "ae_title": "STORESCP", "host": "127.0.0.1",
+            "port": destination_port}],
+    )
 
 
 def _echo(port: int, calling: str, called: str) -> subprocess.CompletedProcess[str]:

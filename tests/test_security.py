@@ -27,7 +27,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import Status
 
 from dicom_io.synthetic import StudyIdentity
-from tests.conftest import OSSA, Served, dcmtk, echo, free_port, wait_until
+from harness.peers import free_port, wait_until
+from tests.conftest import OSSA, Served, dcmtk, echo
 from tests.security import Pki, make_pki
 from worker.store import StateStore
 

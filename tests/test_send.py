@@ -14,7 +14,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_io.send import DimsePeer, SendOutcome, send_c_echo, send_c_store
-from tests.conftest import free_port, wait_until
+from harness.peers import free_port, wait_until
 
 
 def test_success_against_dcmtk_storescp(

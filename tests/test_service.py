@@ -21,9 +21,10 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from dicom_io.synthetic import StudyIdentity
+from harness.peers import free_port, wait_until
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier
-from tests.conftest import dciodvfy_errors, evidence_sop_uids, free_port, wait_until
+from tests.conftest import dciodvfy_errors, evidence_sop_uids
 from worker.config import (
     Config,
     DeliveryConfig,

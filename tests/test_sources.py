@@ -33,9 +33,10 @@ from pydicom.uid import (
 from dicom_io.report import encode_file
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
+from harness.peers import PostgresServer, free_port, wait_until
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier
-from tests.conftest import PostgresPeer, dciodvfy_errors, free_port, wait_until
+from tests.conftest import dciodvfy_errors
 from tests.test_report import (
     DCIODVFY_SUMMARY,
     INVALID_IDENTIFIERS,
@@ -573,7 +574,7 @@ def test_an_instance_ossa_cannot_decode_is_asked_for_again_in_explicit_vr(
 
 
 def test_two_nodes_on_postgresql_poll_in_turn_and_report_each_study_once(
-    tmp_path: Path, archive: Archive, postgres: PostgresPeer,
+    tmp_path: Path, archive: Archive, postgres: PostgresServer,
     serve: Callable[[Path], Service],
 ) -> None:
     """Two nodes share a PostgreSQL store and a storage root, both configured with the same

@@ -14,7 +14,8 @@ from pydicom import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComputedRadiographyImageStorage
 
 from dicom_io.synthetic import StudyIdentity
-from tests.conftest import T0, FakeClock, wait_until
+from harness.peers import wait_until
+from tests.conftest import T0, FakeClock
 from worker.intake import Intake, Received
 from worker.spool import Spool
 from worker.store import (

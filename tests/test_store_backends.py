@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import FakeClock, PostgresPeer
+from harness.peers import PostgresServer
+from tests.conftest import FakeClock
 from worker.store import (
     STORE_FILE,
     DeliveryState,
@@ -37,7 +38,7 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
     """A fresh store location on each backend."""
     if request.param == "sqlite":
         return Location(sqlite_path=tmp_path / STORE_FILE)
-    peer: PostgresPeer = request.getfixturevalue("postgres")
+    peer: PostgresServer = request.getfixturevalue("postgres")
     return Location(url=peer.new_database())
 
 
@@ -318,7 +319,7 @@ def test_a_newer_schema_is_refused(location: Location, opener: Opener) -> None:
 
 
 @pytest.fixture
-def pg_url(postgres: PostgresPeer) -> str:
+def pg_url(postgres: PostgresServer) -> str:
     return postgres.new_database()
 
 
@@ -379,7 +380,7 @@ def test_times_are_the_database_servers_not_the_nodes(
 
 
 def test_a_server_restart_gives_store_errors_then_recovers(
-    postgres: PostgresPeer, pg_url: str
+    postgres: PostgresServer, pg_url: str
 ) -> None:
     with StateStore(Location(url=pg_url), node="a") as store:
         assert add(store, sop="1.2.3.1")
@@ -396,7 +397,7 @@ def test_a_server_restart_gives_store_errors_then_recovers(
 
 
 def test_health_fails_while_the_database_is_down_and_recovers(
-    postgres: PostgresPeer, pg_url: str, tmp_path: Path
+    postgres: PostgresServer, pg_url: str, tmp_path: Path
 ) -> None:
     """``/healthz``'s checks: the store check fails (503) while PostgreSQL is down."""
     from worker.http.health import HealthProbe
@@ -417,7 +418,7 @@ def test_health_fails_while_the_database_is_down_and_recovers(
 
 
 def test_an_unreachable_server_is_a_store_error() -> None:
-    from tests.conftest import free_port
+    from harness.peers import free_port
 
     url = f"postgresql://ossa@127.0.0.1:{free_port()}/ossa"
     with pytest.raises(StoreError, match="cannot connect"):

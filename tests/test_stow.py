@@ -27,9 +27,9 @@ from pydicom.uid import ComputedRadiographyImageStorage
 from dicom_io.report import build_sr
 from dicom_io.send import SendOutcome, SendResult
 from dicom_io.stow import StowRsPeer, probe_dicomweb, send_stow_rs
+from harness.peers import Orthanc, free_port
 from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
 from models.serving.taxonomy import MURA_TAXONOMY
-from tests.conftest import OrthancPeer, free_port
 from worker.delivery import is_permanent
 
 # --- helpers shared with test_delivery and test_admin -------------------------------------
@@ -56,7 +56,7 @@ def ossa_sr(source: Dataset) -> Dataset:
     return as_read(build_sr([source], prediction, taxonomy=MURA_TAXONOMY))
 
 
-class AuthOrthanc(OrthancPeer):
+class AuthOrthanc(Orthanc):
     """An Orthanc whose REST API and DICOMweb need HTTP Basic ``ossa``/``s3cret``."""
 
     def __init__(self, workdir: Path, ossa_port: int) -> None:
@@ -232,7 +232,7 @@ def test_invalid_peer_is_rejected(kwargs: dict[str, Any], message: str) -> None:
 # --- into a real Orthanc ----------------------------------------------------------------
 
 
-def _orthanc_copy(orthanc: OrthancPeer, ds: Dataset) -> Dataset:
+def _orthanc_copy(orthanc: Orthanc, ds: Dataset) -> Dataset:
     """The instance Orthanc holds with the SOP Instance UID of ``ds``, read from its file."""
     (item,) = [
         i for i in orthanc.instances_of_study(str(ds.StudyInstanceUID))
@@ -242,7 +242,7 @@ def _orthanc_copy(orthanc: OrthancPeer, ds: Dataset) -> Dataset:
 
 
 def test_radiograph_round_trips_through_orthanc(
-    orthanc: OrthancPeer, radiograph: Dataset
+    orthanc: Orthanc, radiograph: Dataset
 ) -> None:
     result = send_stow_rs(radiograph, StowRsPeer(orthanc.url + "/dicom-web/", timeout_s=10))
     assert result == SendResult(
@@ -257,7 +257,7 @@ def test_radiograph_round_trips_through_orthanc(
 
 
 def test_sr_round_trips_and_a_resend_is_kept_once(
-    orthanc: OrthancPeer, radiograph: Dataset
+    orthanc: Orthanc, radiograph: Dataset
 ) -> None:
     sr = ossa_sr(radiograph)
     peer = StowRsPeer(orthanc.url + "/dicom-web", timeout_s=10)
@@ -271,7 +271,7 @@ def test_sr_round_trips_and_a_resend_is_kept_once(
 
 
 def test_large_object_is_sent_whole(
-    orthanc: OrthancPeer, make_radiograph: Callable[..., Dataset]
+    orthanc: Orthanc, make_radiograph: Callable[..., Dataset]
 ) -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(1024, 768), dtype=np.uint8)
@@ -282,7 +282,7 @@ def test_large_object_is_sent_whole(
     assert _orthanc_copy(orthanc, ds).PixelData == ds.PixelData
 
 
-def test_unknown_path_is_refused(orthanc: OrthancPeer, radiograph: Dataset) -> None:
+def test_unknown_path_is_refused(orthanc: Orthanc, radiograph: Dataset) -> None:
     result = send_stow_rs(radiograph, StowRsPeer(orthanc.url + "/no-such-root", timeout_s=10))
     assert result == SendResult(
         SendOutcome.REFUSED, None,
@@ -304,7 +304,7 @@ def test_unreachable_url(radiograph: Dataset) -> None:
 
 
 def test_https_to_a_plain_http_port_is_a_tls_failure(
-    orthanc: OrthancPeer, radiograph: Dataset
+    orthanc: Orthanc, radiograph: Dataset
 ) -> None:
     url = orthanc.url.replace("http://", "https://") + "/dicom-web"
     result = send_stow_rs(radiograph, StowRsPeer(url, timeout_s=10))

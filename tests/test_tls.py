@@ -27,8 +27,9 @@ from dicom_io.tls import (
     peer_certificate_cn,
     server_context,
 )
+from harness.peers import free_port, wait_until
 from models.serving.predict import TwoStageClassifier
-from tests.conftest import OSSA, dcmtk, free_port, running_storescp, wait_until
+from tests.conftest import OSSA, dcmtk, running_storescp
 from tests.security import Credential, Pki, make_pki
 from worker.config import (
     Config,

@@ -75,9 +75,10 @@ from dicom_io.transfer_syntax import (
     inflate,
     preferred_plugin,
 )
+from harness.peers import free_port
 from models.serving.predict import TwoStageClassifier
 from models.serving.results import ImagePrediction
-from tests.conftest import dcmtk, free_port
+from tests.conftest import dcmtk
 from worker.config import ListenerConfig
 from worker.handlers import StoreStatus, handle_store
 from worker.intake import Intake

@@ -1,5 +1,6 @@
-"""No patient data in any log the suite produced (issue 12); runs last (pytest orders the
-files by name).
+"""The search of the suite's logs for patient data (issue 12), run once the session has
+finished by the ``pytest_sessionfinish`` hook in ``tests/conftest.py``: every test has
+written its logs by then, whatever the order the files ran in.
 
 What is searched:
 
@@ -9,7 +10,7 @@ What is searched:
 - every ``*.log`` file under this session's pytest base temporary folder: the logs of the
   ``ossa`` processes the tests started (``ossa serve`` logs to standard error, which
   :class:`tests.conftest.Served` and the other launchers write to ``ossa.log`` beside the
-  config file; ``bench``'s launcher to ``ossa.log`` in its work folder; a killed
+  config file; the harness's launcher to ``ossa.log`` in its work folder; a killed
   ``ossa train`` to ``killed.log``).
 
 What is not: the logs of the peers, which are not Ossa's (Orthanc's ``orthanc.log``, the
@@ -24,8 +25,9 @@ into data sets, collected from the sources (:func:`fixture_identities`): keyword
 attributes (``patient_name=``, ``PatientID =``, ...) given a string literal, and any literal
 that reads as a DICOM person name (``Family^Given``). An f-string becomes a pattern
 (``f"LOAD-{sender}-{number:04d}"`` finds ``LOAD-3-0042``). A non-ASCII name is searched in
-each form a log could hold it: UTF-8, Latin-1, ISO 2022 (Japanese), JSON and Python escapes,
-and with ``?`` for each non-ASCII character (how the audit line prints an unprintable title).
+each form a log could hold it: UTF-8, Latin-1, ISO 2022 (Japanese), JSON and Python escapes
+(how :func:`worker.logsafe.printable` writes a value from the wire), and with ``?`` for each
+non-ASCII character.
 """
 
 from __future__ import annotations
@@ -37,19 +39,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the fixtures' identities are written: the tests, the benchmarks' generator, the
 #: synthetic radiographs and the phantom's DICOM export.
-SOURCES = ("tests/*.py", "bench/*.py", "dicom_io/*.py", "worker/*.py", "models/**/*.py")
+SOURCES = ("tests/*.py", "bench/*.py", "harness/*.py", "dicom_io/**/*.py", "worker/**/*.py",
+           "models/**/*.py")
+#: The scanner's own tests plant identities in every form on purpose.
+PLANTED = ROOT / "tests" / "test_logscan.py"
 #: Logs of peers, not of Ossa: their file names (anywhere under the base temporary folder).
 PEER_LOGS = {
-    "orthanc.log": "Orthanc (tests/conftest.py OrthancPeer, bench/peers.py Orthanc)",
-    "dcmtk.log": "DCMTK storescp, the benchmarks' comparison receiver (bench/peers.py)",
-    "pynetdicom.log": "the benchmarks' plain pynetdicom receiver (bench/peers.py)",
+    "orthanc.log": "Orthanc (harness.peers.Orthanc)",
+    "dcmtk.log": "DCMTK storescp, the benchmarks' comparison receiver (harness.peers)",
+    "pynetdicom.log": "the benchmarks' plain pynetdicom receiver (harness.peers)",
 }
 #: Values found but not searched for: too short or too common to mean a patient.
 NOT_IDENTIFYING = frozenset({"CHANGED"})
@@ -169,78 +172,31 @@ def ossa_logs(basetemp: Path) -> list[Path]:
     return sorted(p for p in basetemp.rglob("*.log") if p.is_file() and p.name not in PEER_LOGS)
 
 
-def _suite_log(config: pytest.Config) -> Path:
-    """The file pytest's ``log_file`` handler writes (flushed), as the logging plugin opened
-    it (a relative ``log_file`` is relative to the directory pytest was started in)."""
-    plugin = config.pluginmanager.get_plugin("logging-plugin")
-    handler = getattr(plugin, "log_file_handler", None)
-    if handler is None or not getattr(handler, "baseFilename", ""):
-        pytest.fail("pytest's log_file is not set (pyproject.toml: log_file)")
-    handler.flush()
-    return Path(handler.baseFilename)
+def sources() -> list[Path]:
+    """The files the fixtures' identities are collected from (:data:`SOURCES`)."""
+    return sorted({p for pattern in SOURCES for p in ROOT.glob(pattern)
+                   if p.resolve() != PLANTED})
 
 
-def _sources() -> list[Path]:
-    own = Path(__file__).resolve()
-    return sorted({p for pattern in SOURCES for p in ROOT.glob(pattern) if p.resolve() != own})
+@dataclass(frozen=True)
+class Search:
+    """What :func:`search_logs` read and found."""
+
+    files: int
+    lines: int
+    identities: int
+    findings: list[Finding]
+
+    def summary(self) -> str:
+        return (f"patient data in logs: {self.files} log file(s), {self.lines} line(s), "
+                f"{self.identities} identities searched, {len(self.findings)} found")
 
 
-def test_fixture_identities_are_collected() -> None:
-    needles = fixture_identities(_sources())
-    # The default radiograph of tests/conftest.py, the non-ASCII names of the report tests,
-    # an f-string of the load test, the phantom's DICOM export.
-    for text in ("Doe^Jane", "PID-123", "Müller^Zoë", "山田^太郎", "Müller Zoë",
-                 "LOAD-{sender}-{number:04d}", "Phantom^{study.body_part.title()}"):
-        assert text in needles, sorted(needles)
-    assert "{name}^" not in needles and "A1" not in needles  # too short to mean anything
-    assert not any(text.startswith("^") for text in needles)  # regular expressions
-
-
-def test_scan_finds_a_planted_line_in_each_form(tmp_path: Path) -> None:
-    load = needle("LOAD-{sender}-{number:04d}", fstring=True)
-    assert load is not None
-    needles = [*fixture_identities(
-        [], extra=["Doe^Jane", "PID-123", "Müller^Zoë", "Yamada^Tarou=山田^太郎"]
-    ).values(), load]
-    clean = tmp_path / "clean.txt"  # not *.log: the session's search must not find these
-    clean.write_bytes(b"2024 INFO worker.handlers: Stored SOP Instance 1.2.3 (study 1.2)\n"
-                      b"LOAD- nothing; PID-12 Doe^Jan\n")
-    planted = tmp_path / "planted.txt"
-    planted.write_bytes(
-        b"first line\n"
-        b"2024 INFO worker.x: refused 1.2.3 for Doe^Jane\n"
-        b"third\n" + "latin-1 M\xfcller^Zo\xeb\n".encode("latin-1")
-        + b'{"message": "M\\u00fcller^Zo\\u00eb"}\n'
-        b"repr 'M\\xfcller^Zo\\xeb'\n"
-        b"audit calling_ae=M?ller^Zo?\n" + "山田^太郎 utf-8\n".encode()
-        + "山田^太郎 ISO 2022\n".encode("iso2022_jp")
-        + b"sent LOAD-3-0042 ok\n"
-        b"no newline at the end PID-123"
-    )
-    assert scan([clean], needles) == ([], 2)
-    findings, lines = scan([planted], needles)
-    assert lines == 11
-    assert sorted((f.line_number, f.identity) for f in findings) == [
-        (2, "Doe^Jane"), (4, "Müller^Zoë"), (5, "Müller^Zoë"), (6, "Müller^Zoë"),
-        (7, "Müller^Zoë"), (8, "山田^太郎"), (9, "山田^太郎"),
-        (10, "LOAD-{sender}-{number:04d}"), (11, "PID-123"),
-    ]
-    assert all(f.path == planted for f in findings)
-    assert findings[0].line.startswith(b"2024 INFO") and "planted.txt:2:" in str(findings[0])
-
-
-def test_no_log_of_the_suite_holds_patient_data(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    logger.info("Searching the suite's logs for the fixtures' patient data")
-    suite_log = _suite_log(request.config)
-    assert suite_log.is_file(), f"{suite_log}: pytest's log_file was not written"
-    service_logs = ossa_logs(tmp_path_factory.getbasetemp())
-    needles = fixture_identities(_sources())
-    findings, lines = scan([suite_log, *service_logs], needles.values())
-    summary = (f"{1 + len(service_logs)} log file(s), {lines} line(s), {len(needles)} "
-               f"identities: {suite_log} and {len(service_logs)} under the base temporary "
-               f"folder")
-    print(summary)
-    assert lines >= 1, summary  # at least this test's own line in suite.log
-    assert not findings, "\n".join([summary, *map(str, findings[:50])])
+def search_logs(suite_log: Path | None, basetemp: Path) -> Search:
+    """Search the suite's log (if any) and the Ossa logs under ``basetemp`` for every
+    identity of :func:`sources`."""
+    logs = [*([suite_log] if suite_log is not None and suite_log.is_file() else []),
+            *ossa_logs(basetemp)]
+    needles = fixture_identities(sources())
+    findings, lines = scan(logs, needles.values())
+    return Search(len(logs), lines, len(needles), findings)

@@ -1,6 +1,8 @@
-"""The programs a benchmark starts and drives: receivers, Orthanc, and DCMTK ``storescu``.
+"""The programs the tests and the benchmarks start and drive: receivers (``ossa serve``, DCMTK
+``storescp``, a plain pynetdicom one), Orthanc, PostgreSQL and DCMTK ``storescu``; and the
+helpers both use (:func:`free_port`, :func:`port_open`, :func:`wait_until`).
 
-Every peer runs in its own process group (``start_new_session``), on a free loopback port,
+Every receiver runs in its own process group (``start_new_session``), on a free loopback port,
 with its log in its work folder, and is stopped by its own process group id when the
 benchmark is done with it (``with`` block), also when the benchmark fails.
 """
@@ -48,6 +50,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_until(condition: Callable[[], object], *, timeout: float, what: str,
@@ -204,38 +213,23 @@ def ossa_config(workdir: Path, port: int, *, bundle: Path = SHIPPED_BUNDLE,
                 completion_timeout_s: float = 86400.0,
                 destination: tuple[str, int] | None = None, log_level: str = "INFO",
                 database: str | None = None) -> Path:
-    """Write ``workdir/config.toml`` for ``ossa serve``: loopback listener, HTTP off, storage
-    in ``workdir/var`` (the state store there, or on PostgreSQL at ``database``), and at most
+    """Write ``workdir/config.toml`` for ``ossa serve`` from the example
+    (:func:`harness.config.write_config`): loopback listener, HTTP off, storage in
+    ``workdir/var`` (the state store there, or on PostgreSQL at ``database``), and at most
     one DIMSE destination (AE title, port on loopback)."""
-    destinations = ""
-    if destination is not None:
-        destinations = (f'[[destinations]]\nname = "pacs"\ntype = "dimse"\n'
-                        f'ae_title = "{destination[0]}"\nhost = "127.0.0.1"\n'
-                        f"port = {destination[1]}\ntimeout_s = 30\n")
-    path = workdir / "config.toml"
-    workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"""[listener]
-ae_title = "OSSA"
-host = "127.0.0.1"
-port = {port}
-allowed_calling_aets = ["{CALLING_AET}"]
-[study]
-completion_timeout_s = {completion_timeout_s}
-[storage]
-root = "var"
-retention_days = 0
-{f'database = "{database}"' if database else ""}
-[model]
-bundle = "{bundle.resolve()}"
-[http]
-enabled = false
-[logging]
-level = "{log_level}"
-{destinations}""",
-        encoding="utf-8",
+    from harness.config import write_config
+
+    return write_config(
+        workdir / "config.toml",
+        listener={"host": "127.0.0.1", "port": port, "allowed_calling_aets": [CALLING_AET]},
+        study={"completion_timeout_s": completion_timeout_s},
+        storage={"root": "var", "database": database},
+        model={"bundle": bundle.resolve()},
+        logging={"level": log_level},
+        destinations=[] if destination is None else [{
+            "name": "pacs", "type": "dimse", "ae_title": destination[0],
+            "host": "127.0.0.1", "port": destination[1], "timeout_s": 30}],
     )
-    return path
 
 
 class Ossa(Receiver):
@@ -353,20 +347,39 @@ class PostgresServer:
 # --- Orthanc as the PACS ------------------------------------------------------------------
 
 
-class Orthanc(Peer):
-    """A real Orthanc on loopback, the PACS that Ossa sends its SRs to."""
+class Orthanc:
+    """A real Orthanc with its DICOMweb plugin on loopback: the PACS Ossa reports to, the
+    archive its sources poll, the benchmarks' destination.
 
-    label = "orthanc"
+    Parameters
+    ----------
+    workdir : pathlib.Path
+        Its configuration, storage and ``orthanc.log``.
+    ossa_port : int, optional
+        The Ossa listener's port, registered as modality ``ossa`` (``OSSA`` on 127.0.0.1)
+        for C-MOVE and C-STORE back.
+    extra_config : dict, optional
+        Orthanc configuration keys added to (or replacing) the defaults.
+    """
+
     aet = "ORTHANC"
+    label = "orthanc"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ossa_port: int | None = None,
+                 extra_config: dict[str, Any] | None = None) -> None:
+        exe = executable("Orthanc")
+        if not ORTHANC_DICOMWEB_PLUGIN.exists():
+            raise PeerError("the Orthanc DICOMweb plugin is not installed (Debian package "
+                            "orthanc-dicomweb; `make test-deps`)")
         workdir = workdir.resolve()
+        self.workdir = workdir
         self.http_port = free_port()
         self.dicom_port = free_port()
+        self.ossa_port = ossa_port
         self.url = f"http://127.0.0.1:{self.http_port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "OssaBenchPACS",
+            "Name": "OssaPACS",
             "StorageDirectory": str(workdir / "storage"),
             "IndexDirectory": str(workdir / "storage"),
             "HttpPort": self.http_port,
@@ -375,15 +388,29 @@ class Orthanc(Peer):
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomAlwaysAllowStore": True,  # C-STORE from Ossa without a modality entry
+            "DicomModalities": ({} if ossa_port is None
+                                else {"ossa": ["OSSA", "127.0.0.1", ossa_port]}),
+            "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            **(extra_config or {}),
         }
-        path = workdir / "orthanc.json"
-        path.write_text(json.dumps(config), encoding="utf-8")
-        super().__init__([executable("Orthanc"), str(path)], workdir)
-        wait_until(self._ready, timeout=60, what="Orthanc to answer on its REST API",
-                   interval=0.2)
+        self.exe = exe
+        self.config_path = workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps(config), encoding="utf-8")
+        self.log_path = workdir / "orthanc.log"
+        self.start()
+
+    def start(self) -> None:
+        """Start Orthanc (again: its storage, and so what it received, persists)."""
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [self.exe, str(self.config_path)], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_until(self._ready, timeout=30, what="Orthanc to answer on its REST API")
 
     def _ready(self) -> bool:
-        self.check_alive()
+        if self.proc.poll() is not None:
+            raise PeerError(f"Orthanc exited with {self.proc.returncode}; see {self.log.name}")
         try:
             return bool(self.get("/system")["DicomPort"] == self.dicom_port)
         except OSError:
@@ -393,6 +420,54 @@ class Orthanc(Peer):
         """GET a REST resource and decode its JSON."""
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.loads(response.read())
+
+    def post(self, path: str, body: object) -> Any:
+        """POST JSON to a REST resource and decode the JSON answer."""
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        """GET a REST resource as bytes."""
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return bytes(response.read())
+
+    def instances_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Orthanc's instance resources (with tags) in a study, [] if the study is unknown."""
+        return list(self.post("/tools/find", {
+            "Level": "Instance", "Query": {"StudyInstanceUID": study_instance_uid},
+            "Expand": True}))
+
+    def sr_sop_uids(self, study_instance_uid: str) -> list[str]:
+        """SOP Instance UIDs of the SRs Orthanc holds in a study (one per stored copy)."""
+        uids = []
+        for item in self.instances_of_study(study_instance_uid):
+            tags = self.get(f"/instances/{item['ID']}/simplified-tags")
+            if tags.get("Modality") == "SR":
+                uids.append(str(tags["SOPInstanceUID"]))
+        return uids
+
+    def stop(self) -> None:
+        """Stop Orthanc; :meth:`start` brings it back with the same ports and storage."""
+        if self.proc.poll() is not None:
+            self.log.close()
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # --- the sender ---------------------------------------------------------------------------
