@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.admission import is_ui_value
-from worker.store import RetrievalRow, RetrievalState, StateStore, StudyState
+from worker.store import RetrievalRow, RetrievalState, StateStore, StudyRow, StudyState
 
 
 class AnalyzeRequestError(ValueError):
@@ -62,6 +62,13 @@ def analysis_state(store: StateStore, source: str, study_uid: str) -> AnalysisSt
     if retrieval is None:
         return AnalysisState("unknown", "no retrieval of this study was requested")
     if retrieval.state == RetrievalState.PENDING:
+        # A poll that queues a reported study again (its instance count changed, as it does
+        # when Ossa's own objects are stored back there) leaves it reported meanwhile.
+        reported = (_reported(store, source, study_uid) if retrieval.requested_by == "poll"
+                    else None)
+        if reported is not None:
+            return AnalysisState("reported", f"revision {reported.revision}; the archive's"
+                                 " instances are checked again", reported.result, retrieval)
         detail = "queued" if retrieval.attempts == 0 else (
             f"attempt {retrieval.attempts} {retrieval.last_outcome}: {retrieval.last_detail}")
         return AnalysisState("retrieving", detail, retrieval=retrieval)
@@ -81,3 +88,13 @@ def analysis_state(store: StateStore, source: str, study_uid: str) -> AnalysisSt
         return AnalysisState("failed", "the study could not be reported (see the service's log)",
                              retrieval=retrieval)
     return AnalysisState("reporting", f"study {study.state}", retrieval=retrieval)
+
+
+def _reported(store: StateStore, source: str, study_uid: str) -> StudyRow | None:
+    """The study of ``source`` as reported, if it is."""
+    for detail in store.study_detail(study_uid):
+        study = detail.study
+        if (study.calling_aet == source or study.source == source) and (
+                study.state == StudyState.REPORTED):
+            return study
+    return None
