@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_io.report import study_finding
+from dicom_io.sr import study_finding
 from dicom_io.synthetic import StudyIdentity, write_study
 from models.datasets.phantom import render_study
 from tests.conftest import (

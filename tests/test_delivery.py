@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 from pynetdicom import AE, evt
 
-from dicom_io.report import encode_file
+from dicom_io.derived import encode_file
 from dicom_io.send import SendOutcome, SendResult
 from tests.conftest import T0, FakeClock, OrthancPeer, free_port, wait_until
 from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc, ossa_sr, secret_file

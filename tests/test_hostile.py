@@ -50,8 +50,9 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
+from dicom_io.derived import encode_file
 from dicom_io.pixels import MAX_PIXELS, PixelDataError, check_pixel_module
-from dicom_io.report import build_sr, encode_file
+from dicom_io.sr import build_sr
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 from models.serving.taxonomy import MURA_TAXONOMY
 from tests.conftest import (

@@ -1,4 +1,4 @@
-"""Tests of dicom_io.secondary_capture: the Secondary Capture of one radiograph, its
+"""Tests of dicom_io.capture: the Secondary Capture of one radiograph, its
 findings outlined."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-from dicom_io.report import encode_file
-from dicom_io.secondary_capture import (
+from dicom_io.capture import (
     OUTLINE_COLOR,
     OUTLINE_WIDTH,
     RESEARCH_NOTICE,
@@ -29,14 +28,17 @@ from dicom_io.secondary_capture import (
     SERIES_DESCRIPTION,
     build_secondary_capture,
     derivation_description,
+    sc_label,
+    secondary_capture_uids,
+)
+from dicom_io.capture.draw import (
     display_boxes,
     display_film,
     display_size,
     draw_findings,
     label_band,
-    sc_label,
-    secondary_capture_uids,
 )
+from dicom_io.derived import encode_file
 from dicom_io.synthetic import StudyIdentity
 from models.serving.findings import Finding
 from models.serving.results import AlgorithmInfo, ImagePrediction

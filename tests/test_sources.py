@@ -30,7 +30,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_io.report import encode_file
+from dicom_io.derived import encode_file
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from models.datasets.phantom import render_study

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the fixtures' identities are written: the tests, the benchmarks' generator, the
 #: synthetic radiographs and the phantom's DICOM export.
-SOURCES = ("tests/*.py", "bench/*.py", "dicom_io/*.py", "worker/*.py", "models/**/*.py")
+SOURCES = ("tests/*.py", "bench/*.py", "dicom_io/**/*.py", "worker/*.py", "models/**/*.py")
 #: Logs of peers, not of Ossa: their file names (anywhere under the base temporary folder).
 PEER_LOGS = {
     "orthanc.log": "Orthanc (tests/conftest.py OrthancPeer, bench/peers.py Orthanc)",

@@ -88,7 +88,7 @@ def configure_logging(level: str, fmt: str = "plain") -> None:
     Patient's Name (found by tests/test_fuzz.py and tests/test_zz_logs.py), and an invalid
     Patient ID copied into an SR as the source has it would be quoted too. Ossa validates
     the values it copies itself and names the attribute only
-    (:func:`dicom_io.report.source_header`).
+    (:func:`dicom_io.derived.source_header`).
     """
     import pydicom.config
 
