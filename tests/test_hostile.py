@@ -65,7 +65,7 @@ from tests.conftest import (
     running_storescp,
     wait_until,
 )
-from tests.test_report import _single
+from tests.test_sr import _single
 from worker.admission import StoreStatus, is_ui_value, printable
 
 pytestmark = pytest.mark.integration

@@ -36,7 +36,7 @@ from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier
 from tests.conftest import PostgresPeer, dciodvfy_errors, free_port, wait_until
-from tests.test_report import (
+from tests.test_sr import (
     DCIODVFY_SUMMARY,
     INVALID_IDENTIFIERS,
     INVALID_VALUES,
@@ -454,7 +454,7 @@ def test_analyze_on_demand_keeps_identifiers_and_writes_valid_objects(
     back pass dciodvfy but for the invalid identifiers, which reach the SR byte for byte."""
     instances = _study("WRIST", 7)
     # (a lowercase Body Part Examined is left out of the objects, and the image then not
-    # assessed: tests/test_report.py has it; here every image should get its capture)
+    # assessed: tests/test_sr.py has it; here every image should get its capture)
     raw = {k: v for k, (v, _) in INVALID_VALUES.items() if k != "BodyPartExamined"}
     raw |= INVALID_IDENTIFIERS
     for ds in instances:
