@@ -51,9 +51,9 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLos
 
 from bench import common
 from bench.radiographs import sizes, write_corpus
+from dicom_io.capture import RENDER_SIDE, build_secondary_capture, sc_label
+from dicom_io.derived import encode_file
 from dicom_io.pixels import normalize_radiograph
-from dicom_io.report import encode_file
-from dicom_io.secondary_capture import RENDER_SIDE, build_secondary_capture, sc_label
 from harness.peers import SHIPPED_BUNDLE
 from models.serving.engine import BACKENDS, NetworkRunner, TwoStageEngine
 from models.serving.findings import Finding

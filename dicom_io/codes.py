@@ -30,7 +30,14 @@ FINDING_SITE: Code = codes.SCT.FindingSite
 ABNORMAL: Code = codes.SCT.Abnormal
 NORMAL: Code = codes.SCT.Normal
 
-# --- Structured Report (dicom_io.report) -------------------------------------------------------
+# --- Every derived object (dicom_io.derived) ------------------------------------------------------
+
+#: Purpose of Reference of Ossa's Contributing Equipment item (PS3.16 CID 7005): equipment
+#: "that has processed composite instances to create new composite instances" (DCM 109102).
+#: Not 109103 "Modifying Equipment" (changes an instance in place) nor 109104 (de-identifying).
+PROCESSING_EQUIPMENT: Code = codes.cid7005.ProcessingEquipment
+
+# --- Structured Report (dicom_io.sr) --------------------------------------------------------------
 
 #: Private coding scheme for concepts no standard terminology covers (PS3.16 Section 8.2:
 #: "99" prefix). Declared in the SR's Coding Scheme Identification Sequence (PS3.3 C.12.1).
@@ -68,13 +75,6 @@ QUALITATIVE_EVALUATIONS: Code = Code("C0034375", "UMLS", "Qualitative Evaluation
 COMMENT: Code = codes.DCM.Comment
 #: Observer type of the device observer context (PS3.16 CID 270).
 DEVICE_OBSERVER: Code = codes.cid270.Device
-#: Purpose of Reference of Ossa's Contributing Equipment item (PS3.16 CID 7005): equipment
-#: "that has processed composite instances to create new composite instances" (DCM 109102).
-#: Not 109103 "Modifying Equipment" (changes an instance in place) nor 109104 (de-identifying).
-PROCESSING_EQUIPMENT: Code = codes.cid7005.ProcessingEquipment
-#: Purpose of Reference of the source's acquisition equipment, as highdicom's
-#: ``ContributingEquipment.for_image_acquisition`` writes it (PS3.16 CID 7005).
-ACQUISITION_EQUIPMENT: Code = codes.cid7005.AcquisitionEquipment
 
 #: Modality (0008,0060) to its coded concept for Image Library descriptors (PS3.16 CID 29).
 MODALITY: dict[str, Code] = {
@@ -106,7 +106,10 @@ TRACKING_IDENTIFIER: Code = codes.DCM.TrackingIdentifier
 #: CT 125605004 "Fracture of bone" (not in pydicom's concept dictionary).
 FRACTURE: Code = Code("125605004", "SCT", "Fracture of bone")
 
-# --- Secondary Capture (dicom_io.secondary_capture) --------------------------------------------
+# --- Secondary Capture (dicom_io.capture) ---------------------------------------------------------
 
+#: Purpose of Reference of the source's acquisition equipment, as highdicom's
+#: ``ContributingEquipment.for_image_acquisition`` writes it (PS3.16 CID 7005).
+ACQUISITION_EQUIPMENT: Code = codes.cid7005.AcquisitionEquipment
 #: Purpose of Reference of the SC's Source Image Sequence item (PS3.16 CID 7202).
 SOURCE_IMAGE_FOR_PROCESSING: Code = codes.cid7202.SourceImageForImageProcessingOperation

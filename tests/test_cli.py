@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_io.report import study_finding
+from dicom_io.sr import study_finding
 from dicom_io.synthetic import StudyIdentity, write_study
 from harness.peers import Orthanc, free_port, wait_until
 from models.datasets.phantom import render_study

@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 from pynetdicom import AE, evt
 
-from dicom_io.report import encode_file
+from dicom_io.derived import encode_file
 from dicom_io.send import SendOutcome, SendResult
 from harness.peers import Orthanc, free_port, wait_until
 from tests.conftest import T0, FakeClock

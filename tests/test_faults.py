@@ -45,7 +45,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 
-from dicom_io.report import encode_file
+from dicom_io.derived import encode_file
 from dicom_io.synthetic import StudyIdentity
 from harness.config import write_config
 from harness.peers import Orthanc, free_port, wait_until

@@ -31,7 +31,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_io.report import MANUFACTURER
+from dicom_io.derived import MANUFACTURER
 from harness.peers import free_port
 from tests.test_delivery import record_object
 from worker.config import ListenerConfig

@@ -50,13 +50,14 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
+from dicom_io.derived import encode_file
 from dicom_io.pixels import MAX_PIXELS, PixelDataError, check_pixel_module
-from dicom_io.report import build_sr, encode_file
+from dicom_io.sr import build_sr
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 from harness.peers import free_port, wait_until
 from models.serving.taxonomy import MURA_TAXONOMY
 from tests.conftest import OSSA, Served, dciodvfy_errors, echo, evidence_sop_uids, running_storescp
-from tests.test_report import _single
+from tests.test_sr import _single
 from worker.admission import StoreStatus, is_ui_value
 from worker.logsafe import printable
 

@@ -21,7 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_io.report import MANUFACTURER
+from dicom_io.derived import MANUFACTURER
 from dicom_io.synthetic import StudyIdentity
 from tests.conftest import FakeClock
 from worker.intake import (

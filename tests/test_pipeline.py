@@ -14,7 +14,8 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
-from dicom_io.report import encode_file, study_finding
+from dicom_io.derived import encode_file
+from dicom_io.sr import study_finding
 from dicom_io.synthetic import StudyIdentity
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier

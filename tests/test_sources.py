@@ -30,14 +30,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_io.report import encode_file
+from dicom_io.derived import encode_file
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from harness.peers import PostgresServer, free_port, wait_until
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier
 from tests.conftest import dciodvfy_errors
-from tests.test_report import (
+from tests.test_sr import (
     DCIODVFY_SUMMARY,
     INVALID_IDENTIFIERS,
     INVALID_VALUES,
@@ -455,7 +455,7 @@ def test_analyze_on_demand_keeps_identifiers_and_writes_valid_objects(
     back pass dciodvfy but for the invalid identifiers, which reach the SR byte for byte."""
     instances = _study("WRIST", 7)
     # (a lowercase Body Part Examined is left out of the objects, and the image then not
-    # assessed: tests/test_report.py has it; here every image should get its capture)
+    # assessed: tests/test_sr.py has it; here every image should get its capture)
     raw = {k: v for k, (v, _) in INVALID_VALUES.items() if k != "BodyPartExamined"}
     raw |= INVALID_IDENTIFIERS
     for ds in instances:

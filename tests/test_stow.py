@@ -24,8 +24,8 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage
 
-from dicom_io.report import build_sr
 from dicom_io.send import SendOutcome, SendResult
+from dicom_io.sr import build_sr
 from dicom_io.stow import StowRsPeer, probe_dicomweb, send_stow_rs
 from harness.peers import Orthanc, free_port
 from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
@@ -47,7 +47,7 @@ def as_read(ds: Dataset) -> Dataset:
 
 
 def ossa_sr(source: Dataset) -> Dataset:
-    """An Ossa SR (:func:`dicom_io.report.build_sr`) of one assessed wrist radiograph."""
+    """An Ossa SR (:func:`dicom_io.sr.build_sr`) of one assessed wrist radiograph."""
     prediction = StudyPrediction(
         images=(ImagePrediction("WRIST", 0.93, True, 0.87),),
         thresholds=tuple((name, 0.5) for name in MURA_TAXONOMY.assessed),

@@ -89,10 +89,10 @@ def configure_logging(level: str, fmt: str = "plain") -> None:
     pydicom does not validate values as it reads them or as they are set
     (``reading_validation_mode`` and ``writing_validation_mode`` IGNORE): its warning about
     an invalid value quotes the value, and in a damaged data set that can run on into the
-    Patient's Name (found by tests/test_fuzz.py and tests/test_zz_logs.py), and an invalid
-    Patient ID copied into an SR as the source has it would be quoted too. Ossa validates
-    the values it copies itself and names the attribute only
-    (:func:`dicom_io.report.source_header`).
+    Patient's Name (found by tests/test_fuzz.py and the suite's log search,
+    tests/logscan.py), and an invalid Patient ID copied into an SR as the source has it
+    would be quoted too. Ossa validates the values it copies itself and names the attribute only
+    (:func:`dicom_io.derived.source_header`).
     """
     import pydicom.config
 

@@ -29,7 +29,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from dicom_io.report import MANUFACTURER
+from dicom_io.derived import MANUFACTURER
 from worker.spool import Spool
 from worker.store import StateStore
 

@@ -1,7 +1,7 @@
 """Values from the wire made safe for a log line.
 
 UIDs, AE titles and transfer syntaxes that a peer sent are logged (never patient data: see
-the brief's rule and ``tests/test_zz_logs.py``), and a hostile one must neither forge a log
+the brief's rule and ``tests/logscan.py``), and a hostile one must neither forge a log
 line (a line break) nor corrupt a terminal (control characters). :func:`printable` is the
 one function every module uses for that.
 """

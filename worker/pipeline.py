@@ -27,15 +27,16 @@ import pydicom
 from numpy.typing import NDArray
 from pydicom import Dataset
 
-from dicom_io.pixels import PixelDataError, normalize_radiograph
-from dicom_io.report import build_sr, encode_file, report_uids
-from dicom_io.scope import ScopeTable
-from dicom_io.secondary_capture import (
+from dicom_io.capture import (
     RENDER_SIDE,
     build_secondary_capture,
     sc_label,
     secondary_capture_uids,
 )
+from dicom_io.derived import encode_file
+from dicom_io.pixels import PixelDataError, normalize_radiograph
+from dicom_io.scope import ScopeTable
+from dicom_io.sr import build_sr, report_uids
 from models.serving.engine import EngineOutput
 from models.serving.enhance import InputGeometry, Preprocessing
 from models.serving.results import AlgorithmInfo, ImagePrediction, StudyPrediction
@@ -335,7 +336,7 @@ class ReportStage:
         (``[[sources]] results_to``).
     captures : bool
         Also write a secondary capture of each assessed image, with its findings outlined
-        (:mod:`dicom_io.secondary_capture`). False: SR only.
+        (:mod:`dicom_io.capture`). False: SR only.
     """
 
     def __init__(

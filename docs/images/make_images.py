@@ -6,7 +6,7 @@ Both are illustrations built from Ossa's own code on synthetic data, not a model
   (:func:`models.datasets.phantom.rendering.render_study`), written as a 12-bit MONOCHROME1
   CR (:mod:`dicom_io.synthetic`), rendered by the service's pixel pipeline
   (:func:`dicom_io.pixels.normalize_radiograph`) and built into a Secondary Capture
-  (:func:`dicom_io.secondary_capture.build_secondary_capture`) with one finding (the
+  (:func:`dicom_io.capture.build_secondary_capture`) with one finding (the
   phantom's own fracture box) and a verdict set by hand, as the tests do;
 - ``status-page.png``: the status page (:class:`worker.http.pages.StatusPage`) over a
   SQLite state store filled through its own queries with a few made-up studies (no patient
@@ -55,12 +55,12 @@ def make_capture(out: Path, *, seed: int = 3) -> Path:
     pathlib.Path
         The PNG written.
     """
-    from dicom_io.pixels import normalize_radiograph
-    from dicom_io.secondary_capture import (
+    from dicom_io.capture import (
         build_secondary_capture,
         sc_label,
         secondary_capture_uids,
     )
+    from dicom_io.pixels import normalize_radiograph
     from dicom_io.synthetic import StudyIdentity, radiograph_dataset
     from models.datasets.phantom.rendering import render_study
     from models.serving.findings import Finding

@@ -99,7 +99,7 @@ class Preprocessing:
     def working_side(self, display_side: int | None = None) -> int:
         """Longest side an image needs before :func:`preprocess`: the network's input size,
         or ``display_side`` where the image is also shown larger (a secondary capture,
-        :data:`dicom_io.secondary_capture.MAX_SIDE`). The ``max_side`` of
+        :data:`dicom_io.capture.draw.MAX_SIDE`). The ``max_side`` of
         :func:`dicom_io.pixels.normalize_radiograph`."""
         return max(self.input_size, display_side or 0)
 

@@ -1,5 +1,5 @@
-"""Tests of dicom_io.secondary_capture: the Secondary Capture of one radiograph, its
-findings outlined."""
+"""Tests of dicom_io.capture: the Secondary Capture of one radiograph, its
+findings outlined. The drawing on its own (dicom_io.capture.draw): tests/test_capture_draw.py."""
 
 from __future__ import annotations
 
@@ -20,27 +20,23 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-from dicom_io.report import encode_file
-from dicom_io.secondary_capture import (
-    OUTLINE_COLOR,
+from dicom_io.capture import (
     OUTLINE_WIDTH,
     RESEARCH_NOTICE,
     SC_CONTRIBUTION,
     SERIES_DESCRIPTION,
     build_secondary_capture,
     derivation_description,
-    display_boxes,
-    display_film,
-    display_size,
-    draw_findings,
-    label_band,
     sc_label,
     secondary_capture_uids,
 )
+from dicom_io.capture.draw import display_boxes, display_size, label_band, render
+from dicom_io.derived import encode_file
 from dicom_io.synthetic import StudyIdentity
 from models.serving.findings import Finding
 from models.serving.results import AlgorithmInfo, ImagePrediction
 from tests.conftest import dciodvfy_errors, dcmtk
+from tests.test_capture_draw import is_outline, outline_mask
 
 ALGORITHM = AlgorithmInfo(name="Ossa two-stage MobileNetV2", version="mura-v1 3f2a9c1")
 LABEL = "Ossa research use - not for diagnosis - ABNORMAL p=0.87 - WRIST"
@@ -95,21 +91,6 @@ def _build(
 def _write(ds: Dataset, path: Path) -> Path:
     path.write_bytes(encode_file(ds))
     return path
-
-
-def _ring(outer: tuple[int, int, int, int], shape: tuple[int, int]) -> NDArray[np.bool_]:
-    """Mask of an outline ``OUTLINE_WIDTH`` wide whose outer edge is ``outer`` (inclusive
-    left, top, right, bottom)."""
-    left, top, right, bottom = outer
-    mask = np.zeros(shape, dtype=bool)
-    mask[top : bottom + 1, left : right + 1] = True
-    w = OUTLINE_WIDTH
-    mask[top + w : bottom + 1 - w, left + w : right + 1 - w] = False
-    return mask
-
-
-def _is_outline(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    return np.all(rgb == np.array(OUTLINE_COLOR, dtype=np.uint8), axis=-1)
 
 
 @pytest.fixture
@@ -174,7 +155,7 @@ def test_an_imperfect_source_header_gives_a_valid_capture_but_its_identifiers(
 ) -> None:
     """The capture copies what the SR copies, by the same rule (an invalid value left out
     or written empty, an invalid identifier as the source has it)."""
-    from tests.test_report import (
+    from tests.test_sr import (
         DCIODVFY_SUMMARY,
         INVALID_IDENTIFIERS,
         _imperfect,
@@ -355,7 +336,7 @@ def test_real_cr_from_pydicom_data(tmp_path: Path) -> None:
     assert max(rows, columns) == 1024
     assert (sc.Columns, sc.Rows - rows) == (columns, label_band(LABEL, columns, 1).shape[0])
     assert sc.PhotometricInterpretation == "RGB"
-    assert int(_is_outline(sc.pixel_array[:rows]).sum()) > 2 * 4 * 100 * OUTLINE_WIDTH
+    assert int(is_outline(sc.pixel_array[:rows]).sum()) > 2 * 4 * 100 * OUTLINE_WIDTH
     out = _write(sc, tmp_path / "sc.dcm")
     assert dciodvfy_errors(out) == []
     assert pydicom.dcmread(out).PatientID == source.PatientID
@@ -392,7 +373,7 @@ def test_dcmtk_renders_it_with_the_label(
     assert int((band == 0).sum()) > 0.8 * band.size
     above = rendered[: SHOWN[0]]
     if findings:
-        assert int(_is_outline(above).sum()) > 0  # yellow outline and text, on grey film
+        assert int(is_outline(above).sum()) > 0  # yellow outline and text, on grey film
         film = np.all(above == GREY, axis=-1)
         assert film.mean() > 0.9
     else:
@@ -438,8 +419,8 @@ def test_capture_with_findings_is_the_film_but_for_outlines_and_text(
     assert sc.shape == (*normal.shape, 3)
     np.testing.assert_array_equal(sc[SHOWN[0] :], np.repeat(normal[SHOWN[0] :, :, None], 3, 2))
     shown = sc[: SHOWN[0]]
-    ring = _ring((100 - 3, 200 - 3, 199 + 3, 299 + 3), SHOWN)
-    assert _is_outline(shown[ring]).all()
+    ring = outline_mask((100 - 3, 200 - 3, 199 + 3, 299 + 3), SHOWN)
+    assert is_outline(shown[ring]).all()
     changed = np.any(shown != film[..., None], axis=-1)
     assert not changed[203:297, 103:197].any()  # the boxed region is left as it is
     text = changed & ~ring
@@ -464,14 +445,26 @@ def test_findings_are_scaled_from_the_source_onto_a_reduced_rendering(
     left, top = round(100 * sx), round(120 * sy)
     right, bottom = round(220 * sx) - 1, round(300 * sy) - 1
     assert (left, top, right, bottom) == (85, 102, 187, 255)
-    ring = _ring((left - 3, top - 3, right + 3, bottom + 3), SHOWN)
-    assert _is_outline(sc[ring]).all()
-    outline = _is_outline(sc)
+    ring = outline_mask((left - 3, top - 3, right + 3, bottom + 3), SHOWN)
+    assert is_outline(sc[ring]).all()
+    outline = is_outline(sc)
     assert not outline[top : bottom + 1, left : right + 1].any()
     assert not outline[bottom + 4 :].any() and not outline[:, right + 4 :].any()
     assert not outline[:, : left - 3].any()
     assert display_boxes([finding], (600, 400), (300, 200), SHOWN) == [
         pytest.approx((100 * sx, 120 * sy, 220 * sx, 300 * sy))]
+
+
+def test_its_pixels_are_those_of_render(make_radiograph: MakeRadiograph) -> None:
+    """The capture's Pixel Data is :func:`render`'s picture of the film, the findings in the
+    source's pixels and the label: RGB with findings, MONOCHROME2 without."""
+    source = make_radiograph(_identity(), image=_grey(600, 400))
+    film = _grey().astype(np.float32) / 255.0
+    for findings in ([FINDING], []):
+        np.testing.assert_array_equal(
+            _build(source, _grey(), findings).pixel_array,
+            render(film, findings, LABEL, source_size=(600, 400)),
+        )
 
 
 def test_probability_and_rank_are_written(source: Dataset) -> None:
@@ -489,118 +482,6 @@ def test_probability_and_rank_are_written(source: Dataset) -> None:
     # The same finding ranked second: "2: 0.74" instead of "1: 0.74" at the same place.
     second = _build(source, _grey(), [Finding(5.0, 250.0, 30.0, 290.0, 0.9), FINDING])
     assert np.any(second.pixel_array != first, axis=-1)[text].any()
-
-
-@pytest.mark.parametrize(
-    ("shape", "expected"),
-    [((64, 48), (512, 384)), ((300, 200), SHOWN), ((2048, 1536), (1024, 768)), ((700, 900),
-                                                                                (700, 900))],
-)
-def test_display_size_clamps_the_longest_side(
-    shape: tuple[int, int], expected: tuple[int, int]
-) -> None:
-    assert display_size(shape) == expected
-
-
-def test_display_film_resizes_once_in_8_bits() -> None:
-    """Shrinking averages areas: a 2x reduction gives the 2 x 2 block means of the 8-bit
-    values, and is within one grey level of resampling the floats; the same size is the image
-    quantised; enlarging stays within the image's range."""
-    image = np.random.default_rng(5).random((300, 200), dtype=np.float32)
-    shrunk = display_film(image, (150, 100))
-    assert shrunk.dtype == np.uint8 and shrunk.shape == (150, 100)
-    quantised = np.round(image * 255.0)
-    blocks = quantised.reshape(150, 2, 100, 2).mean(axis=(1, 3))
-    assert np.abs(shrunk - blocks).max() <= 1.0
-    floats = np.asarray(Image.fromarray(image, mode="F").resize((100, 150), Image.Resampling.BOX))
-    assert np.abs(shrunk.astype(np.int16) - np.round(floats * 255.0)).max() <= 1
-    np.testing.assert_array_equal(display_film(image, (300, 200)),
-                                  np.round(image * 255.0).astype(np.uint8))
-    ramp = np.tile(np.linspace(0.2, 0.6, 64, dtype=np.float32), (48, 1))
-    enlarged = display_film(ramp, (512, 683))
-    assert enlarged.shape == (512, 683)
-    assert round(0.2 * 255) <= enlarged.min() and enlarged.max() <= round(0.6 * 255)
-    assert (np.diff(enlarged.astype(np.int16), axis=1) >= 0).all()  # a ramp stays a ramp
-
-
-# --- draw_findings: the pure drawing ----------------------------------------------------------
-
-
-def _film(rows: int = 300, columns: int = 200) -> NDArray[np.uint8]:
-    return np.full((rows, columns), GREY, dtype=np.uint8)
-
-
-def _changed(drawn: NDArray[np.uint8], film: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    return np.any(drawn != film[..., None], axis=-1)
-
-
-def test_draw_findings_outlines_the_box_just_outside_it() -> None:
-    """A box over columns 50-149, rows 60-139: a yellow ring 3 px wide around it, nothing
-    inside it, and nothing elsewhere but the text above the ring."""
-    film = _film()
-    drawn = draw_findings(film, [(50.0, 60.0, 150.0, 140.0)], [0.74])
-    assert drawn.shape == (300, 200, 3) and drawn.dtype == np.uint8
-    ring = _ring((47, 57, 152, 142), film.shape)
-    assert _is_outline(drawn[ring]).all()
-    changed = _changed(drawn, film)
-    assert not changed[60:140, 50:150].any()
-    outside = changed & ~ring
-    rows, columns = np.nonzero(outside)
-    assert rows.size > 20
-    assert 57 - 40 < rows.min() and rows.max() < 57  # the text, just above the outline
-    assert columns.min() >= 47 and columns.max() < 47 + 100
-    # Film pixels are grey (R = G = B): the outline colour is not one of them.
-    assert len(set(OUTLINE_COLOR)) > 1
-
-
-def test_draw_findings_takes_float_film_and_rounds_as_uint8() -> None:
-    film = np.random.default_rng(0).integers(0, 256, (120, 90), dtype=np.uint8)
-    boxes, probabilities = [(10.4, 20.6, 50.2, 70.9)], [0.5]
-    np.testing.assert_array_equal(
-        draw_findings(film.astype(np.float32) / 255.0, boxes, probabilities),
-        draw_findings(film, boxes, probabilities),
-    )
-
-
-def test_draw_findings_without_boxes_is_the_film_in_rgb() -> None:
-    film = np.random.default_rng(1).integers(0, 256, (50, 70), dtype=np.uint8)
-    np.testing.assert_array_equal(draw_findings(film, [], []), np.repeat(film[..., None], 3, 2))
-    # A box wholly outside the image is not drawn.
-    np.testing.assert_array_equal(
-        draw_findings(film, [(80.0, 10.0, 90.0, 20.0)], [0.9]), np.repeat(film[..., None], 3, 2)
-    )
-
-
-@pytest.mark.parametrize(
-    "box",
-    [(150.0, 260.0, 200.0, 300.0), (0.0, 0.0, 40.0, 30.0), (80.0, 0.0, 120.0, 20.0),
-     (0.0, 150.0, 200.0, 300.0)],
-    ids=["bottom-right", "top-left", "top", "bottom-half"],
-)
-def test_draw_findings_keeps_the_text_inside_the_image(
-    box: tuple[float, float, float, float],
-) -> None:
-    """Wherever the box lies, its whole text is drawn (as many pixels as in the open) and the
-    outline runs along the image's edge where the box reaches it."""
-    film = _film()
-    in_the_open = _changed(draw_findings(film, [(50.0, 100.0, 150.0, 140.0)], [0.74]), film)
-    open_text = int((in_the_open & ~_ring((47, 97, 152, 142), film.shape)).sum())
-    drawn = draw_findings(film, [box], [0.74])
-    x0, y0, x1, y1 = (round(v) for v in box)
-    outer = (max(0, x0 - 3), max(0, y0 - 3), min(199, x1 + 2), min(299, y1 + 2))
-    ring = _ring(outer, film.shape)
-    assert _is_outline(drawn[ring]).all()
-    text = _changed(drawn, film) & ~ring & ~_is_outline(drawn)
-    assert int(text.sum()) == pytest.approx(open_text, rel=0.05)
-
-
-def test_draw_findings_rejects_mismatched_arguments() -> None:
-    with pytest.raises(ValueError, match="probabilities must have one value per box"):
-        draw_findings(_film(), [(1.0, 1.0, 5.0, 5.0)], [])
-    with pytest.raises(ValueError, match="image must be a non-empty 2-D array"):
-        draw_findings(np.zeros((4, 4, 3), dtype=np.uint8), [], [])
-    with pytest.raises(ValueError, match="a box must be finite with x0 < x1"):
-        draw_findings(_film(), [(5.0, 1.0, 5.0, 5.0)], [0.5])
 
 
 # --- validation -------------------------------------------------------------------------------

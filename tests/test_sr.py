@@ -1,4 +1,4 @@
-"""Tests of dicom_io.report: the Comprehensive 3D SR (TID 1500) built from a StudyPrediction."""
+"""Tests of dicom_io.sr: the Comprehensive 3D SR (TID 1500) built from a StudyPrediction."""
 
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_io import codes
-from dicom_io.report import (
+from dicom_io.derived import algorithm_equipment, encode_file
+from dicom_io.sr import (
     DISCLAIMER,
     SR_CONTRIBUTION,
     STUDY_TRACKING_IDENTIFIER,
-    algorithm_equipment,
     build_sr,
-    encode_file,
     report_uids,
     series_description,
     study_finding,
@@ -890,7 +889,7 @@ def test_log_states_the_verdict(
     make: Callable[[], StudyPrediction],
     expected: str,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dicom_io.report")
+    caplog.set_level(logging.INFO, logger="dicom_io.sr")
     _build(sources, make())
     (message,) = [r.getMessage() for r in caplog.records if "built SR" in r.getMessage()]
     assert expected in message
