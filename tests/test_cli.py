@@ -14,45 +14,23 @@ import pytest
 
 from dicom_io.sr import study_finding
 from dicom_io.synthetic import StudyIdentity, write_study
+from harness.config import write_config
 from harness.peers import Orthanc, free_port, wait_until
 from models.datasets.phantom import render_study
 from tests.conftest import OSSA, Served, dciodvfy_errors, dcmtk, echo, evidence_sop_uids
 
 
 def _config(tmp_path: Path, port: int, bundle: Path, orthanc: Orthanc | None) -> Path:
-    destination = (
-        f"""
-[[destinations]]
-name = "orthanc"
-type = "dimse"
-ae_title = "{orthanc.aet}"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-timeout_s = 10
-"""
-        if orthanc
-        else ""
+    return write_config(
+        tmp_path / "config.toml",
+        listener={"port": port, "allowed_calling_aets": ["STORESCU", "ORTHANC"]},
+        study={"completion_timeout_s": 1.0},
+        model={"bundle": bundle},
+        logging={"level": "DEBUG"},
+        destinations=[] if orthanc is None else [{
+            "name": "orthanc", "type": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1",
+            "port": orthanc.dicom_port, "timeout_s": 10}],
     )
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[listener]
-ae_title = "OSSA"
-host = "127.0.0.1"
-port = {port}
-allowed_calling_aets = ["STORESCU", "ORTHANC"]
-[study]
-completion_timeout_s = 1.0
-[storage]
-root = "var"
-[model]
-bundle = "{bundle}"
-[logging]
-level = "DEBUG"
-{destination}""",
-        encoding="utf-8",
-    )
-    return path
 
 
 @pytest.fixture

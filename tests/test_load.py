@@ -1,8 +1,8 @@
-"""Load (issue 12): 8 parallel associations into a running ``ossa serve``, each sending 25
+"""Load (issue 12): 8 parallel associations into a running ``ossa serve``, each sending 50
 studies of 3 small radiographs, while C-ECHOes keep coming on associations of their own and
 the service's memory is sampled.
 
-Checked: every C-STORE succeeded; every instance is in the state store; each of the 200
+Checked: every C-STORE succeeded; every instance is in the state store; each of the 400
 studies has exactly one SR at the destination, which is DCMTK ``storescp`` writing every
 object it receives under a unique file name (``+uf``), so that a duplicate delivery would be
 a second file; every C-ECHO was answered (none hung: the latencies are reported, not
@@ -51,14 +51,14 @@ logger = logging.getLogger(__name__)
 SOAK = os.environ.get("OSSA_SOAK") == "1"
 #: Parallel sending associations (one thread each) and what each sends.
 SENDERS = 8
-STUDIES_PER_SENDER = 150 if SOAK else 25
+STUDIES_PER_SENDER = 150 if SOAK else 50
 IMAGES_PER_STUDY = 3
 #: Rounds of equal work (each sender's studies split evenly), for the plateau.
 ROUNDS = 3 if SOAK else 2
 #: Side of the (square) radiographs: small by default (the network's input is 96 px, so the
 #: classify stage costs about the same as for 64 px), large enough that a received data set
-#: (66 KiB of pixel data) kept per instance would show; larger in the soak run.
-IMAGE_SIDE = 512 if SOAK else 184
+#: (32 KiB of pixel data) kept per instance would show; larger in the soak run.
+IMAGE_SIDE = 512 if SOAK else 128
 #: The service's association limit: the senders, the C-ECHO association and a margin for
 #: associations whose threads are still ending.
 MAX_ASSOCIATIONS = SENDERS + 4
@@ -74,11 +74,10 @@ RSS_INTERVAL_S = 0.2
 #: Largest rise of the last round's peak RSS over the highest peak of the rounds before it
 #: (MiB). The working set (8 associations' buffers, the classify stage's batch of up to 16
 #: studies, ONNX Runtime's arena, SQLite's caches) is reached in the first round; the next
-#: rounds add allocator noise (measured: under 2 MiB). A round is 100 studies, 300
-#: instances: a leak of one received data set per instance (66 KiB of pixels) adds ~19 MiB,
-#: one SR (~20 KiB) and the study's 3 headers per study ~3 MiB; 16 MiB catches the first
-#: and anything larger than ~160 KiB per study (the soak run, 400 studies a round, ~40 KiB),
-#: and leaves room for noise on a shared machine.
+#: rounds add allocator noise (measured: under 2 MiB). A round is 200 studies, 600
+#: instances: a leak of one received data set per instance (32 KiB of pixels) adds ~19 MiB,
+#: one SR (~20 KiB) and the study's 3 headers per study ~6 MiB; 16 MiB catches the first
+#: and anything larger than ~80 KiB per study, and leaves room for noise on a shared machine.
 PLATEAU_MIB = 16.0
 #: Longest an association stays idle between rounds: the listener's network timeout must
 #: be longer, or it would abort them.

@@ -21,6 +21,7 @@ from pydicom.uid import Comprehensive3DSRStorage
 from pynetdicom import AE, evt
 
 from dicom_io.synthetic import StudyIdentity, write_study
+from harness.config import write_config
 from harness.peers import Orthanc, free_port, wait_until
 from models.datasets.phantom import render_study
 from tests.conftest import OSSA, Served, dcmtk
@@ -30,35 +31,16 @@ pytestmark = pytest.mark.integration
 
 def _config(tmp_path: Path, port: int, bundle: Path, destination: tuple[str, str, int]) -> Path:
     name, aet, dest_port = destination
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[listener]
-ae_title = "OSSA"
-port = {port}
-allowed_calling_aets = ["STORESCU", "ORTHANC"]
-[study]
-completion_timeout_s = 1.0
-[storage]
-root = "var"
-[model]
-bundle = "{bundle}"
-[results]
-secondary_capture = false  # one object per study keeps the counting simple
-[delivery]
-retry_initial_interval_s = 1
-retry_max_interval_s = 4
-[[destinations]]
-name = "{name}"
-type = "dimse"
-ae_title = "{aet}"
-host = "127.0.0.1"
-port = {dest_port}
-timeout_s = 10
-""",
-        encoding="utf-8",
+    return write_config(
+        tmp_path / "config.toml",
+        listener={"port": port, "allowed_calling_aets": ["STORESCU", "ORTHANC"]},
+        study={"completion_timeout_s": 1.0},
+        model={"bundle": bundle},
+        results={"secondary_capture": False},  # one object per study keeps counting simple
+        delivery={"retry_initial_interval_s": 1, "retry_max_interval_s": 4},
+        destinations=[{"name": name, "type": "dimse", "ae_title": aet, "host": "127.0.0.1",
+                       "port": dest_port, "timeout_s": 10}],
     )
-    return path
 
 
 def _send_study(port: int, folder: Path, seed: int) -> str:
