@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
+from harness.config import write_config
 from harness.peers import Orthanc, PostgresServer, free_port
 from tests.test_delivery import record_object
 from tests.test_stow import ORTHANC_PASSWORD, ORTHANC_USER, AuthOrthanc
@@ -29,33 +30,18 @@ def _ossa(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _destination(name: str, ae_title: str, port: int, timeout_s: float = 10) -> str:
-    return f"""
-[[destinations]]
-name = "{name}"
-type = "dimse"
-ae_title = "{ae_title}"
-host = "127.0.0.1"
-port = {port}
-timeout_s = {timeout_s}
-"""
+def _destination(name: str, ae_title: str, port: int, timeout_s: float = 10
+                 ) -> dict[str, object]:
+    return {"name": name, "type": "dimse", "ae_title": ae_title, "host": "127.0.0.1",
+            "port": port, "timeout_s": timeout_s}
 
 
-def _config(tmp_path: Path, *destinations: str, listener_port: int = 11112) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[listener]
-ae_title = "OSSA"
-port = {listener_port}
-[storage]
-root = "var"
-[model]
-bundle = "{BUNDLE}"
-{"".join(destinations)}""",
-        encoding="utf-8",
-    )
-    return path
+def _config(tmp_path: Path, *destinations: dict[str, object],
+            listener_port: int = 11112) -> Path:
+    """The example config.toml with the shipped bundle, the destinations given and the
+    ``[http]`` server off."""
+    return write_config(tmp_path / "config.toml", listener={"port": listener_port},
+                        model={"bundle": BUNDLE}, destinations=list(destinations))
 
 
 # --- format_summary ---------------------------------------------------------------------
@@ -265,16 +251,10 @@ def test_check_config_names_an_invalid_key(tmp_path: Path) -> None:
     assert "FAIL" in proc.stdout
 
 
-def _stowrs(name: str, url: str, secret: Path | None = None) -> str:
-    auth = (f'auth = "basic"\nusername = "{ORTHANC_USER}"\nsecret_file = "{secret}"\n'
-            if secret is not None else "")
-    return f"""
-[[destinations]]
-name = "{name}"
-type = "stowrs"
-url = "{url}"
-timeout_s = 10
-{auth}"""
+def _stowrs(name: str, url: str, secret: Path | None = None) -> dict[str, object]:
+    auth = ({"auth": "basic", "username": ORTHANC_USER, "secret_file": secret}
+            if secret is not None else {})
+    return {"name": name, "type": "stowrs", "url": url, "timeout_s": 10, **auth}
 
 
 def test_check_config_of_stow_rs_destinations(tmp_path: Path, orthanc: Orthanc) -> None:

@@ -18,6 +18,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from harness.config import write_config
 from harness.peers import free_port, wait_until
 from models.serving.predict import TwoStageClassifier
 from tests.conftest import Served, dcmtk
@@ -258,25 +259,12 @@ def test_ossa_serve_json_logs_parse_and_hold_no_patient_data(
     tmp_path: Path, trained_bundle: Path, make_radiograph: Callable[..., Dataset]
 ) -> None:
     port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[listener]
-port = {port}
-allowed_calling_aets = ["STORESCU"]
-[study]
-completion_timeout_s = 3600
-[storage]
-root = "var"
-[http]
-enabled = false
-[model]
-bundle = "{trained_bundle}"
-[logging]
-level = "DEBUG"
-format = "json"
-""",
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / "config.toml",
+        listener={"port": port, "allowed_calling_aets": ["STORESCU"]},
+        study={"completion_timeout_s": 3600},
+        model={"bundle": trained_bundle},
+        logging={"level": "DEBUG", "format": "json"},
     )
     files = []
     for n in (1, 2):

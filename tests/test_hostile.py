@@ -54,6 +54,7 @@ from dicom_io.derived import encode_file
 from dicom_io.pixels import MAX_PIXELS, PixelDataError, check_pixel_module
 from dicom_io.sr import build_sr
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
+from harness.config import write_config
 from harness.peers import free_port, wait_until
 from models.serving.taxonomy import MURA_TAXONOMY
 from tests.conftest import OSSA, Served, dciodvfy_errors, echo, evidence_sop_uids, running_storescp
@@ -465,37 +466,16 @@ def _hostile_service(root: Path, pacs: Path, cases: Path, pacs_port: int,
     port, http_port = free_port(), free_port()
     token = secrets.token_hex(16)
     (root / "http.token").write_text(token + "\n", encoding="utf-8")
-    config = root / "config.toml"
-    config.write_text(
-        f"""
-[listener]
-ae_title = "OSSA"
-port = {port}
-allowed_calling_aets = ["{CALLING}"]
-[study]
-completion_timeout_s = 1.0
-[storage]
-root = "var"
-[model]
-bundle = "{trained_bundle}"
-[results]
-secondary_capture = false
-[http]
-enabled = true
-port = {http_port}
-token_file = "http.token"
-[delivery]
-retry_initial_interval_s = 0.5
-retry_max_interval_s = 2
-[[destinations]]
-name = "pacs"
-type = "dimse"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {pacs_port}
-timeout_s = 10
-""",
-        encoding="utf-8",
+    config = write_config(
+        root / "config.toml",
+        listener={"port": port, "allowed_calling_aets": [CALLING]},
+        study={"completion_timeout_s": 1.0},
+        model={"bundle": trained_bundle},
+        results={"secondary_capture": False},
+        http={"enabled": True, "port": http_port, "token_file": "http.token"},
+        delivery={"retry_initial_interval_s": 0.5, "retry_max_interval_s": 2},
+        destinations=[{"name": "pacs", "type": "dimse", "ae_title": "STORESCP",
+                       "host": "127.0.0.1", "port": pacs_port, "timeout_s": 10}],
     )
     served: Served | None = None
     try:

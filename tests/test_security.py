@@ -27,6 +27,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import Status
 
 from dicom_io.synthetic import StudyIdentity
+from harness.config import write_config
 from harness.peers import free_port, wait_until
 from tests.conftest import OSSA, Served, dcmtk, echo
 from tests.security import Pki, make_pki
@@ -49,27 +50,15 @@ LIMIT = 3
 BURST = 12
 
 
-def _config(folder: Path, port: int, bundle: Path, listener: str = "") -> Path:
-    """``config.toml`` of a listener without destinations (no study is ever due)."""
-    config = folder / "config.toml"
-    config.write_text(
-        f"""
-[listener]
-port = {port}
-allowed_calling_aets = ["STORESCU", "MODALITY"]
-{listener}
-[study]
-completion_timeout_s = 3600
-[storage]
-root = "var"
-[http]
-enabled = false
-[model]
-bundle = "{bundle}"
-""",
-        encoding="utf-8",
+def _config(folder: Path, port: int, bundle: Path, **listener: object) -> Path:
+    """``config.toml`` of a listener without destinations (no study is ever due), from the
+    example with ``listener`` keys added."""
+    return write_config(
+        folder / "config.toml",
+        listener={"port": port, "allowed_calling_aets": ["STORESCU", "MODALITY"], **listener},
+        study={"completion_timeout_s": 3600},
+        model={"bundle": bundle},
     )
-    return config
 
 
 def _associate(port: int, calling: str = "STORESCU", called: str = "OSSA", *,
@@ -119,7 +108,7 @@ def test_serve_rejects_unknown_calling_wrong_called_and_wrong_address(
 ) -> None:
     port = free_port()
     served = serve(_config(tmp_path, port, trained_bundle,
-                           'allowed_peers = { MODALITY = ["127.0.0.2"] }'), port)
+                           allowed_peers={"MODALITY": ["127.0.0.2"]}), port)
     ds = _radiographs(make_radiograph, 1)[0]
 
     assert _rejection(_associate(port, "STRANGER")) == CALLING_AE_NOT_RECOGNISED
@@ -199,9 +188,9 @@ def test_serve_over_tls_needs_a_client_certificate(
     make_radiograph: Callable[..., Dataset],
 ) -> None:
     port = free_port()
-    tls = (f'[listener.tls]\ncert = "{pki.server.cert}"\nkey = "{pki.server.key}"\n'
-           f'ca = "{pki.ca}"\nrequire_client_cert = true')
-    proc = serve_tls(_config(tmp_path, port, trained_bundle, tls), port)
+    tls = {"cert": pki.server.cert, "key": pki.server.key, "ca": pki.ca,
+           "require_client_cert": True}
+    proc = serve_tls(_config(tmp_path, port, trained_bundle, tls=tls), port)
     files = []
     for i, ds in enumerate(_radiographs(make_radiograph, 2)):
         files.append(tmp_path / f"IMG{i}.dcm")
@@ -237,7 +226,7 @@ def test_associations_over_the_limit_are_rejected_and_the_service_stays_up(
     make_radiograph: Callable[..., Dataset],
 ) -> None:
     port = free_port()
-    served = serve(_config(tmp_path, port, trained_bundle, f"max_associations = {LIMIT}"),
+    served = serve(_config(tmp_path, port, trained_bundle, max_associations=LIMIT),
                    port)
     study = _radiographs(make_radiograph, LIMIT + 2)
     wait_until(lambda: _audit(served.text(), "released"), timeout=10,

@@ -33,6 +33,7 @@ from pydicom.uid import (
 from dicom_io.derived import encode_file
 from dicom_io.synthetic import StudyIdentity, radiograph_dataset
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
+from harness.config import write_config
 from harness.peers import PostgresServer, free_port, wait_until
 from models.datasets.phantom import render_study
 from models.serving.predict import TwoStageClassifier
@@ -197,58 +198,29 @@ def _secret(directory: Path, password: str = ORTHANC_PASSWORD) -> Path:
 
 
 def _config_toml(tmp_path: Path, archive: Archive, listener_port: int, *, url: str,
-                 secret: Path, poll_interval_s: float, sources_extra: str = "",
-                 storage: str = 'root = "var"') -> Path:
-    """A config.toml as an admin writes one: a DICOMweb source whose results go back to it
-    (STOW-RS), and a DIMSE source on the same Orthanc."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "config.toml"
-    path.write_text(f"""
-[listener]
-ae_title = "OSSA"
-port = {listener_port}
-allowed_calling_aets = ["ORTHANC"]
-
-[study]
-completion_timeout_s = 0.5
-
-[storage]
-{storage}
-
-[delivery]
-retry_initial_interval_s = 0.3
-retry_max_interval_s = 1.0
-
-[results]
-secondary_capture = true
-
-[[destinations]]
-name = "{SOURCE}"
-type = "stowrs"
-url = "{archive.url}/dicom-web"
-auth = "basic"
-username = "{ORTHANC_USER}"
-secret_file = "{secret}"
-
-[[sources]]
-name = "{SOURCE}"
-type = "dicomweb"
-url = "{url}"
-auth = "basic"
-username = "{ORTHANC_USER}"
-secret_file = "{secret}"
-poll_interval_s = {poll_interval_s}
-results_to = "{SOURCE}"
-
-[[sources]]
-name = "pacs"
-type = "dimse"
-ae_title = "{archive.aet}"
-host = "127.0.0.1"
-port = {archive.dicom_port}
-{sources_extra}
-""", encoding="utf-8")
-    return path
+                 secret: Path, poll_interval_s: float, dimse: dict[str, Any] | None = None,
+                 **overrides: Any) -> Path:
+    """A config.toml as an admin writes one, from the example (``write_config``): a DICOMweb
+    source whose results go back to it (STOW-RS), and a DIMSE source on the same Orthanc
+    (with ``dimse``'s keys added); ``overrides`` are further sections."""
+    access = {"auth": "basic", "username": ORTHANC_USER, "secret_file": secret}
+    return write_config(
+        tmp_path / "config.toml",
+        listener={"ae_title": "OSSA", "port": listener_port,
+                  "allowed_calling_aets": ["ORTHANC"]},
+        study={"completion_timeout_s": 0.5},
+        delivery={"retry_initial_interval_s": 0.3, "retry_max_interval_s": 1.0},
+        results={"secondary_capture": True},
+        destinations=[{"name": SOURCE, "type": "stowrs", "url": f"{archive.url}/dicom-web",
+                       **access}],
+        sources=[
+            {"name": SOURCE, "type": "dicomweb", "url": url, **access,
+             "poll_interval_s": poll_interval_s, "results_to": SOURCE},
+            {"name": "pacs", "type": "dimse", "ae_title": archive.aet, "host": "127.0.0.1",
+             "port": archive.dicom_port, **(dimse or {})},
+        ],
+        **overrides,
+    )
 
 
 @pytest.fixture
@@ -464,13 +436,11 @@ def test_analyze_on_demand_keeps_identifiers_and_writes_valid_objects(
                 del ds[keyword]
             setattr(ds, keyword, value)
         archive.upload(ds)
-    path = _config_toml(tmp_path, archive, listener_port, url=f"{archive.url}/dicom-web",
-                        secret=_secret(tmp_path / "secrets"), poll_interval_s=0)
     token = tmp_path / "token"
     token.write_text("t0ken-for-tests\n", encoding="utf-8")
-    with path.open("a", encoding="utf-8") as config:
-        config.write(f'\n[http]\nenabled = true\nport = {free_port()}\n'
-                     f'token_file = "{token}"\n')
+    path = _config_toml(tmp_path, archive, listener_port, url=f"{archive.url}/dicom-web",
+                        secret=_secret(tmp_path / "secrets"), poll_interval_s=0,
+                        http={"enabled": True, "port": free_port(), "token_file": token})
     service = serve(path)
     assert service.http is not None
     uid = instances[0].StudyInstanceUID
@@ -516,10 +486,9 @@ def test_analyze_over_dimse_c_get_and_c_move(
     instances = _study("HUMERUS", 8 if retrieve == "c-get" else 9)
     for ds in instances:
         archive.upload(ds)
-    extra = f'retrieve = "{retrieve}"\nresults_to = "{SOURCE}"\n'
     path = _config_toml(tmp_path, archive, listener_port, url=f"{archive.url}/dicom-web",
                         secret=_secret(tmp_path / "secrets"), poll_interval_s=0,
-                        sources_extra=extra)
+                        dimse={"retrieve": retrieve, "results_to": SOURCE})
     config = load_config(path)
     assert isinstance(config.sources[1], DimseSource) and config.sources[1].retrieve == retrieve
     service = serve(path)
@@ -592,9 +561,8 @@ def test_two_nodes_on_postgresql_poll_in_turn_and_report_each_study_once(
     for node in ("n1", "n2"):
         path = _config_toml(tmp_path / node, archive, free_port(),
                             url=f"{archive.url}/dicom-web", secret=secret, poll_interval_s=0.3,
-                            storage=f'root = "{root}"\ndatabase = "{database}"')
-        with path.open("a", encoding="utf-8") as config:
-            config.write(f'\n[node]\nname = "{node}"\nlease_s = 5\n')
+                            storage={"root": root, "database": database},
+                            node={"name": node, "lease_s": 5})
         services.append(serve(path))
     store = services[0].intake.store
     uids = [s[0].StudyInstanceUID for s in studies]

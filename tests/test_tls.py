@@ -27,6 +27,7 @@ from dicom_io.tls import (
     peer_certificate_cn,
     server_context,
 )
+from harness.config import write_config
 from harness.peers import free_port, wait_until
 from models.serving.predict import TwoStageClassifier
 from tests.conftest import OSSA, dcmtk, running_storescp
@@ -271,23 +272,11 @@ def test_silent_connection_does_not_block_the_tls_listener(
 def test_bad_certificate_stops_ossa_serve_naming_the_key(
     pki: Pki, tmp_path: Path, trained_bundle: Path
 ) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[listener]
-port = {free_port()}
-allowed_calling_aets = ["STORESCU"]
-[listener.tls]
-cert = "{pki.server.cert}"
-key = "{pki.client.key}"
-[storage]
-root = "var"
-[http]
-enabled = false
-[model]
-bundle = "{trained_bundle}"
-""",
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / "config.toml",
+        listener={"port": free_port(), "allowed_calling_aets": ["STORESCU"],
+                  "tls": {"cert": pki.server.cert, "key": pki.client.key}},
+        model={"bundle": trained_bundle},
     )
     proc = subprocess.run([OSSA, "serve", "--config", str(config)], capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)
@@ -390,25 +379,14 @@ def test_check_config_echoes_a_tls_destination(
 ) -> None:
     port, _ = storescp_tls(pki.server)
 
-    def destination(name: str, key: Path) -> str:
-        return f"""
-[[destinations]]
-name = "{name}"
-ae_title = "STORESCP"
-host = "127.0.0.1"
-port = {port}
-timeout_s = 10
-[destinations.tls]
-ca = "{pki.ca}"
-cert = "{pki.client.cert}"
-key = "{key}"
-"""
+    def destination(name: str, key: Path) -> dict[str, object]:
+        return {"name": name, "ae_title": "STORESCP", "host": "127.0.0.1", "port": port,
+                "timeout_s": 10, "tls": {"ca": pki.ca, "cert": pki.client.cert, "key": key}}
 
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[storage]\nroot = "var"\n[http]\nenabled = false\n{destination("good", pki.client.key)}'
-        f"{destination('broken', pki.server.key)}",
-        encoding="utf-8",
+    config = write_config(
+        tmp_path / "config.toml",
+        destinations=[destination("good", pki.client.key),
+                      destination("broken", pki.server.key)],
     )
     proc = subprocess.run([OSSA, "check-config", "--config", str(config)], capture_output=True,
                           text=True, timeout=120)
