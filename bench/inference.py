@@ -61,6 +61,8 @@ from models.serving.manifest import BundleInfo, open_bundle
 from models.serving.predict import TwoStageClassifier, make_runner
 from models.serving.results import ImagePrediction
 from models.serving.taxonomy import MURA_TAXONOMY, Taxonomy
+from worker.allocator import keep_freed_memory
+from worker.cli import configure_logging
 
 #: Network-alone batch sizes of issue 11.
 BATCHES = (1, 8, 32)
@@ -294,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="radiographs per whole-path run (default 8, --quick 2)")
     args = p.parse_args(argv)
     args.out = args.out or common.default_out(args.quick)
+    # As `ossa serve` sets the process: pydicom does not validate values as it reads or sets
+    # them, and films reuse the buffers freed by the previous ones.
+    configure_logging("WARNING")
+    keep_freed_memory()
     import torch
 
     torch.set_num_threads(args.threads)

@@ -135,6 +135,7 @@ def serve(args: argparse.Namespace) -> int:
     """``ossa serve``: run the service with the given configuration file."""
     from models.serving.manifest import BundleError
     from models.serving.predict import TwoStageClassifier
+    from worker.allocator import keep_freed_memory
     from worker.config import ConfigError, load_config
     from worker.service import build_service
     from worker.store import SchemaError, StoreError
@@ -144,6 +145,8 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     configure_logging(config.logging.level, config.logging.format)
+    if not keep_freed_memory():
+        logger.info("C library without mallopt: freed memory goes back to the system")
 
     try:
         classifier = TwoStageClassifier.from_bundle(
