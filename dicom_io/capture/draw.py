@@ -20,7 +20,8 @@ The label band goes below the film (:func:`label_band`), which it does not cover
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +47,9 @@ OUTLINE_WIDTH = 3
 #: Colour of the 1-pixel edge around the outlines' text, legible on bright bone too.
 _TEXT_EDGE = (0, 0, 0)
 _TEXT = 255
+#: Pixels around a text's box that its drawing may touch (antialiasing); Pillow draws
+#: within the box, the margin makes sure.
+_TEXT_MARGIN = 4
 _BAND = 0
 
 
@@ -99,11 +103,19 @@ def render(
     if rows < 1 or columns < 1:
         raise ValueError(f"source_size must be two positive sizes, got {source_size}")
     shape = display_size(film.shape)
-    pixels = display_film(film, shape)
-    if findings:
-        boxes = display_boxes(findings, (rows, columns), film.shape, shape)
-        pixels = draw_findings(pixels, boxes, [f.probability for f in findings])
-    return _with_label(pixels, label)
+    gray = display_film(film, shape)
+    band = label_band(label, shape[1], 1)
+    if not findings:
+        return np.concatenate((gray, band))
+    # One RGB canvas, film then band, grey on every channel; the outlines and their text are
+    # drawn on the film's rows in place.
+    pixels = np.empty((shape[0] + band.shape[0], shape[1], 3), dtype=np.uint8)
+    for channel in range(3):  # one strided copy per channel: faster than broadcasting
+        pixels[: shape[0], :, channel] = gray
+        pixels[shape[0] :, :, channel] = band
+    boxes = display_boxes(findings, (rows, columns), film.shape, shape)
+    _draw_findings_on(pixels[: shape[0]], boxes, [f.probability for f in findings])
+    return pixels
 
 
 def display_size(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -213,35 +225,63 @@ def draw_findings(
         raise ValueError(f"image must be a non-empty 2-D array, got shape {gray.shape}")
     if gray.dtype != np.uint8:
         gray = _to_uint8(gray)
+    rgb = np.empty((*gray.shape, 3), dtype=np.uint8)
+    for channel in range(3):
+        rgb[..., channel] = gray
+    _draw_findings_on(rgb, boxes, probabilities)
+    return rgb
+
+
+def _draw_findings_on(
+    rgb: NDArray[np.uint8],
+    boxes: Sequence[tuple[float, float, float, float]],
+    probabilities: Sequence[float],
+) -> None:
+    """:func:`draw_findings` on an RGB image, in place.
+
+    Pillow draws each outline and each text on a copy of the small region it covers only
+    (the pixels of a 1000 px RGB film need not go through Pillow and back); Pillow's drawing
+    is the same at any offset, so the pixels are those of drawing on the whole image.
+    """
     if len(boxes) != len(probabilities):
         raise ValueError(
             f"probabilities must have one value per box: {len(probabilities)} for {len(boxes)}"
         )
-    canvas = Image.fromarray(np.ascontiguousarray(gray), mode="L").convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    rows, columns = gray.shape
+    rows, columns = rgb.shape[:2]
     outlines = []
     for rank, (box, probability) in enumerate(zip(boxes, probabilities, strict=True), start=1):
         outline = _outline(box, rows, columns)
         if outline is None:
             continue
-        draw.rectangle(outline, outline=OUTLINE_COLOR, width=OUTLINE_WIDTH)
+        left, top, right, bottom = outline
+        with _region(rgb, (left, top, right + 1, bottom + 1)) as draw:
+            draw.rectangle((0, 0, right - left, bottom - top), outline=OUTLINE_COLOR,
+                           width=OUTLINE_WIDTH)
         outlines.append((rank, probability, outline))
     font = _font(columns)
     for rank, probability, outline in outlines:
         text = f"{rank}: {probability:.2f}"
-        left, top, right, bottom = font.getbbox(text, stroke_width=1)
-        size = (math.ceil(right - left), math.ceil(bottom - top))
+        ink_left, ink_top, ink_right, ink_bottom = font.getbbox(text, stroke_width=1)
+        size = (math.ceil(ink_right - ink_left), math.ceil(ink_bottom - ink_top))
         x, y = _text_position(outline, size, rows, columns)
-        draw.text(
-            (x - left, y - top),
-            text,
-            fill=OUTLINE_COLOR,
-            font=font,
-            stroke_width=1,
-            stroke_fill=_TEXT_EDGE,
-        )
-    return np.asarray(canvas, dtype=np.uint8)
+        # The text's box, with a margin for antialiasing, clipped to the image.
+        x0, y0 = max(0, x - _TEXT_MARGIN), max(0, y - _TEXT_MARGIN)
+        x1 = min(columns, x + size[0] + _TEXT_MARGIN)
+        y1 = min(rows, y + size[1] + _TEXT_MARGIN)
+        with _region(rgb, (x0, y0, x1, y1)) as draw:
+            draw.text((x - ink_left - x0, y - ink_top - y0), text, fill=OUTLINE_COLOR, font=font,
+                      stroke_width=1, stroke_fill=_TEXT_EDGE)
+
+
+@contextmanager
+def _region(rgb: NDArray[np.uint8], box: tuple[int, int, int, int]
+            ) -> Iterator[ImageDraw.ImageDraw]:
+    """A Pillow drawing on the ``(left, top, right, bottom)`` region (exclusive ends) of
+    ``rgb``, written back into ``rgb`` when the block ends."""
+    left, top, right, bottom = box
+    canvas = Image.fromarray(np.ascontiguousarray(rgb[top:bottom, left:right]), mode="RGB")
+    yield ImageDraw.Draw(canvas)
+    rgb[top:bottom, left:right] = np.asarray(canvas, dtype=np.uint8)
 
 
 def _outline(
@@ -324,14 +364,3 @@ def label_band(label: str, width: int, channels: int) -> NDArray[np.uint8]:
         draw.text((margin, margin + i * line_height), line, fill=_TEXT, font=font)
     array = np.asarray(band, dtype=np.uint8)
     return array if channels == 1 else np.repeat(array[..., None], channels, axis=2)
-
-
-def _with_label(pixels: NDArray[np.uint8], label: str) -> NDArray[np.uint8]:
-    """``pixels`` with the label band appended below (the image itself is not covered)."""
-    band = label_band(label, pixels.shape[1], 1)
-    rows = pixels.shape[0]
-    out = np.empty((rows + band.shape[0], *pixels.shape[1:]), dtype=np.uint8)
-    out[:rows] = pixels
-    out[rows:] = band if pixels.ndim == 2 else band[..., None]  # grey band on every channel
-    return out
-
