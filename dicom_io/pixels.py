@@ -398,19 +398,39 @@ def _block_sizes(length: int, factor: int) -> NDArray[np.int64]:
 
 def _block_sum(array: NDArray[Any], factor: int, dtype: type[np.integer[Any]]
                ) -> NDArray[Any]:
-    """Sum of each ``factor`` x ``factor`` block of ``array`` in ``dtype``: ``factor`` strided
-    additions along each axis, which read the array once (``np.add.reduceat`` is ten times
-    slower)."""
-    rows, columns = (-(-n // factor) for n in array.shape)
-    tall = np.zeros((rows, array.shape[1]), dtype)
-    for i in range(factor):
-        part = array[i::factor]
-        tall[: part.shape[0]] += part
-    out = np.zeros((rows, columns), dtype)
-    for j in range(factor):
-        part = tall[:, j::factor]
-        out[:, : part.shape[1]] += part
+    """Sum of each ``factor`` x ``factor`` block of ``array`` in ``dtype``: the sums of every
+    ``factor``-th row, then of every ``factor``-th column (:func:`_strided_sum`), which read
+    the array once (``np.add.reduceat`` is ten times slower)."""
+    return _strided_sum(_strided_sum(array, factor, 0, dtype), factor, 1, dtype)
+
+
+def _strided_sum(array: NDArray[Any], factor: int, axis: int, dtype: type[np.integer[Any]]
+                 ) -> NDArray[Any]:
+    """Sums of each run of ``factor`` consecutive rows (``axis`` 0) or columns (1) of
+    ``array``, in ``dtype`` (the last run may be shorter): the first two strided slices added
+    into a new array, the others added to it in place."""
+
+    def nth(i: int) -> NDArray[Any]:
+        return array[i::factor] if axis == 0 else array[:, i::factor]
+
+    first = nth(0)
+    if factor == 1:
+        return first.astype(dtype)
+    second = nth(1)
+    if second.shape[axis] == first.shape[axis]:
+        out = np.add(first, second, dtype=dtype)
+    else:  # fewer rows (columns) than two: the second slice is shorter
+        out = first.astype(dtype)
+        _head(out, second.shape[axis], axis)[...] += second
+    for i in range(2, factor):
+        part = nth(i)
+        _head(out, part.shape[axis], axis)[...] += part
     return out
+
+
+def _head(array: NDArray[Any], length: int, axis: int) -> NDArray[Any]:
+    """The first ``length`` rows (``axis`` 0) or columns (1) of ``array``, a view."""
+    return array[:length] if axis == 0 else array[:, :length]
 
 
 def _modality_range(low: int, high: int, ds: Dataset) -> tuple[float, float]:
