@@ -356,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "one per film) or the network's input size (without); "
         "JPEG 2000 decoded at that reduced resolution (Pillow's OpenJPEG reduce), JPEG-LS by "
         "pyjpegls, uncompressed read in place by pydicom.")
+    report.notes.append("The process is set as `ossa serve` sets it: pydicom validates no "
+                        "values as it reads or sets them, and glibc keeps freed film-sized "
+                        "buffers for the next film (worker.allocator).")
     report.notes.append(f"onnxruntime {ort.__version__}, torch {torch.__version__}, "
                         f"{args.threads} threads each.")
     report.write(args.out, plot)
