@@ -30,6 +30,8 @@ from models.serving.engine import Backend
 
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash or control
 # characters; leading/trailing spaces are not significant, so an all-space title is empty.
+#: Bytes in a MiB: the sizes the configuration gives in MiB (``*_mb``) are multiples of it.
+MIB = 1024 * 1024
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 Port = Annotated[int, Field(ge=1, le=65535)]

@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from worker.config import (
+    MIB,
     Config,
     DeliveryConfig,
     DicomwebSource,
@@ -34,8 +34,6 @@ from worker.intake import Intake
 from worker.sources import RetrievalWorker, SourcePoller, make_retriever
 
 logger = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
 
 
 class LaneWorker(Protocol):
@@ -154,8 +152,7 @@ class LaneBuilder:
         return {key: self.build(spec) for key, spec in self.specs(config).items()}
 
 
-def retire(lanes: list[Lane], *, deadline_s: float,
-           on_late: Callable[[Lane], None] | None = None) -> None:
+def retire(lanes: list[Lane], *, deadline_s: float) -> None:
     """Stop ``lanes`` and wait up to ``deadline_s`` for their threads (an attempt in progress
     finishes; what is left is in the state store and the next lane takes it up)."""
     for lane in lanes:
@@ -165,8 +162,5 @@ def retire(lanes: list[Lane], *, deadline_s: float,
         for thread in lane.threads:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         if any(t.is_alive() for t in lane.threads):
-            if on_late is not None:
-                on_late(lane)
-            else:
-                logger.warning("The old %s has not stopped within %.0f s; it stops after"
-                               " its attempt in progress", lane.key, deadline_s)
+            logger.warning("The old %s has not stopped within %.0f s; it stops after"
+                           " its attempt in progress", lane.key, deadline_s)

@@ -36,7 +36,7 @@ from dicom_io.tls import TlsFileError, server_context, start_server
 from dicom_io.transfer_syntax import TRANSFER_SYNTAXES
 from worker.access import PeerBindings
 from worker.audit import AssociationAudit
-from worker.config import Config, ConfigError, ListenerConfig
+from worker.config import MIB, Config, ConfigError, ListenerConfig
 from worker.handlers import handle_echo, handle_store
 from worker.http.metrics import Metrics
 from worker.http.server import HttpServer, build_http_server
@@ -277,7 +277,7 @@ class Service:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store,
-             [self.intake, self.listener.max_inflated_mb * 1024 * 1024, audit.count_store]),
+             [self.intake, self.listener.max_inflated_mb * MIB, audit.count_store]),
             *audit.handlers(),
             *self._interrupted.handlers(),
         ]

@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from worker.config import Config
+from worker.config import MIB, Config
 from worker.http.app import create_app
 from worker.http.auth import TokenFile, is_loopback
 from worker.http.health import HealthProbe
@@ -26,8 +26,6 @@ from worker.http.metrics import Metrics, StoreCollector
 from worker.intake import Intake
 
 logger = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
 
 
 class _Server(uvicorn.Server):
