@@ -1,15 +1,16 @@
 """Contrast-limited adaptive histogram equalization, value for value that of scikit-image.
 
 :func:`equalize_adapthist` returns what :func:`skimage.exposure.equalize_adapthist` returns
-for a 2-D grey image (the function the shipped models were trained with), in about a third
-of its time: on a 384 px network input, most of scikit-image's time goes into
-interpolating the tiles' mappings over the padded image with ``take_along_axis``. Here the
-same mappings (Zuiderveld's algorithm as scikit-image implements it: histograms of the
-contextual regions, clipped and redistributed, cumulated) are interpolated over the image's
-own pixels only, with flat gathers, and the histograms are counted in one ``bincount``. Every
-arithmetic step keeps scikit-image's types and order (float64 products, float32 sums in the
-same order, truncation to 14-bit levels), so the result is identical, not merely close;
-``tests/test_clahe.py`` compares the two on films and random images of many shapes.
+for a 2-D grey image (the function the shipped models were trained with), in less than half
+its time (5 ms instead of 12.5 ms for a 384 x 320 input, kernel 96, on the 2-core benchmark
+machine): most of scikit-image's time goes into interpolating the tiles' mappings over the
+padded image with ``take_along_axis``. Here the same mappings (Zuiderveld's algorithm as
+scikit-image implements it: histograms of the contextual regions, clipped and redistributed,
+cumulated) are interpolated over the image's own pixels only, with flat gathers, and the
+histograms are counted in one ``bincount``. Every arithmetic step keeps scikit-image's types
+and order (float64 products, float32 sums in the same order, truncation to 14-bit levels), so
+the result is identical, not merely close; ``tests/test_clahe.py`` compares the two on films
+and random images of many shapes.
 
 The algorithm and :func:`_clip_histogram` are adapted from scikit-image
 (``skimage/exposure/_adapthist.py``, Modified BSD licence, itself after K. Zuiderveld,
