@@ -206,9 +206,12 @@ def whole_path(report: common.Report, classifier: TwoStageClassifier, files: lis
 
     def run() -> tuple[float, ...]:
         start = time.perf_counter()
-        datasets = [pydicom.dcmread(io.BytesIO(b)) for b in blobs]
-        images: list[NDArray[np.float32]] = [normalize_radiograph(ds, max_side=max_side)
-                                             for ds in datasets]
+        datasets, images = [], []
+        for blob in blobs:  # as the classify stage: a film's pixel data dropped once rendered
+            ds = pydicom.dcmread(io.BytesIO(blob))
+            images.append(normalize_radiograph(ds, max_side=max_side))
+            del ds.PixelData
+            datasets.append(ds)
         decoded = time.perf_counter()
         inputs, geometries = classifier.preprocess(images)
         prepared = time.perf_counter()

@@ -1,8 +1,8 @@
-"""Load (issue 12): 8 parallel associations into a running ``ossa serve``, each sending 50
+"""Load (issue 12): 8 parallel associations into a running ``ossa serve``, each sending 30
 studies of 3 small radiographs, while C-ECHOes keep coming on associations of their own and
 the service's memory is sampled.
 
-Checked: every C-STORE succeeded; every instance is in the state store; each of the 400
+Checked: every C-STORE succeeded; every instance is in the state store; each of the 240
 studies has exactly one SR at the destination, which is DCMTK ``storescp`` writing every
 object it receives under a unique file name (``+uf``), so that a duplicate delivery would be
 a second file; every C-ECHO was answered (none hung: the latencies are reported, not
@@ -14,7 +14,7 @@ classify, report, delivery) runs as much in each round, so memory that a stage k
 instance or per study raises each round's peak over the one before; a plateau is a last
 round whose peak RSS is not more than :data:`PLATEAU_MIB` above the highest before it.
 
-``OSSA_SOAK=1`` (``make soak``) runs the long variant: three times the studies, larger
+``OSSA_SOAK=1`` (``make soak``) runs the long variant: five times the studies, larger
 images. Figures (instances/s, C-ECHO latencies, RSS by round) are logged on the
 ``tests.test_load`` logger and printed with ``pytest -s``.
 """
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 SOAK = os.environ.get("OSSA_SOAK") == "1"
 #: Parallel sending associations (one thread each) and what each sends.
 SENDERS = 8
-STUDIES_PER_SENDER = 150 if SOAK else 50
+STUDIES_PER_SENDER = 150 if SOAK else 30
 IMAGES_PER_STUDY = 3
 #: Rounds of equal work (each sender's studies split evenly), for the plateau.
 ROUNDS = 3 if SOAK else 2

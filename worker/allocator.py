@@ -33,8 +33,10 @@ M_MMAP_THRESHOLD = -3
 #: are still mapped and unmapped each time.
 MMAP_THRESHOLD = 32 * 1024 * 1024
 #: Free memory at the top of a heap above this size is given back to the kernel: above the
-#: buffers of a batch of films (eight 15 MB films and their renderings).
-TRIM_THRESHOLD = 256 * 1024 * 1024
+#: buffers of a film or two in flight (the classify stage drops a film's pixel data once it
+#: is rendered, so the next film reuses its buffer), low enough that each of the process's
+#: heaps keeps little.
+TRIM_THRESHOLD = 64 * 1024 * 1024
 
 
 def keep_freed_memory() -> bool:
