@@ -6,15 +6,15 @@ bytes. glibc serves an allocation above its mmap threshold (128 KiB to start wit
 fresh pages from the kernel and gives them back when it is freed, so every film faults in
 new, zeroed pages; and what it frees at the top of a heap beyond its trim threshold goes back
 too. On a virtual machine a page fault is dear: on the 2-core VM of the benchmarks, faulting
-in fresh memory doubled the time to read a 15 MB film (11 ms to 24 ms per image) and slowed
-the capture by half again (``docs/benchmarks.md``).
+in fresh memory doubled the time to read a 15 MB film (11 ms to 24 ms per image,
+``docs/benchmarks.md``).
 
 :func:`keep_freed_memory` raises both thresholds, so that freed buffers stay in the process
 and the next film reuses them. The cost is memory: the process keeps, instead of returning,
 what it freed, up to :data:`TRIM_THRESHOLD` per heap; its resident size stays near its
 peak (measured in ``bench/end_to_end.py``) instead of falling back between batches. It is a
-process-wide setting, so only an entry point calls it (``ossa serve``, ``ossa analyze`` and
-the benchmarks that time the service's path); elsewhere than on glibc it does nothing.
+process-wide setting, so only an entry point calls it (``ossa serve``, and the inference
+benchmark that times the service's path); elsewhere than on glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
+
+from worker.config import MIB
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +33,12 @@ M_MMAP_THRESHOLD = -3
 #: Allocations up to this size come from the heap and are reused once freed: glibc's largest
 #: mmap threshold on 64-bit systems (``HEAP_MAX_SIZE / 2``), above a 15 MB film. Larger ones
 #: are still mapped and unmapped each time.
-MMAP_THRESHOLD = 32 * 1024 * 1024
+MMAP_THRESHOLD = 32 * MIB
 #: Free memory at the top of a heap above this size is given back to the kernel: above the
 #: buffers of a film or two in flight (the classify stage drops a film's pixel data once it
 #: is rendered, so the next film reuses its buffer), low enough that each of the process's
 #: heaps keeps little.
-TRIM_THRESHOLD = 64 * 1024 * 1024
+TRIM_THRESHOLD = 64 * MIB
 
 
 def keep_freed_memory() -> bool:

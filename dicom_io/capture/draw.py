@@ -103,16 +103,11 @@ def render(
     if rows < 1 or columns < 1:
         raise ValueError(f"source_size must be two positive sizes, got {source_size}")
     shape = display_size(film.shape)
-    gray = display_film(film, shape)
-    band = label_band(label, shape[1], 1)
+    canvas = np.concatenate((display_film(film, shape), label_band(label, shape[1], 1)))
     if not findings:
-        return np.concatenate((gray, band))
-    # One RGB canvas, film then band, grey on every channel; the outlines and their text are
-    # drawn on the film's rows in place.
-    pixels = np.empty((shape[0] + band.shape[0], shape[1], 3), dtype=np.uint8)
-    for channel in range(3):  # one strided copy per channel: faster than broadcasting
-        pixels[: shape[0], :, channel] = gray
-        pixels[shape[0] :, :, channel] = band
+        return canvas
+    # The outlines and their text are drawn in place on the film's rows of an RGB copy.
+    pixels = _grey_rgb(canvas)
     boxes = display_boxes(findings, (rows, columns), film.shape, shape)
     _draw_findings_on(pixels[: shape[0]], boxes, [f.probability for f in findings])
     return pixels
@@ -225,10 +220,16 @@ def draw_findings(
         raise ValueError(f"image must be a non-empty 2-D array, got shape {gray.shape}")
     if gray.dtype != np.uint8:
         gray = _to_uint8(gray)
-    rgb = np.empty((*gray.shape, 3), dtype=np.uint8)
-    for channel in range(3):
-        rgb[..., channel] = gray
+    rgb = _grey_rgb(gray)
     _draw_findings_on(rgb, boxes, probabilities)
+    return rgb
+
+
+def _grey_rgb(gray: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """``gray`` on each of three channels (``rows x columns x 3``)."""
+    rgb = np.empty((*gray.shape, 3), dtype=np.uint8)
+    for channel in range(3):  # one strided copy per channel: faster than broadcasting
+        rgb[..., channel] = gray
     return rgb
 
 
