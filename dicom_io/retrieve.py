@@ -25,9 +25,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from pynetdicom.status import code_to_category
+from pynetdicom.status import (
+    QR_GET_SERVICE_CLASS_STATUS,
+    QR_MOVE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
 
-from dicom_io.send import DimsePeer, SendOutcome, SendResult, associate
+from dicom_io.send import DimsePeer, SendOutcome, SendResult, associate, status_detail
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +63,10 @@ def _final(responses: Any, target: str, what: str) -> SendResult:
     category = code_to_category(code)
     counts = ", ".join(f"{int(last.get(k) or 0)} {label}" for k, label in _SUB_OPERATIONS
                        if k in last)
-    comment = str(last.get("ErrorComment", "") or "")
-    detail = (f"{target} answered {what} with 0x{code:04X} ({category})"
-              + (f": {counts}" if counts else "") + (f"; {comment}" if comment else ""))
+    # The status's meaning, never the peer's free-text Error Comment (dicom_io.send's notes).
+    statuses = QR_GET_SERVICE_CLASS_STATUS if what == "C-GET" else QR_MOVE_SERVICE_CLASS_STATUS
+    detail = (f"{target} answered {what} with {status_detail(code, statuses)}"
+              + (f": {counts}" if counts else ""))
     if category == "Success":
         return SendResult(SendOutcome.SUCCESS, code, detail)
     if category == "Warning":

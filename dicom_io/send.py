@@ -4,11 +4,17 @@ Implements the SCU side of the Storage Service Class (PS3.4 B) over an associati
 per PS3.7 and PS3.8, over TCP or DICOM TLS (TLS 1.2 or later, :mod:`dicom_io.tls`). Every
 outcome, including refusal, rejection, abort, timeouts and unusable TLS files, is a
 :class:`SendResult` value; nothing raises for a network problem.
+
+A peer's answer is described by its status code and that code's meaning in PS3.4 (for the
+service and PS3.7 Annex C: :func:`status_detail`), never by the peer's Error
+Comment (0000,0902): that is free text, and a PACS may put a patient's name or ID in it, so
+it must not reach a log line or the state store.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -18,7 +24,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.status import code_to_category
+from pynetdicom.status import (
+    STORAGE_SERVICE_CLASS_STATUS,
+    VERIFICATION_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
 
 from dicom_io.tls import ClientTls, TlsFileError
 
@@ -178,7 +188,7 @@ def send_c_store(dataset: Dataset, peer: DimsePeer, *, calling_ae_title: str) ->
         return assoc
     try:
         response = assoc.send_c_store(dataset)
-        result = result_from_response(response, target)
+        result = result_from_response(response, target, STORAGE_SERVICE_CLASS_STATUS)
     except (ValueError, RuntimeError) as exc:
         result = SendResult(SendOutcome.REJECTED, None, f"{target}: {exc}")
     finally:
@@ -211,23 +221,35 @@ def send_c_echo(peer: DimsePeer, *, calling_ae_title: str) -> SendResult:
     if isinstance(assoc, SendResult):
         return assoc
     try:
-        return result_from_response(assoc.send_c_echo(), target)
+        return result_from_response(assoc.send_c_echo(), target,
+                                    VERIFICATION_SERVICE_CLASS_STATUS)
     finally:
         if assoc.is_established:
             assoc.release()
 
 
-def result_from_response(response: Dataset, target: str) -> SendResult:
+def status_detail(code: int, statuses: Mapping[int, tuple[str, str]]) -> str:
+    """``"0xA700 (Failure: Refused: Out of Resources)"``: a DIMSE status code, its category
+    and its meaning, from ``statuses`` (one of pynetdicom's ``*_SERVICE_CLASS_STATUS`` tables:
+    the service's statuses, PS3.4, and the general ones, PS3.7 Annex C); the category alone
+    for a code the table does not define. The peer's Error Comment is never part of it (see
+    the module notes)."""
+    category = code_to_category(code)
+    meaning = statuses.get(code, ("", ""))[1]
+    return f"0x{code:04X} ({category}: {meaning})" if meaning else f"0x{code:04X} ({category})"
+
+
+def result_from_response(response: Dataset, target: str,
+                         statuses: Mapping[int, tuple[str, str]]) -> SendResult:
+    """The result of a C-STORE or C-ECHO from its response; ``statuses``, the service's
+    status table (for :func:`status_detail`)."""
     status = response.get("Status") if response is not None else None
     if status is None:
         return SendResult(
             SendOutcome.ABORTED, None, f"{target}: no response (timeout or aborted association)"
         )
     category = code_to_category(int(status))
-    comment = str(response.get("ErrorComment", "") or "")
-    detail = f"{target} answered 0x{int(status):04X} ({category})" + (
-        f": {comment}" if comment else ""
-    )
+    detail = f"{target} answered {status_detail(int(status), statuses)}"
     if category == "Success":
         return SendResult(SendOutcome.SUCCESS, int(status), detail)
     if category == "Warning":

@@ -296,7 +296,8 @@ def test_refusal_fails_at_once_until_retried(
 
     row = delivery_rows(outbox.store)["picky"]
     assert (row["state"], row["attempts"], row["last_outcome"]) == ("failed", 1, "refused")
-    assert "0xC000" in row["last_detail"] and "cannot parse" in row["last_detail"]
+    assert "0xC000 (Failure: Cannot Understand)" in row["last_detail"]
+    assert "cannot parse" not in row["last_detail"]  # the peer's Error Comment is left out
     (failed,) = outbox.store.summary().failed
     assert (failed.study_uid, failed.sop_uid, failed.destination) == (
         ds.StudyInstanceUID, ds.SOPInstanceUID, "picky")

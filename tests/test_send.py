@@ -36,7 +36,7 @@ def test_failure_status_is_refused(make_radiograph: Callable[..., Dataset]) -> N
     def refuse(event: evt.Event) -> Dataset:
         status = Dataset()
         status.Status = 0xA700
-        status.ErrorComment = "disk full"
+        status.ErrorComment = "DOE^JANE: disk full"  # a peer's free text, may name a patient
         return status
 
     server = ae.start_server(
@@ -52,7 +52,9 @@ def test_failure_status_is_refused(make_radiograph: Callable[..., Dataset]) -> N
     assert not result.ok
     assert result.outcome is SendOutcome.REFUSED
     assert result.status == 0xA700
-    assert "disk full" in result.detail
+    # The code's meaning (PS3.4 B.2.3), not the peer's Error Comment.
+    assert result.detail.endswith("answered 0xA700 (Failure: Refused: Out of Resources)")
+    assert "DOE" not in result.detail and "disk full" not in result.detail
 
 
 def test_association_rejected(make_radiograph: Callable[..., Dataset]) -> None:
@@ -164,3 +166,19 @@ def test_sop_class_the_peer_does_not_store_is_rejected(
         server.shutdown()
     assert (result.outcome, result.status, result.ok) == (SendOutcome.REJECTED, None, False)
     assert result.detail == f"ECHOONLY@127.0.0.1:{port} accepted no presentation context"
+
+
+def test_status_detail_names_the_meaning_of_the_code() -> None:
+    from pynetdicom.status import QR_MOVE_SERVICE_CLASS_STATUS, STORAGE_SERVICE_CLASS_STATUS
+
+    from dicom_io.send import status_detail
+
+    assert status_detail(0xC000, STORAGE_SERVICE_CLASS_STATUS) == (
+        "0xC000 (Failure: Cannot Understand)")
+    assert status_detail(0xA701, QR_MOVE_SERVICE_CLASS_STATUS) == (
+        "0xA701 (Failure: Refused: Out of resources, unable to calculate number of matches)")
+    # a general status (PS3.7 Annex C)
+    assert status_detail(0x0211, STORAGE_SERVICE_CLASS_STATUS) == (
+        "0x0211 (Failure: Unrecognised Operation)")
+    # a code no table defines: its category only
+    assert status_detail(0xA123, STORAGE_SERVICE_CLASS_STATUS) == "0xA123 (Failure)"
