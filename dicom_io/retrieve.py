@@ -16,7 +16,7 @@ C-STORE.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydicom import Dataset
@@ -49,8 +49,10 @@ def _identifier(study_uid: str) -> Dataset:
     return ds
 
 
-def _final(responses: Any, target: str, what: str) -> SendResult:
-    """The result of a C-GET or C-MOVE from its responses (the last one is final)."""
+def _final(responses: Any, target: str, what: str,
+           statuses: Mapping[int, tuple[str, str]]) -> SendResult:
+    """The result of a C-GET or C-MOVE from its responses (the last one is final);
+    ``statuses``, the service's status table (:func:`dicom_io.send.status_detail`)."""
     last: Dataset | None = None
     for status, _ in responses:
         if status is None or "Status" not in status:
@@ -64,7 +66,6 @@ def _final(responses: Any, target: str, what: str) -> SendResult:
     counts = ", ".join(f"{int(last.get(k) or 0)} {label}" for k, label in _SUB_OPERATIONS
                        if k in last)
     # The status's meaning, never the peer's free-text Error Comment (dicom_io.send's notes).
-    statuses = QR_GET_SERVICE_CLASS_STATUS if what == "C-GET" else QR_MOVE_SERVICE_CLASS_STATUS
     detail = (f"{target} answered {what} with {status_detail(code, statuses)}"
               + (f": {counts}" if counts else ""))
     if category == "Success":
@@ -110,7 +111,7 @@ def c_get_study(
     try:
         result = _final(assoc.send_c_get(_identifier(study_uid),
                                          StudyRootQueryRetrieveInformationModelGet),
-                        target, "C-GET")
+                        target, "C-GET", QR_GET_SERVICE_CLASS_STATUS)
     except (ValueError, RuntimeError) as exc:
         result = SendResult(SendOutcome.REJECTED, None, f"{target}: C-GET: {exc}")
     finally:
@@ -139,7 +140,7 @@ def c_move_study(
     try:
         result = _final(assoc.send_c_move(_identifier(study_uid), move_destination,
                                           StudyRootQueryRetrieveInformationModelMove),
-                        target, f"C-MOVE to {move_destination}")
+                        target, f"C-MOVE to {move_destination}", QR_MOVE_SERVICE_CLASS_STATUS)
     except (ValueError, RuntimeError) as exc:
         result = SendResult(SendOutcome.REJECTED, None, f"{target}: C-MOVE: {exc}")
     finally:
