@@ -87,7 +87,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "shared_scope": "assessed",
     },
     # The tests' phantom (80 studies per bone type, 160-320 px images), once per test session
-    # (about 4 minutes on 2 CPU cores; 7.5 with the demo's 12/20/6 epochs, for the same study
+    # (about 4 minutes on 2 CPU cores; 7.5 with the earlier 12/20/6 epochs, for the same study
     # accuracy and kappa on the phantom's valid split). Smaller phantoms fall short of the
     # tests' accuracy bar.
     "test": {
