@@ -93,3 +93,20 @@ def test_refused_c_get_names_the_status_not_the_comment(
            "calculate number of matches)" in result.detail, result.detail
     assert "DOE" not in result.detail and "12345" not in result.detail
     assert STUDY_UID in caplog.text and "DOE" not in caplog.text
+
+
+def test_the_pacs_does_send_its_comment(refusing_pacs: int) -> None:
+    """The control of the two tests above: the comment they never find does reach the SCU."""
+    ae = AE(ae_title="OSSA")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", refusing_pacs, ae_title="PACS")
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = STUDY_UID
+    try:
+        final = [status for status, _ in assoc.send_c_move(
+            identifier, "OSSA", StudyRootQueryRetrieveInformationModelMove)][-1]
+    finally:
+        assoc.release()
+    assert final.Status == 0xA801 and final.ErrorComment == COMMENT

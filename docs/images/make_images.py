@@ -188,7 +188,7 @@ def _status_html(root: Path) -> str:
             state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED,
             outcome=str(outcome),
             detail="ORTHANC@10.0.0.5:4242 answered "
-                   + ("0x0000 (Success)" if delivered else "0xC000 (Failure)"),
+                   + ("0x0000 (Success)" if delivered else "0xC000 (Failure: Cannot Understand)"),
         )
     health = HealthProbe(store, spool, listener=lambda: (True, "OSSA on 127.0.0.1:11112"),
                          model=lambda: (True, "fracatlas@fbab338690a0"), destinations=["pacs"],
