@@ -12,8 +12,9 @@ from pydicom import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.status import QR_MOVE_SERVICE_CLASS_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
-from dicom_io.send import DimsePeer, SendOutcome, send_c_echo, send_c_store
+from dicom_io.send import DimsePeer, SendOutcome, send_c_echo, send_c_store, status_detail
 from harness.peers import free_port, wait_until
 
 
@@ -169,10 +170,6 @@ def test_sop_class_the_peer_does_not_store_is_rejected(
 
 
 def test_status_detail_names_the_meaning_of_the_code() -> None:
-    from pynetdicom.status import QR_MOVE_SERVICE_CLASS_STATUS, STORAGE_SERVICE_CLASS_STATUS
-
-    from dicom_io.send import status_detail
-
     assert status_detail(0xC000, STORAGE_SERVICE_CLASS_STATUS) == (
         "0xC000 (Failure: Cannot Understand)")
     assert status_detail(0xA701, QR_MOVE_SERVICE_CLASS_STATUS) == (
